@@ -1,0 +1,36 @@
+# The study, from one config to one paper:
+#   snakemake --cores 2 paper.pdf              everything (the default target)
+#   snakemake --cores 1 results/lora_r8_digits  one cell: a method on a dataset, all models x seeds
+#   snakemake -n <target>                       plan without running
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/backbone.smk"
+include: "rules/train.smk"
+include: "rules/analysis.smk"
+include: "rules/paper.smk"
+
+
+# Quick, I/O-light jobs run where Snakemake runs (the login node on a cluster).
+localrules:
+    all,
+    prepare_data,
+    cell,
+    aggregate,
+    stats,
+    figures,
+    tables,
+    paper,
+
+
+rule all:
+    input:
+        "paper.pdf",
+    default_target: True

@@ -1,0 +1,65 @@
+# Aggregation, statistics, figures and the generated LaTeX parts of the paper.
+
+
+rule aggregate:
+    input:
+        study_cells(),
+    output:
+        "results/analysis/runs.csv",
+    log:
+        "results/logs/aggregate.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    script:
+        "../workflow_scripts/aggregate.py"
+
+
+rule stats:
+    input:
+        "results/analysis/runs.csv",
+    output:
+        cells="results/analysis/cell_stats.csv",
+        transfer="results/analysis/transfer.csv",
+    log:
+        "results/logs/stats.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    script:
+        "../workflow_scripts/stats.py"
+
+
+rule figures:
+    input:
+        runs="results/analysis/runs.csv",
+        cells="results/analysis/cell_stats.csv",
+    output:
+        params=report("results/paper/accuracy_vs_params.pdf", category="Figures"),
+        convergence=report("results/paper/convergence.pdf", category="Figures"),
+    log:
+        "results/logs/figures.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    script:
+        "../workflow_scripts/figures.py"
+
+
+rule tables:
+    input:
+        runs="results/analysis/runs.csv",
+        cells="results/analysis/cell_stats.csv",
+        transfer="results/analysis/transfer.csv",
+        backbones=study_backbone_metas(),
+        manifests=study_manifests(),
+    output:
+        expand(
+            "results/paper/{part}.tex",
+            part=["results_table", "runs_table", "macros", "setup", "transfer"],
+        ),
+    params:
+        out_dir="results/paper",
+    log:
+        "results/logs/tables.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    script:
+        "../workflow_scripts/tables.py"

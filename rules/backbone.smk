@@ -1,0 +1,18 @@
+# Backbone pretraining on an offline source dataset (models whose backbone.source is pretrain).
+
+
+rule pretrain:
+    input:
+        data=lambda wildcards: dataset_files(wildcards.dataset),
+    output:
+        weights="resources/backbones/{model}_{dataset}.safetensors",
+        meta="resources/backbones/{model}_{dataset}.json",
+    params:
+        run=pretrain_config,
+    threads: config["threads"]
+    log:
+        "results/logs/pretrain/{model}_{dataset}.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    script:
+        "../workflow_scripts/pretrain.py"

@@ -1,0 +1,83 @@
+# Config validation, wildcard constraints and the input functions of every stage.
+from pathlib import Path
+
+import vitpeft.config as study_config
+from vitpeft.methods import METHOD_WILDCARD, method_config
+
+study_config.load(config)  # schema + semantic checks; fails before any job with the key named
+
+STUDY = study_config.study(config)
+METHODS = study_config.study_methods(config)
+PAPER_DIR = Path(workflow.basedir) / "paper"
+RUN_DIR = "results/runs/{dataset}/{method}/{model}/seed{seed}"
+SPLIT_FILES = ["train.npz", "val.npz", "test.npz", "manifest.json"]
+
+
+wildcard_constraints:
+    method=METHOD_WILDCARD,
+    dataset=r"[a-z][a-z0-9]*",
+    model=r"[a-z][a-z0-9_]*",
+    seed=r"\d+",
+
+
+def dataset_files(dataset):
+    return [f"resources/data/{dataset}/{name}" for name in SPLIT_FILES]
+
+
+def backbone_files(model):
+    """The backbone weights and record of the pretrain rule, for a model whose source is pretrain."""
+    stem = f"resources/backbones/{model}_{config['models'][model]['backbone']['dataset']}"
+    return {"weights": f"{stem}.safetensors", "meta": f"{stem}.json"}
+
+
+def train_inputs(wildcards):
+    inputs = {"data": dataset_files(wildcards.dataset)}
+    if not method_config(wildcards.method, config["methods"]).uses_pretrained_backbone:
+        return inputs
+    backbone = config["models"][wildcards.model]["backbone"]
+    if backbone["source"] == "pretrain":
+        inputs["backbone"] = backbone_files(wildcards.model)["weights"]
+    elif backbone["source"] == "file":
+        inputs["backbone"] = backbone["path"]
+    return inputs
+
+
+def run_config(wildcards):
+    run = study_config.resolve_run(
+        config, wildcards.model, wildcards.dataset, wildcards.method, int(wildcards.seed)
+    )
+    return run.to_dict()
+
+
+def pretrain_config(wildcards):
+    return study_config.pretrain_run(config, wildcards.model).to_dict()
+
+
+def cell_metrics(wildcards):
+    return expand(
+        f"{RUN_DIR}/metrics.json",
+        dataset=wildcards.dataset,
+        method=wildcards.method,
+        model=STUDY["models"],
+        seed=STUDY["seeds"],
+    )
+
+
+def study_cells():
+    return expand("results/{method}_{dataset}", method=METHODS, dataset=STUDY["datasets"])
+
+
+def study_backbone_metas():
+    return [
+        backbone_files(model)["meta"]
+        for model in STUDY["models"]
+        if config["models"][model]["backbone"]["source"] == "pretrain"
+    ]
+
+
+def study_manifests():
+    return [f"resources/data/{dataset}/manifest.json" for dataset in STUDY["datasets"]]
+
+
+def paper_sources():
+    return sorted(str(p) for p in PAPER_DIR.rglob("*") if p.suffix in (".tex", ".bib"))

@@ -1,0 +1,14 @@
+# Prepared datasets: uint8 splits plus a manifest of checksums, under resources/data/{dataset}/.
+
+
+rule prepare_data:
+    output:
+        expand("resources/data/{{dataset}}/{name}", name=SPLIT_FILES),
+    params:
+        spec=lambda wildcards: config["datasets"][wildcards.dataset],
+    log:
+        "results/logs/prepare_data/{dataset}.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    script:
+        "../workflow_scripts/prepare_data.py"

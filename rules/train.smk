@@ -1,0 +1,34 @@
+# One job per model x dataset x method x seed, and the cell target that gathers a method's runs.
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        metrics=f"{RUN_DIR}/metrics.json",
+        config=f"{RUN_DIR}/config.json",
+        provenance=f"{RUN_DIR}/provenance.json",
+        checkpoint=f"{RUN_DIR}/checkpoint.safetensors",
+    params:
+        run=run_config,
+        out_dir=RUN_DIR,
+    threads: config["threads"]
+    log:
+        f"{RUN_DIR}/train.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    script:
+        "../workflow_scripts/train.py"
+
+
+rule cell:
+    input:
+        cell_metrics,
+    output:
+        directory("results/{method}_{dataset}"),
+    log:
+        "results/logs/cell/{method}_{dataset}.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    script:
+        "../workflow_scripts/summarize_cell.py"

@@ -1,0 +1,1 @@
+"""From per-run metrics to the paper: aggregation, statistics, figures, tables."""

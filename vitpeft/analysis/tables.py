@@ -1,0 +1,110 @@
+"""LaTeX parts of the paper, rendered with jinja2 from the pipeline's tables: the results table,
+the per-run appendix table, the setup section and a macros file of named numbers.
+
+Nothing in the paper is typed by hand: the prose quotes macros such as ``\\FullDigitsDeitTinyTopOne``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+
+from vitpeft.analysis.style import macro_name, method_label, method_sort_key
+from vitpeft.io import atomic_write, read_json
+from vitpeft.models import MODEL_ARCHS
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def tex_escape(text: Any) -> str:
+    specials = {"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}"}
+    return "".join(specials.get(ch, ch) for ch in str(text))
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def fmt_count(value: float) -> str:
+    return f"{int(round(value)):,}".replace(",", "{,}")
+
+
+def environment() -> jinja2.Environment:
+    # LaTeX is full of braces and percent signs, so the templates use << >> and <% %> instead.
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        block_start_string="<%", block_end_string="%>",
+        variable_start_string="<<", variable_end_string=">>",
+        comment_start_string="<#", comment_end_string="#>",
+        trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined, autoescape=False,
+    )
+    env.filters.update(tex=tex_escape, fmt=fmt, count=fmt_count, method=lambda m: method_label(m, latex=True))
+    return env
+
+
+def render(template: str, out_path: str | Path, **context: Any) -> str:
+    text = environment().get_template(template).render(**context)
+    with atomic_write(out_path) as handle:
+        handle.write(text)
+    return text
+
+
+def ci_half(row: pd.Series, metric: str = "test_top1") -> float:
+    return row[f"{metric}_ci_high"] - row[f"{metric}_mean"]
+
+
+def result_groups(cells: pd.DataFrame) -> list[dict[str, Any]]:
+    """The results table's blocks: one per dataset x model, methods in a fixed order, best in bold."""
+    groups = []
+    for (dataset, model), group in cells.groupby(["dataset", "model"], sort=True):
+        best = group["test_top1_mean"].max()
+        rows = [
+            {**row, "ci": ci_half(row), "best": row["test_top1_mean"] == best}
+            for _, row in sorted(group.iterrows(), key=lambda item: method_sort_key(item[1]["method"]))
+        ]
+        groups.append({"dataset": dataset, "model": model, "rows": rows})
+    return groups
+
+
+def macros(cells: pd.DataFrame, transfer: pd.DataFrame) -> dict[str, str]:
+    """Named numbers for the prose: every cell's accuracy and CI, and the transfer check."""
+    named = {}
+    for _, row in cells.iterrows():
+        key = (row["method"], row["dataset"], row["model"])
+        named[macro_name(*key, "top1")] = fmt(row["test_top1_mean"])
+        named[macro_name(*key, "top1", "ci")] = fmt(ci_half(row))
+        named[macro_name(*key, "seeds")] = str(int(row["n_seeds"]))
+        named[macro_name(*key, "params")] = fmt_count(row["trainable_params"])
+    for _, row in transfer.iterrows():
+        key = ("transfer", row["dataset"], row["model"])
+        named[macro_name(*key, "gain")] = fmt(row["diff_mean"])
+        named[macro_name(*key, "gain", "ci", "low")] = fmt(row["diff_ci_low"])
+        named[macro_name(*key, "gain", "ci", "high")] = fmt(row["diff_ci_high"])
+        named[macro_name(*key, "p")] = fmt(row["p_value"], 3)
+    return named
+
+
+def write_tables(runs_csv, cell_stats_csv, transfer_csv, study: dict[str, Any], config: dict[str, Any],
+                 backbone_metas: list[str | Path], manifests: list[str | Path], out_dir: str | Path) -> None:
+    """Render every generated LaTeX part of the paper into ``out_dir``."""
+    out_dir = Path(out_dir)
+    runs = pd.read_csv(runs_csv)
+    cells = pd.read_csv(cell_stats_csv)
+    transfer = pd.read_csv(transfer_csv)
+    runs = runs.assign(order=runs.method.map(method_sort_key)).sort_values(["dataset", "model", "order", "seed"])
+    render("results_table.tex.j2", out_dir / "results_table.tex", groups=result_groups(cells))
+    render("runs_table.tex.j2", out_dir / "runs_table.tex", runs=runs.to_dict("records"))
+    named = {"StudyTitle": tex_escape(study.get("title", "A PEFT study")), **macros(cells, transfer)}
+    render("macros.tex.j2", out_dir / "macros.tex", macros=named)
+    render("transfer.tex.j2", out_dir / "transfer.tex", transfer=transfer.to_dict("records"))
+    render(
+        "setup.tex.j2", out_dir / "setup.tex", study=study, config=config,
+        backbones=[read_json(p) for p in backbone_metas],
+        datasets={Path(p).parent.name: read_json(p) for p in manifests},
+        methods=sorted(runs.method.unique(), key=method_sort_key), arches=MODEL_ARCHS, n_runs=len(runs),
+        hardware=runs[["cpu", "gpu", "threads"]].drop_duplicates().to_dict("records") if "cpu" in runs else [],
+    )

@@ -1,0 +1,172 @@
+"""The study config: validation at workflow load time, and one resolved config per run.
+
+``config.yaml`` is checked twice before any job runs: against the JSON schema (types, required
+keys, defaults; via ``snakemake.utils.validate``), then semantically here (every method name
+parses, every model and dataset is known, every hyperparameter is valid). Each error names the
+key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vitpeft.data.pipeline import AugmentConfig
+from vitpeft.methods import config_from_dict, method_config
+from vitpeft.methods.base import MethodConfig
+from vitpeft.models import ModelSpec
+
+SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
+TRANSFER_BASELINE = "scratch"
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and the value."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimization budget, shared by every method of a study.
+
+    Attributes:
+        epochs: passes over the training split.
+        batch_size: images per optimizer step.
+        eval_batch_size: images per forward pass at evaluation.
+        warmup_epochs: linear warmup length before the cosine decay.
+        grad_clip: max global gradient norm (0 disables clipping).
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    epochs: int = 5
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    warmup_epochs: float = 0.5
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError(f"epochs and batch sizes must be >= 1, got {self}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run depends on; saved next to its results as ``config.json``."""
+
+    model: ModelSpec
+    dataset: str
+    method: MethodConfig
+    seed: int
+    train: TrainConfig
+    augment: AugmentConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        augment = dict(data["augment"])
+        augment["scale"] = tuple(augment["scale"])
+        return cls(
+            model=ModelSpec(**data["model"]),
+            dataset=data["dataset"],
+            method=config_from_dict(data["method"]),
+            seed=int(data["seed"]),
+            train=TrainConfig(**data["train"]),
+            augment=AugmentConfig(**augment),
+        )
+
+
+def study(config: dict[str, Any]) -> dict[str, Any]:
+    """The selected study's section (``config["studies"][config["study"]]``)."""
+    return config["studies"][config["study"]]
+
+
+def study_methods(config: dict[str, Any]) -> list[str]:
+    """The study's methods, plus the random-init baseline when the transfer check is on."""
+    methods = list(study(config)["methods"])
+    if study(config).get("transfer_check") and TRANSFER_BASELINE not in methods:
+        methods.append(TRANSFER_BASELINE)
+    return methods
+
+
+def model_spec(config: dict[str, Any], model: str) -> ModelSpec:
+    return ModelSpec(name=model, **config["models"][model])
+
+
+def resolve_run(config: dict[str, Any], model: str, dataset: str, method: str, seed: int) -> RunConfig:
+    """The complete, validated config of one run of the study."""
+    spec = config["datasets"][dataset]
+    augment = dict(spec.get("augment", {}))
+    if "scale" in augment:
+        augment["scale"] = tuple(augment["scale"])
+    return RunConfig(
+        model=model_spec(config, model),
+        dataset=dataset,
+        method=method_config(method, config.get("methods", {})),
+        seed=int(seed),
+        train=TrainConfig(**config["train"]),
+        augment=AugmentConfig(**augment),
+    )
+
+
+def pretrain_run(config: dict[str, Any], model: str) -> RunConfig:
+    """The run config of the pretrain rule for ``model``: full training from random init."""
+    dataset = config["models"][model]["backbone"]["dataset"]
+    run = resolve_run(config, model, dataset, TRANSFER_BASELINE, config["pretrain"]["seed"])
+    pretrain = {k: v for k, v in config["pretrain"].items() if k not in ("seed", "lr", "weight_decay")}
+    method = dataclasses.replace(run.method, lr=config["pretrain"]["lr"], weight_decay=config["pretrain"]["weight_decay"])
+    return dataclasses.replace(run, train=TrainConfig(**pretrain), method=method)
+
+
+def validate(config: dict[str, Any]) -> None:
+    """Check what a schema cannot: names parse, references resolve, values are in range.
+
+    Raises:
+        ConfigError: naming the offending key and value.
+    """
+    if config["study"] not in config["studies"]:
+        raise ConfigError(f"study: {config['study']!r} is not a key of studies ({sorted(config['studies'])})")
+    key = f"studies.{config['study']}"
+    selected = study(config)
+    for model in selected["models"]:
+        if model not in config["models"]:
+            raise ConfigError(f"{key}.models: unknown model {model!r}; the models section defines {sorted(config['models'])}")
+        try:
+            spec = model_spec(config, model)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"models.{model}: {err}") from err
+        backbone = spec.backbone
+        if backbone["source"] == "pretrain" and backbone.get("dataset") not in config["datasets"]:
+            raise ConfigError(f"models.{model}.backbone.dataset: unknown dataset {backbone.get('dataset')!r}")
+        if backbone["source"] == "file" and not backbone.get("path"):
+            raise ConfigError(f"models.{model}.backbone.path: required when source is 'file'")
+    for dataset in selected["datasets"]:
+        if dataset not in config["datasets"]:
+            raise ConfigError(f"{key}.datasets: unknown dataset {dataset!r}; the datasets section defines {sorted(config['datasets'])}")
+    for method in study_methods(config):
+        try:
+            method_config(method, config.get("methods", {}))
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{key}.methods: {method!r}: {err}") from err
+    try:
+        for dataset in selected["datasets"]:
+            resolve_run(config, selected["models"][0], dataset, selected["methods"][0], 0)
+        TrainConfig(**config["train"])
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from err
+
+
+def load(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` in place against the schema (filling defaults), then semantically."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate as validate_schema
+
+    try:
+        validate_schema(config, str(SCHEMA))
+    except WorkflowError as err:
+        raise ConfigError(f"config.yaml does not match {SCHEMA.name}: {err}") from err
+    validate(config)
+    return config

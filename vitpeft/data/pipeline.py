@@ -1,0 +1,81 @@
+"""Batched preprocessing on the training device: uint8 NHWC in, normalized float NCHW out.
+
+The whole prepared dataset sits in memory as uint8. Resizing, augmentation and normalization run
+on whole batches on the device that trains (one ``grid_sample`` per batch), never per image
+through PIL, so the loader cannot become what limits training speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random affine augmentation, drawn independently for every image of a batch.
+
+    Attributes:
+        scale: range of the zoom factor (1.0 = the whole image fills the input).
+        translate: largest shift, as a fraction of the image side.
+        hflip: flip left-right with probability 0.5 (wrong for digits and text).
+    """
+
+    scale: tuple[float, float] = (1.0, 1.0)
+    translate: float = 0.0
+    hflip: bool = False
+
+    def __post_init__(self):
+        low, high = self.scale
+        if not 0.0 < low <= high:
+            raise ValueError(f"augment.scale must satisfy 0 < low <= high, got {self.scale}")
+        if not 0.0 <= self.translate < 1.0:
+            raise ValueError(f"augment.translate must be in [0, 1), got {self.translate}")
+
+
+class BatchPreprocessor:
+    """Turn a uint8 ``(B, H, W, C)`` batch into the model's normalized ``(B, 3, S, S)`` input."""
+
+    def __init__(self, img_size: int, mean, std, augment: AugmentConfig = AugmentConfig()):
+        self.img_size = img_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.augment = augment
+
+    def __call__(self, images: torch.Tensor, train: bool, generator: torch.Generator | None = None):
+        x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W) in [0, 1]
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        size = (self.img_size, self.img_size)
+        if train and self._augments():
+            x = self._random_affine(x, generator)
+        elif x.shape[-2:] != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def _augments(self) -> bool:
+        a = self.augment
+        return a.scale != (1.0, 1.0) or a.translate > 0 or a.hflip
+
+    def _random_affine(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        b = x.shape[0]
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return torch.rand(b, generator=generator) * (high - low) + low
+
+        # theta maps output coordinates to input coordinates, so a zoom-in of s divides by s.
+        zoom = 1.0 / uniform(*self.augment.scale)
+        flip = torch.ones(b)
+        if self.augment.hflip:
+            flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
+        t = self.augment.translate * 2.0  # grid coordinates span [-1, 1]
+        theta = torch.zeros(b, 2, 3)
+        theta[:, 0, 0] = zoom * flip
+        theta[:, 1, 1] = zoom
+        theta[:, 0, 2] = uniform(-t / 2, t / 2)
+        theta[:, 1, 2] = uniform(-t / 2, t / 2)
+        theta = theta.to(x.device)
+        grid = F.affine_grid(theta, [b, 3, self.img_size, self.img_size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,78 @@
+"""The method registry: a method name from the study grammar -> its config dataclass and set-up.
+
+Grammar: ``full``, ``linear``, ``scratch``, ``lora_r{r}``. A new method is one module (a config
+dataclass and a ``prepare(model, config)`` function) plus one entry in :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from vitpeft.methods import full, linear, lora
+from vitpeft.methods.base import MethodConfig
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One family of methods: the names it answers to, its config and how it changes a model."""
+
+    pattern: str  # full-match regex over method names; named groups become config fields
+    form: str  # how the grammar is written for humans, for error messages
+    config_cls: type[MethodConfig]
+    prepare: Callable[[nn.Module, Any], nn.Module]
+
+
+METHODS: dict[str, MethodEntry] = {
+    "full": MethodEntry("full", "full", full.FullConfig, full.prepare),
+    "scratch": MethodEntry("scratch", "scratch", full.ScratchConfig, full.prepare),
+    "linear": MethodEntry("linear", "linear", linear.LinearConfig, linear.prepare),
+    "lora": MethodEntry(r"lora_r(?P<r>\d+)", "lora_r{r}", lora.LoraConfig, lora.prepare),
+}
+
+# Snakemake's wildcard constraint for {method}: any name some family could answer to.
+METHOD_WILDCARD = re.sub(r"\?P<\w+>", "", "|".join(f"(?:{e.pattern})" for e in METHODS.values()))
+
+
+def parse_method_name(name: str) -> tuple[str, dict[str, int]]:
+    """Split a method name into its family and the integer fields encoded in it."""
+    for family, entry in METHODS.items():
+        match = re.fullmatch(entry.pattern, name)
+        if match:
+            return family, {k: int(v) for k, v in match.groupdict().items()}
+    forms = ", ".join(entry.form for entry in METHODS.values())
+    raise ValueError(f"unknown method {name!r}; the known forms are: {forms}")
+
+
+def method_config(name: str, hyperparameters: dict[str, dict[str, Any]] | None = None) -> MethodConfig:
+    """Build and validate the config of method ``name``.
+
+    Args:
+        name: a name in the grammar, e.g. ``lora_r8``.
+        hyperparameters: the config file's ``methods:`` section, keyed by family.
+    """
+    family, fields = parse_method_name(name)
+    config_cls = METHODS[family].config_cls
+    overrides = dict((hyperparameters or {}).get(family, {}))
+    allowed = {f.name for f in dataclasses.fields(config_cls)} - {"name"} - set(fields)
+    for key in overrides:
+        if key not in allowed:
+            raise ValueError(f"methods.{family}: unknown key {key!r}; allowed keys: {sorted(allowed)}")
+    return config_cls(name=name, **fields, **overrides)
+
+
+def config_from_dict(data: dict[str, Any]) -> MethodConfig:
+    """Inverse of ``dataclasses.asdict`` for a method config."""
+    family, _ = parse_method_name(data["name"])
+    return METHODS[family].config_cls(**data)
+
+
+def prepare_model(model: nn.Module, config: MethodConfig) -> nn.Module:
+    """Freeze, unfreeze or wrap ``model`` as the method prescribes."""
+    family, _ = parse_method_name(config.name)
+    return METHODS[family].prepare(model, config)

@@ -1,0 +1,145 @@
+"""One training run end to end, and the backbone pretraining: what the train and pretrain rules call."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from vitpeft.config import RunConfig
+from vitpeft.data import arrays
+from vitpeft.data.pipeline import BatchPreprocessor
+from vitpeft.io import atomic_path, config_hash, provenance, sha256_file, write_json
+from vitpeft.methods import prepare_model
+from vitpeft.models import count_parameters, create_model, save_backbone
+from vitpeft.train import Split, evaluate, fit, peak_memory_mb
+
+
+def seed_everything(seed: int, threads: int | None = None) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_splits(data_dir: str | Path, device: torch.device) -> dict[str, Split]:
+    """Verify the prepared dataset's checksums, then hold every split on ``device``."""
+    arrays.verify(data_dir)
+    splits = {}
+    for name in arrays.SPLITS:
+        images, labels = arrays.load_split(data_dir, name)
+        splits[name] = Split(torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device))
+    return splits
+
+
+def build_model(run: RunConfig, num_classes: int, backbone: str | Path | None) -> nn.Module:
+    """The run's model before the method touches it, with weights from the configured source."""
+    if not run.method.uses_pretrained_backbone:
+        return create_model(run.model, num_classes)
+    if run.model.backbone["source"] == "timm":
+        return create_model(run.model, num_classes, hub=True)
+    if backbone is None:
+        raise ValueError(f"{run.method.name} needs backbone weights from {run.model.backbone}, got none")
+    return create_model(run.model, num_classes, weights=backbone)
+
+
+def preprocessor(model: nn.Module, run: RunConfig) -> BatchPreprocessor:
+    """Normalize with the mean and std of the architecture's pretrained config."""
+    cfg = model.pretrained_cfg
+    return BatchPreprocessor(run.model.img_size, cfg["mean"], cfg["std"], run.augment)
+
+
+def _train(run: RunConfig, data_dir, backbone, threads, desc):
+    seed_everything(run.seed, threads)
+    device = default_device()
+    splits = load_splits(data_dir, device)
+    num_classes = len(arrays.load_manifest(data_dir)["class_names"])
+    model = prepare_model(build_model(run, num_classes, backbone), run.method).to(device)
+    params = count_parameters(model)
+    print(f"{desc}: {params['trainable']:,} trainable of {params['total']:,} parameters", file=sys.stderr)
+    started = time.perf_counter()
+    history = fit(model, splits["train"], splits["val"], preprocessor(model, run), run.train,
+                  run.method.lr, run.method.weight_decay, run.seed, desc=desc)
+    train_time = time.perf_counter() - started
+    return model, splits, params, history, train_time, device
+
+
+def train_run(run_dict: dict[str, Any], data_dir: str | Path, backbone: str | Path | None,
+              out_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
+    """Train and evaluate one run; write ``metrics.json``, ``config.json``, ``provenance.json`` and
+    ``checkpoint.safetensors`` (the trainable parameters) into ``out_dir``.
+
+    Accuracies are in percent. The test split is evaluated once, with the final weights.
+    """
+    run = RunConfig.from_dict(run_dict)
+    out_dir = Path(out_dir)
+    desc = f"{run.method.name}/{run.model.name}/{run.dataset}/seed{run.seed}"
+    model, splits, params, history, train_time, device = _train(run, data_dir, backbone, threads, desc)
+    prep = preprocessor(model, run)
+    val = evaluate(model, splits["val"], prep, run.train.eval_batch_size)
+    test = evaluate(model, splits["test"], prep, run.train.eval_batch_size)
+    metrics = {
+        "method": run.method.name,
+        "model": run.model.name,
+        "dataset": run.dataset,
+        "seed": run.seed,
+        "test_top1": test["top1"],
+        "test_top5": test["top5"],
+        "test_loss": test["loss"],
+        "val_top1": val["top1"],
+        "val_top5": val["top5"],
+        "trainable_params": params["trainable"],
+        "total_params": params["total"],
+        "trainable_pct": 100.0 * params["trainable"] / params["total"],
+        "params_by_type": params["by_type"],
+        "train_time_s": train_time,
+        "train_images_per_s": run.train.epochs * len(splits["train"]) / train_time,
+        "peak_mem_mb": peak_memory_mb(device),
+        "epochs": run.train.epochs,
+        "backbone": run.model.backbone["source"] if run.method.uses_pretrained_backbone else "scratch",
+        "config_hash": config_hash(run_dict),
+        "data_manifest_sha256": sha256_file(Path(data_dir) / "manifest.json"),
+        "curves": dataclasses.asdict(history),
+    }
+    trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    with atomic_path(out_dir / "checkpoint.safetensors") as tmp:
+        save_file(trainable, str(tmp))
+    write_json(out_dir / "config.json", run_dict)
+    write_json(out_dir / "provenance.json", provenance(device=str(device), threads=torch.get_num_threads(),
+                                                       backbone_weights=str(backbone) if backbone else None))
+    write_json(out_dir / "metrics.json", metrics)  # last: its presence marks the run complete
+    print(f"{desc}: test top-1 {test['top1']:.2f}%  ({train_time:.1f} s)", file=sys.stderr)
+    return metrics
+
+
+def pretrain_backbone(run_dict: dict[str, Any], data_dir: str | Path, weights_out: str | Path,
+                      meta_out: str | Path, threads: int | None = None) -> dict[str, Any]:
+    """Train the backbone from random init on the source dataset; save weights and a record."""
+    run = RunConfig.from_dict(run_dict)
+    desc = f"pretrain/{run.model.name}/{run.dataset}"
+    model, splits, _, history, train_time, _ = _train(run, data_dir, None, threads, desc)
+    test = evaluate(model, splits["test"], preprocessor(model, run), run.train.eval_batch_size)
+    meta = {
+        "run": run_dict,
+        "source_test_top1": test["top1"],
+        "train_time_s": train_time,
+        "curves": dataclasses.asdict(history),
+        "data_manifest_sha256": sha256_file(Path(data_dir) / "manifest.json"),
+        "provenance": provenance(),
+    }
+    save_backbone(model, weights_out, meta_out, meta)
+    print(f"{desc}: source test top-1 {test['top1']:.2f}% ({train_time:.1f} s)", file=sys.stderr)
+    return meta

@@ -1,0 +1,17 @@
+"""Rule pretrain: train a backbone from random init on the offline source dataset."""
+
+import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
+
+from pathlib import Path
+
+from vitpeft.io import log_to_file
+from vitpeft.runs import pretrain_backbone
+
+log_to_file(snakemake.log[0])
+pretrain_backbone(
+    snakemake.params.run,
+    data_dir=Path(snakemake.input.data[0]).parent,
+    weights_out=snakemake.output.weights,
+    meta_out=snakemake.output.meta,
+    threads=snakemake.threads,
+)

@@ -1,0 +1,9 @@
+"""Rule stats: per-cell statistics over seeds and the transfer check."""
+
+import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
+
+from vitpeft.analysis.stats import write_stats
+from vitpeft.io import log_to_file
+
+log_to_file(snakemake.log[0])
+write_stats(snakemake.input[0], snakemake.output.cells, snakemake.output.transfer)

@@ -1,0 +1,11 @@
+"""Rule cell: a method x dataset target folder with summary.csv, one row per model x seed."""
+
+import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
+
+from pathlib import Path
+
+from vitpeft.analysis.aggregate import summarize_cell
+from vitpeft.io import log_to_file
+
+log_to_file(snakemake.log[0])
+summarize_cell(list(snakemake.input), Path(snakemake.output[0]) / "summary.csv")

@@ -1,0 +1,17 @@
+"""Rule train: train and evaluate one model x dataset x method x seed."""
+
+import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
+
+from pathlib import Path
+
+from vitpeft.io import log_to_file
+from vitpeft.runs import train_run
+
+log_to_file(snakemake.log[0])
+train_run(
+    snakemake.params.run,
+    data_dir=Path(snakemake.input.data[0]).parent,
+    backbone=snakemake.input.get("backbone"),
+    out_dir=snakemake.params.out_dir,
+    threads=snakemake.threads,
+)
