@@ -31,6 +31,6 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         "paper.pdf",
-    default_target: True

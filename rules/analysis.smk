@@ -55,8 +55,6 @@ rule tables:
             "results/paper/{part}.tex",
             part=["results_table", "runs_table", "macros", "setup", "transfer"],
         ),
-    params:
-        out_dir="results/paper",
     log:
         "results/logs/tables.log",
     conda:

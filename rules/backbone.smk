@@ -7,12 +7,12 @@ rule pretrain:
     output:
         weights="resources/backbones/{model}_{dataset}.safetensors",
         meta="resources/backbones/{model}_{dataset}.json",
-    params:
-        run=pretrain_config,
-    threads: config["threads"]
     log:
         "results/logs/pretrain/{model}_{dataset}.log",
     conda:
         "../envs/vitpeft.yaml"
+    threads: config["threads"]
+    params:
+        run=pretrain_config,
     script:
         "../workflow_scripts/pretrain.py"

@@ -4,7 +4,9 @@ from pathlib import Path
 import vitpeft.config as study_config
 from vitpeft.methods import METHOD_WILDCARD, method_config
 
-study_config.load(config)  # schema + semantic checks; fails before any job with the key named
+study_config.load(
+    config
+)  # schema + semantic checks; fails before any job with the key named
 
 STUDY = study_config.study(config)
 METHODS = study_config.study_methods(config)
@@ -26,7 +28,9 @@ def dataset_files(dataset):
 
 def backbone_files(model):
     """The backbone weights and record of the pretrain rule, for a model whose source is pretrain."""
-    stem = f"resources/backbones/{model}_{config['models'][model]['backbone']['dataset']}"
+    stem = (
+        f"resources/backbones/{model}_{config['models'][model]['backbone']['dataset']}"
+    )
     return {"weights": f"{stem}.safetensors", "meta": f"{stem}.json"}
 
 
@@ -44,7 +48,11 @@ def train_inputs(wildcards):
 
 def run_config(wildcards):
     run = study_config.resolve_run(
-        config, wildcards.model, wildcards.dataset, wildcards.method, int(wildcards.seed)
+        config,
+        wildcards.model,
+        wildcards.dataset,
+        wildcards.method,
+        int(wildcards.seed),
     )
     return run.to_dict()
 
@@ -64,7 +72,9 @@ def cell_metrics(wildcards):
 
 
 def study_cells():
-    return expand("results/{method}_{dataset}", method=METHODS, dataset=STUDY["datasets"])
+    return expand(
+        "results/{method}_{dataset}", method=METHODS, dataset=STUDY["datasets"]
+    )
 
 
 def study_backbone_metas():

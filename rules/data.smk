@@ -4,11 +4,11 @@
 rule prepare_data:
     output:
         expand("resources/data/{{dataset}}/{name}", name=SPLIT_FILES),
-    params:
-        spec=lambda wildcards: config["datasets"][wildcards.dataset],
     log:
         "results/logs/prepare_data/{dataset}.log",
     conda:
         "../envs/vitpeft.yaml"
+    params:
+        spec=lambda wildcards: config["datasets"][wildcards.dataset],
     script:
         "../workflow_scripts/prepare_data.py"

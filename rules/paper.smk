@@ -3,14 +3,12 @@
 
 rule paper:
     input:
+        main=PAPER_DIR / "main.tex",
         sources=paper_sources(),
         generated=rules.tables.output,
         figures=rules.figures.output,
     output:
         "paper.pdf",
-    params:
-        main=PAPER_DIR / "main.tex",
-        generated_dir="results/paper",
     log:
         "results/logs/paper.log",
     conda:

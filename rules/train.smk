@@ -9,14 +9,13 @@ rule train:
         config=f"{RUN_DIR}/config.json",
         provenance=f"{RUN_DIR}/provenance.json",
         checkpoint=f"{RUN_DIR}/checkpoint.safetensors",
-    params:
-        run=run_config,
-        out_dir=RUN_DIR,
-    threads: config["threads"]
     log:
         f"{RUN_DIR}/train.log",
     conda:
         "../envs/vitpeft.yaml"
+    threads: config["threads"]
+    params:
+        run=run_config,
     script:
         "../workflow_scripts/train.py"
 

@@ -4,19 +4,19 @@
 keys, defaults; via ``snakemake.utils.validate``), then semantically here (every method name
 parses, every model and dataset is known, every hyperparameter is valid). Each error names the
 key and the value.
+
+This module imports neither torch nor timm, so that Snakemake parses the workflow quickly.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitpeft.data.pipeline import AugmentConfig
 from vitpeft.methods import config_from_dict, method_config
 from vitpeft.methods.base import MethodConfig
-from vitpeft.models import ModelSpec
 
 SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
 TRANSFER_BASELINE = "scratch"
@@ -24,6 +24,72 @@ TRANSFER_BASELINE = "scratch"
 
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key and the value."""
+
+
+MODEL_ARCHS = {
+    "deit_tiny": "deit_tiny_patch16_224",
+    "deit_small": "deit_small_patch16_224",
+    "vit_small": "vit_small_patch16_224",
+}
+BACKBONE_SOURCES = ("pretrain", "timm", "file")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One ``models:`` entry of the config.
+
+    Attributes:
+        name: the study's name for the model, a key of :data:`MODEL_ARCHS`.
+        img_size: input side in pixels.
+        patch_size: patch side in pixels.
+        backbone: where the weights come from: ``{"source": "pretrain", "dataset": ...}``,
+            ``{"source": "timm"}`` or ``{"source": "file", "path": ...}``.
+        kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``depth`` in tests).
+    """
+
+    name: str
+    img_size: int = 224
+    patch_size: int = 16
+    backbone: dict[str, Any] = field(default_factory=lambda: {"source": "timm"})
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.name not in MODEL_ARCHS:
+            raise ValueError(f"unknown model {self.name!r}; known: {sorted(MODEL_ARCHS)}")
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"{self.name}: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.backbone.get("source") not in BACKBONE_SOURCES:
+            raise ValueError(
+                f"{self.name}: backbone.source must be one of {BACKBONE_SOURCES}, got {self.backbone.get('source')!r}"
+            )
+
+    @property
+    def arch(self) -> str:
+        return MODEL_ARCHS[self.name]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random affine augmentation, drawn independently for every image of a batch.
+
+    Attributes:
+        scale: range of the zoom factor (1.0 = the whole image fills the input).
+        translate: largest shift, as a fraction of the image side.
+        hflip: flip left-right with probability 0.5 (wrong for digits and text).
+    """
+
+    scale: tuple[float, float] = (1.0, 1.0)
+    translate: float = 0.0
+    hflip: bool = False
+
+    def __post_init__(self):
+        low, high = self.scale
+        if not 0.0 < low <= high:
+            raise ValueError(f"augment.scale must satisfy 0 < low <= high, got {self.scale}")
+        if not 0.0 <= self.translate < 1.0:
+            raise ValueError(f"augment.translate must be in [0, 1), got {self.translate}")
 
 
 @dataclass(frozen=True)
@@ -117,7 +183,9 @@ def pretrain_run(config: dict[str, Any], model: str) -> RunConfig:
     dataset = config["models"][model]["backbone"]["dataset"]
     run = resolve_run(config, model, dataset, TRANSFER_BASELINE, config["pretrain"]["seed"])
     pretrain = {k: v for k, v in config["pretrain"].items() if k not in ("seed", "lr", "weight_decay")}
-    method = dataclasses.replace(run.method, lr=config["pretrain"]["lr"], weight_decay=config["pretrain"]["weight_decay"])
+    method = dataclasses.replace(
+        run.method, lr=config["pretrain"]["lr"], weight_decay=config["pretrain"]["weight_decay"]
+    )
     return dataclasses.replace(run, train=TrainConfig(**pretrain), method=method)
 
 
@@ -133,7 +201,9 @@ def validate(config: dict[str, Any]) -> None:
     selected = study(config)
     for model in selected["models"]:
         if model not in config["models"]:
-            raise ConfigError(f"{key}.models: unknown model {model!r}; the models section defines {sorted(config['models'])}")
+            raise ConfigError(
+                f"{key}.models: unknown model {model!r}; the models section defines {sorted(config['models'])}"
+            )
         try:
             spec = model_spec(config, model)
         except (ValueError, TypeError) as err:
@@ -145,7 +215,9 @@ def validate(config: dict[str, Any]) -> None:
             raise ConfigError(f"models.{model}.backbone.path: required when source is 'file'")
     for dataset in selected["datasets"]:
         if dataset not in config["datasets"]:
-            raise ConfigError(f"{key}.datasets: unknown dataset {dataset!r}; the datasets section defines {sorted(config['datasets'])}")
+            raise ConfigError(
+                f"{key}.datasets: unknown dataset {dataset!r}; the datasets section defines {sorted(config['datasets'])}"
+            )
     for method in study_methods(config):
         try:
             method_config(method, config.get("methods", {}))

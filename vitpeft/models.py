@@ -8,7 +8,6 @@ pipeline's own pretrain rule). ``scratch`` is random initialization, used by the
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,49 +16,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vitpeft.config import ModelSpec
 from vitpeft.io import atomic_path, write_json
 
-MODEL_ARCHS = {
-    "deit_tiny": "deit_tiny_patch16_224",
-    "deit_small": "deit_small_patch16_224",
-    "vit_small": "vit_small_patch16_224",
-}
-BACKBONE_SOURCES = ("pretrain", "timm", "file")
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One ``models:`` entry of the config.
-
-    Attributes:
-        name: the study's name for the model, a key of :data:`MODEL_ARCHS`.
-        img_size: input side in pixels.
-        patch_size: patch side in pixels.
-        backbone: where the weights come from: ``{"source": "pretrain", "dataset": ...}``,
-            ``{"source": "timm"}`` or ``{"source": "file", "path": ...}``.
-        kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``depth`` in tests).
-    """
-
-    name: str
-    img_size: int = 224
-    patch_size: int = 16
-    backbone: dict[str, Any] = field(default_factory=lambda: {"source": "timm"})
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.name not in MODEL_ARCHS:
-            raise ValueError(f"unknown model {self.name!r}; known: {sorted(MODEL_ARCHS)}")
-        if self.img_size % self.patch_size:
-            raise ValueError(f"{self.name}: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        if self.backbone.get("source") not in BACKBONE_SOURCES:
-            raise ValueError(f"{self.name}: backbone.source must be one of {BACKBONE_SOURCES}, got {self.backbone.get('source')!r}")
-
-    @property
-    def arch(self) -> str:
-        return MODEL_ARCHS[self.name]
-
-
-def create_model(spec: ModelSpec, num_classes: int, weights: str | Path | None = None, hub: bool = False) -> nn.Module:
+def create_model(
+    spec: ModelSpec, num_classes: int, weights: str | Path | None = None, hub: bool = False
+) -> nn.Module:
     """Build ``spec``'s architecture with a fresh ``num_classes`` head.
 
     Args:
@@ -93,16 +56,24 @@ def load_backbone(model: nn.Module, path: str | Path) -> None:
     state = {k: v for k, v in state.items() if k not in head_keys}
     state = checkpoint_filter_fn(state, model)
     expected = model.state_dict()
-    wrong = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in state.items() if k in expected and v.shape != expected[k].shape}
+    wrong = {
+        k: (tuple(v.shape), tuple(expected[k].shape))
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    }
     if wrong:
         raise ValueError(f"{path}: shapes do not match the model (checkpoint, model): {wrong}")
     result = model.load_state_dict(state, strict=False)
     missing = set(result.missing_keys) - head_keys
     if missing or result.unexpected_keys:
-        raise ValueError(f"{path}: missing keys {sorted(missing)}, unexpected keys {sorted(result.unexpected_keys)}")
+        raise ValueError(
+            f"{path}: missing keys {sorted(missing)}, unexpected keys {sorted(result.unexpected_keys)}"
+        )
 
 
-def save_backbone(model: nn.Module, weights_path: str | Path, meta_path: str | Path, meta: dict[str, Any]) -> None:
+def save_backbone(
+    model: nn.Module, weights_path: str | Path, meta_path: str | Path, meta: dict[str, Any]
+) -> None:
     """Write the weights (safetensors) and a JSON record of what made them, both atomically."""
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(weights_path) as tmp:

@@ -11,7 +11,9 @@ from pathlib import Path
 TEX_PACKAGES = "texlive-latex-recommended texlive-fonts-recommended latexmk"
 
 
-def build_pdf(main_tex: str | Path, generated_dir: str | Path, out_pdf: str | Path, log_path: str | Path) -> None:
+def build_pdf(
+    main_tex: str | Path, generated_dir: str | Path, out_pdf: str | Path, log_path: str | Path
+) -> None:
     """Run latexmk in a scratch folder and move the PDF into place only if the build succeeded.
 
     ``\\input`` and ``\\includegraphics`` find files in the source folder and in ``generated_dir``
@@ -25,8 +27,17 @@ def build_pdf(main_tex: str | Path, generated_dir: str | Path, out_pdf: str | Pa
     out_pdf = Path(out_pdf)
     with tempfile.TemporaryDirectory(prefix="latexmk-") as build:
         result = subprocess.run(
-            ["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", f"-outdir={build}", str(main_tex)],
-            env=env, capture_output=True, text=True,
+            [
+                "latexmk",
+                "-pdf",
+                "-interaction=nonstopmode",
+                "-halt-on-error",
+                f"-outdir={build}",
+                str(main_tex),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
         )
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         Path(log_path).write_text(result.stdout + result.stderr)

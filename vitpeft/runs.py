@@ -71,14 +71,28 @@ def _train(run: RunConfig, data_dir, backbone, threads, desc):
     params = count_parameters(model)
     print(f"{desc}: {params['trainable']:,} trainable of {params['total']:,} parameters", file=sys.stderr)
     started = time.perf_counter()
-    history = fit(model, splits["train"], splits["val"], preprocessor(model, run), run.train,
-                  run.method.lr, run.method.weight_decay, run.seed, desc=desc)
+    history = fit(
+        model,
+        splits["train"],
+        splits["val"],
+        preprocessor(model, run),
+        run.train,
+        run.method.lr,
+        run.method.weight_decay,
+        run.seed,
+        desc=desc,
+    )
     train_time = time.perf_counter() - started
     return model, splits, params, history, train_time, device
 
 
-def train_run(run_dict: dict[str, Any], data_dir: str | Path, backbone: str | Path | None,
-              out_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
+def train_run(
+    run_dict: dict[str, Any],
+    data_dir: str | Path,
+    backbone: str | Path | None,
+    out_dir: str | Path,
+    threads: int | None = None,
+) -> dict[str, Any]:
     """Train and evaluate one run; write ``metrics.json``, ``config.json``, ``provenance.json`` and
     ``checkpoint.safetensors`` (the trainable parameters) into ``out_dir``.
 
@@ -118,15 +132,26 @@ def train_run(run_dict: dict[str, Any], data_dir: str | Path, backbone: str | Pa
     with atomic_path(out_dir / "checkpoint.safetensors") as tmp:
         save_file(trainable, str(tmp))
     write_json(out_dir / "config.json", run_dict)
-    write_json(out_dir / "provenance.json", provenance(device=str(device), threads=torch.get_num_threads(),
-                                                       backbone_weights=str(backbone) if backbone else None))
+    write_json(
+        out_dir / "provenance.json",
+        provenance(
+            device=str(device),
+            threads=torch.get_num_threads(),
+            backbone_weights=str(backbone) if backbone else None,
+        ),
+    )
     write_json(out_dir / "metrics.json", metrics)  # last: its presence marks the run complete
     print(f"{desc}: test top-1 {test['top1']:.2f}%  ({train_time:.1f} s)", file=sys.stderr)
     return metrics
 
 
-def pretrain_backbone(run_dict: dict[str, Any], data_dir: str | Path, weights_out: str | Path,
-                      meta_out: str | Path, threads: int | None = None) -> dict[str, Any]:
+def pretrain_backbone(
+    run_dict: dict[str, Any],
+    data_dir: str | Path,
+    weights_out: str | Path,
+    meta_out: str | Path,
+    threads: int | None = None,
+) -> dict[str, Any]:
     """Train the backbone from random init on the source dataset; save weights and a record."""
     run = RunConfig.from_dict(run_dict)
     desc = f"pretrain/{run.model.name}/{run.dataset}"

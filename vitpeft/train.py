@@ -73,7 +73,9 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, preprocess: BatchPreprocessor, batch_size: int) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, split: Split, preprocess: BatchPreprocessor, batch_size: int
+) -> dict[str, float]:
     """Top-1 and top-5 accuracy in percent, and mean cross-entropy, over a whole split."""
     model.eval()
     correct1 = correct5 = 0
@@ -115,8 +117,13 @@ def fit(
         model.train()
         order = torch.randperm(len(train), generator=generator).to(device)
         loss_sum, seen, started = 0.0, 0, time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch}/{cfg.epochs}", file=sys.stderr,
-                   mininterval=5.0, ascii=True)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{desc} epoch {epoch}/{cfg.epochs}",
+            file=sys.stderr,
+            mininterval=5.0,
+            ascii=True,
+        )
         for step in bar:
             index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x = preprocess(train.images[index], train=True, generator=generator)
@@ -133,7 +140,9 @@ def fit(
             scheduler.step()
             loss_sum += loss.item() * len(y)
             seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
+            rate = seen / (time.perf_counter() - started)
+            # refresh=False: let mininterval throttle the bar, or logs get a line per step.
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{rate:.0f}", refresh=False)
         bar.close()
         metrics = evaluate(model, val, preprocess, cfg.eval_batch_size)
         history.epoch.append(epoch)

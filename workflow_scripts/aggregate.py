@@ -1,8 +1,8 @@
 """Rule aggregate: every cell's summary in one run table."""
 
-import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
-
 from pathlib import Path
+
+import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
 
 from vitpeft.analysis.aggregate import aggregate
 from vitpeft.io import log_to_file

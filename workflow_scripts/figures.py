@@ -6,4 +6,6 @@ from vitpeft.analysis.figures import make_figures
 from vitpeft.io import log_to_file
 
 log_to_file(snakemake.log[0])
-make_figures(snakemake.input.runs, snakemake.input.cells, snakemake.output.params, snakemake.output.convergence)
+make_figures(
+    snakemake.input.runs, snakemake.input.cells, snakemake.output.params, snakemake.output.convergence
+)

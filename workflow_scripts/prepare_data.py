@@ -1,8 +1,8 @@
 """Rule prepare_data: build one dataset's splits and manifest."""
 
-import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
-
 from pathlib import Path
+
+import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
 
 from vitpeft.data import prepare_dataset
 from vitpeft.io import log_to_file

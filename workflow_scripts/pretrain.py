@@ -1,8 +1,8 @@
 """Rule pretrain: train a backbone from random init on the offline source dataset."""
 
-import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
-
 from pathlib import Path
+
+import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
 
 from vitpeft.io import log_to_file
 from vitpeft.runs import pretrain_backbone

@@ -1,8 +1,8 @@
 """Rule cell: a method x dataset target folder with summary.csv, one row per model x seed."""
 
-import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
-
 from pathlib import Path
+
+import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
 
 from vitpeft.analysis.aggregate import summarize_cell
 from vitpeft.io import log_to_file

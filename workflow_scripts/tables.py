@@ -1,5 +1,7 @@
 """Rule tables: the generated LaTeX parts of the paper (tables, setup, macros)."""
 
+from pathlib import Path
+
 import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
 
 from vitpeft.analysis.tables import write_tables
@@ -15,5 +17,5 @@ write_tables(
     config=snakemake.config,
     backbone_metas=snakemake.input.backbones,
     manifests=snakemake.input.manifests,
-    out_dir=snakemake.params.out_dir,
+    out_dir=Path(snakemake.output[0]).parent,
 )

@@ -1,8 +1,8 @@
 """Rule train: train and evaluate one model x dataset x method x seed."""
 
-import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
-
 from pathlib import Path
+
+import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
 
 from vitpeft.io import log_to_file
 from vitpeft.runs import train_run
@@ -12,6 +12,6 @@ train_run(
     snakemake.params.run,
     data_dir=Path(snakemake.input.data[0]).parent,
     backbone=snakemake.input.get("backbone"),
-    out_dir=snakemake.params.out_dir,
+    out_dir=Path(snakemake.output.metrics).parent,
     threads=snakemake.threads,
 )

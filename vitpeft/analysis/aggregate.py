@@ -49,6 +49,8 @@ def summarize_cell(metrics_paths: list[str | Path], out_csv: str | Path) -> pd.D
 
 def aggregate(cell_csvs: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
     """Concatenate every cell's summary into the study's run table."""
-    frame = pd.concat([pd.read_csv(p) for p in cell_csvs], ignore_index=True).sort_values(KEYS, ignore_index=True)
+    frame = pd.concat([pd.read_csv(p) for p in cell_csvs], ignore_index=True).sort_values(
+        KEYS, ignore_index=True
+    )
     write_csv(frame, out_csv)
     return frame

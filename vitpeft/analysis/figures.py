@@ -28,10 +28,14 @@ def accuracy_vs_params(cell_stats: pd.DataFrame, out_pdf: str | Path) -> None:
         for _, row in sorted(group.iterrows(), key=lambda item: method_sort_key(item[1]["method"])):
             half = row["test_top1_ci_high"] - row["test_top1_mean"]
             ax.errorbar(
-                row["trainable_params"], row["test_top1_mean"],
+                row["trainable_params"],
+                row["test_top1_mean"],
                 yerr=None if np.isnan(half) else [[half], [half]],
-                fmt=FAMILY_MARKERS.get(method_family(row["method"]), "o"), color=method_colour(row["method"]),
-                capsize=3, markersize=6, label=method_label(row["method"]),
+                fmt=FAMILY_MARKERS.get(method_family(row["method"]), "o"),
+                color=method_colour(row["method"]),
+                capsize=3,
+                markersize=6,
+                label=method_label(row["method"]),
             )
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
@@ -63,8 +67,9 @@ def convergence(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str | Path
     plt.close(fig)
 
 
-def make_figures(runs_csv: str | Path, cell_stats_csv: str | Path, out_params: str | Path,
-                 out_convergence: str | Path) -> None:
+def make_figures(
+    runs_csv: str | Path, cell_stats_csv: str | Path, out_params: str | Path, out_convergence: str | Path
+) -> None:
     """Every figure of the paper from the aggregated tables (curves come from each run's metrics)."""
     runs = pd.read_csv(runs_csv)
     accuracy_vs_params(pd.read_csv(cell_stats_csv), out_params)

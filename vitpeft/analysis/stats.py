@@ -41,7 +41,9 @@ def cell_stats(runs: pd.DataFrame, metrics=("test_top1", "test_top5", "val_top1"
     return pd.DataFrame(rows)
 
 
-def paired_difference(runs: pd.DataFrame, method: str, baseline: str, metric: str = "test_top1") -> pd.DataFrame:
+def paired_difference(
+    runs: pd.DataFrame, method: str, baseline: str, metric: str = "test_top1"
+) -> pd.DataFrame:
     """``method`` minus ``baseline`` on matched seeds, per dataset x model, with a paired t-test.
 
     With n seeds the test has n - 1 degrees of freedom; at n = 3 it has little power, and a
@@ -55,8 +57,13 @@ def paired_difference(runs: pd.DataFrame, method: str, baseline: str, metric: st
         if len(seeds) == 0:
             continue
         diff = (a.loc[seeds] - b.loc[seeds]).to_numpy()
-        row = {"dataset": dataset, "model": model, "method": method, "baseline": baseline,
-               **{f"diff_{k}": v for k, v in mean_ci(diff).items()}}
+        row = {
+            "dataset": dataset,
+            "model": model,
+            "method": method,
+            "baseline": baseline,
+            **{f"diff_{k}": v for k, v in mean_ci(diff).items()},
+        }
         row["p_value"] = math.nan
         if len(diff) > 1 and np.std(diff) > 0:
             row["t_stat"], row["p_value"], _ = DescrStatsW(diff).ttest_mean(0.0)
@@ -64,7 +71,9 @@ def paired_difference(runs: pd.DataFrame, method: str, baseline: str, metric: st
     return pd.DataFrame(rows)
 
 
-def write_stats(runs_csv, out_cell_stats, out_transfer, baseline: str = "scratch", reference: str = "full") -> None:
+def write_stats(
+    runs_csv, out_cell_stats, out_transfer, baseline: str = "scratch", reference: str = "full"
+) -> None:
     """The stats rule: per-cell statistics, and the transfer check (``reference`` vs ``baseline``)."""
     from vitpeft.analysis.aggregate import write_csv
 
@@ -72,6 +81,18 @@ def write_stats(runs_csv, out_cell_stats, out_transfer, baseline: str = "scratch
     write_csv(cell_stats(runs), out_cell_stats)
     transfer = paired_difference(runs, reference, baseline)
     if transfer.empty:
-        transfer = pd.DataFrame(columns=["dataset", "model", "method", "baseline", "diff_n", "diff_mean",
-                                         "diff_std", "diff_ci_low", "diff_ci_high", "p_value"])
+        transfer = pd.DataFrame(
+            columns=[
+                "dataset",
+                "model",
+                "method",
+                "baseline",
+                "diff_n",
+                "diff_mean",
+                "diff_std",
+                "diff_ci_low",
+                "diff_ci_high",
+                "p_value",
+            ]
+        )
     write_csv(transfer, out_transfer)

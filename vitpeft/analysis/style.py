@@ -18,8 +18,12 @@ from vitpeft.methods import parse_method_name  # noqa: E402
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 FAMILY_COLOURS = {"full": OKABE_ITO[0], "linear": OKABE_ITO[1], "lora": OKABE_ITO[2], "scratch": OKABE_ITO[7]}
 FAMILY_MARKERS = {"full": "s", "linear": "v", "lora": "o", "scratch": "x"}
-FAMILY_LABELS = {"full": "Full fine-tuning", "linear": "Linear probe", "scratch": "From scratch (full)",
-                 "lora": "LoRA"}
+FAMILY_LABELS = {
+    "full": "Full fine-tuning",
+    "linear": "Linear probe",
+    "scratch": "From scratch (full)",
+    "lora": "LoRA",
+}
 
 
 def method_family(method: str) -> str:
@@ -46,11 +50,18 @@ def method_sort_key(method: str) -> tuple:
 
 
 def apply_style() -> None:
-    plt.rcParams.update({
-        "figure.figsize": (4.5, 3.0), "font.size": 9, "axes.spines.top": False,
-        "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "savefig.bbox": "tight",
-        "pdf.fonttype": 42,
-    })
+    plt.rcParams.update(
+        {
+            "figure.figsize": (4.5, 3.0),
+            "font.size": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "savefig.bbox": "tight",
+            "pdf.fonttype": 42,
+        }
+    )
 
 
 NUMBER_WORDS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]

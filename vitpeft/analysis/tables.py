@@ -14,8 +14,8 @@ import jinja2
 import pandas as pd
 
 from vitpeft.analysis.style import macro_name, method_label, method_sort_key
+from vitpeft.config import MODEL_ARCHS
 from vitpeft.io import atomic_write, read_json
-from vitpeft.models import MODEL_ARCHS
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -26,7 +26,9 @@ def tex_escape(text: Any) -> str:
 
 
 def fmt(value: float, digits: int = 1) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    return (
+        "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    )
 
 
 def fmt_count(value: float) -> str:
@@ -37,10 +39,16 @@ def environment() -> jinja2.Environment:
     # LaTeX is full of braces and percent signs, so the templates use << >> and <% %> instead.
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
-        block_start_string="<%", block_end_string="%>",
-        variable_start_string="<<", variable_end_string=">>",
-        comment_start_string="<#", comment_end_string="#>",
-        trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined, autoescape=False,
+        block_start_string="<%",
+        block_end_string="%>",
+        variable_start_string="<<",
+        variable_end_string=">>",
+        comment_start_string="<#",
+        comment_end_string="#>",
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
     )
     env.filters.update(tex=tex_escape, fmt=fmt, count=fmt_count, method=lambda m: method_label(m, latex=True))
     return env
@@ -88,23 +96,40 @@ def macros(cells: pd.DataFrame, transfer: pd.DataFrame) -> dict[str, str]:
     return named
 
 
-def write_tables(runs_csv, cell_stats_csv, transfer_csv, study: dict[str, Any], config: dict[str, Any],
-                 backbone_metas: list[str | Path], manifests: list[str | Path], out_dir: str | Path) -> None:
+def write_tables(
+    runs_csv,
+    cell_stats_csv,
+    transfer_csv,
+    study: dict[str, Any],
+    config: dict[str, Any],
+    backbone_metas: list[str | Path],
+    manifests: list[str | Path],
+    out_dir: str | Path,
+) -> None:
     """Render every generated LaTeX part of the paper into ``out_dir``."""
     out_dir = Path(out_dir)
     runs = pd.read_csv(runs_csv)
     cells = pd.read_csv(cell_stats_csv)
     transfer = pd.read_csv(transfer_csv)
-    runs = runs.assign(order=runs.method.map(method_sort_key)).sort_values(["dataset", "model", "order", "seed"])
+    runs = runs.assign(order=runs.method.map(method_sort_key)).sort_values(
+        ["dataset", "model", "order", "seed"]
+    )
     render("results_table.tex.j2", out_dir / "results_table.tex", groups=result_groups(cells))
     render("runs_table.tex.j2", out_dir / "runs_table.tex", runs=runs.to_dict("records"))
     named = {"StudyTitle": tex_escape(study.get("title", "A PEFT study")), **macros(cells, transfer)}
     render("macros.tex.j2", out_dir / "macros.tex", macros=named)
     render("transfer.tex.j2", out_dir / "transfer.tex", transfer=transfer.to_dict("records"))
     render(
-        "setup.tex.j2", out_dir / "setup.tex", study=study, config=config,
+        "setup.tex.j2",
+        out_dir / "setup.tex",
+        study=study,
+        config=config,
         backbones=[read_json(p) for p in backbone_metas],
         datasets={Path(p).parent.name: read_json(p) for p in manifests},
-        methods=sorted(runs.method.unique(), key=method_sort_key), arches=MODEL_ARCHS, n_runs=len(runs),
-        hardware=runs[["cpu", "gpu", "threads"]].drop_duplicates().to_dict("records") if "cpu" in runs else [],
+        methods=sorted(runs.method.unique(), key=method_sort_key),
+        arches=MODEL_ARCHS,
+        n_runs=len(runs),
+        hardware=runs[["cpu", "gpu", "threads"]].drop_duplicates().to_dict("records")
+        if "cpu" in runs
+        else [],
     )

@@ -32,6 +32,10 @@ def prepare_dataset(spec: dict[str, Any], out_dir: str | Path) -> dict[str, Any]
         raise ValueError(f"unknown dataset kind {kind!r}; known: {sorted(DATASET_BUILDERS)}")
     images, labels, class_names, source = DATASET_BUILDERS[kind](**spec.get("options", {}))
     split_index = stratified_split(labels, spec["val_fraction"], spec["test_fraction"], spec["split_seed"])
-    source = {**source, "split_seed": spec["split_seed"], "val_fraction": spec["val_fraction"],
-              "test_fraction": spec["test_fraction"]}
+    source = {
+        **source,
+        "split_seed": spec["split_seed"],
+        "val_fraction": spec["val_fraction"],
+        "test_fraction": spec["test_fraction"],
+    }
     return write_splits(out_dir, images, labels, split_index, class_names, source)

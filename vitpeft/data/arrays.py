@@ -24,13 +24,9 @@ def stratified_split(
 ) -> dict[str, np.ndarray]:
     """Indices of a stratified train/val/test split, the same on every machine for one seed."""
     index = np.arange(len(labels))
-    rest, test = train_test_split(
-        index, test_size=test_fraction, stratify=labels, random_state=seed
-    )
+    rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
     val_of_rest = val_fraction / (1.0 - test_fraction)
-    train, val = train_test_split(
-        rest, test_size=val_of_rest, stratify=labels[rest], random_state=seed
-    )
+    train, val = train_test_split(rest, test_size=val_of_rest, stratify=labels[rest], random_state=seed)
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
@@ -51,9 +47,8 @@ def write_splits(
     for split in SPLITS:
         idx = split_index[split]
         path = out_dir / f"{split}.npz"
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, images=images[idx], labels=labels[idx].astype(np.int64))
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, images=images[idx], labels=labels[idx].astype(np.int64))
         files[path.name] = sha256_file(path)
         per_class = Counter(int(y) for y in labels[idx])
         counts[split] = [per_class.get(c, 0) for c in range(len(class_names))]
@@ -83,6 +78,4 @@ def verify(data_dir: str | Path) -> None:
     for name, expected in load_manifest(data_dir)["sha256"].items():
         actual = sha256_file(data_dir / name)
         if actual != expected:
-            raise ValueError(
-                f"{data_dir / name}: SHA-256 {actual} does not match the manifest's {expected}"
-            )
+            raise ValueError(f"{data_dir / name}: SHA-256 {actual} does not match the manifest's {expected}")

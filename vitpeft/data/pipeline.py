@@ -7,42 +7,20 @@ through PIL, so the loader cannot become what limits training speed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Random affine augmentation, drawn independently for every image of a batch.
-
-    Attributes:
-        scale: range of the zoom factor (1.0 = the whole image fills the input).
-        translate: largest shift, as a fraction of the image side.
-        hflip: flip left-right with probability 0.5 (wrong for digits and text).
-    """
-
-    scale: tuple[float, float] = (1.0, 1.0)
-    translate: float = 0.0
-    hflip: bool = False
-
-    def __post_init__(self):
-        low, high = self.scale
-        if not 0.0 < low <= high:
-            raise ValueError(f"augment.scale must satisfy 0 < low <= high, got {self.scale}")
-        if not 0.0 <= self.translate < 1.0:
-            raise ValueError(f"augment.translate must be in [0, 1), got {self.translate}")
+from vitpeft.config import AugmentConfig
 
 
 class BatchPreprocessor:
     """Turn a uint8 ``(B, H, W, C)`` batch into the model's normalized ``(B, 3, S, S)`` input."""
 
-    def __init__(self, img_size: int, mean, std, augment: AugmentConfig = AugmentConfig()):
+    def __init__(self, img_size: int, mean, std, augment: AugmentConfig | None = None):
         self.img_size = img_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.augment = augment
+        self.augment = augment or AugmentConfig()
 
     def __call__(self, images: torch.Tensor, train: bool, generator: torch.Generator | None = None):
         x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W) in [0, 1]

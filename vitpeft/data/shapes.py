@@ -69,10 +69,13 @@ def _stroke_distance(kind: str, x, y, cx, cy, r):
             seg(x, y, cx - r, cy - r, cx + r, cy + r), seg(x, y, cx - r, cy + r, cx + r, cy - r)
         )
     if kind == "corner":
-        return np.minimum(seg(x, y, cx - r, cy - r, cx - r, cy + r), seg(x, y, cx - r, cy + r, cx + r, cy + r))
+        return np.minimum(
+            seg(x, y, cx - r, cy - r, cx - r, cy + r), seg(x, y, cx - r, cy + r, cx + r, cy + r)
+        )
     if kind == "two_bars":
         return np.minimum(
-            seg(x, y, cx - r, cy - r / 2, cx + r, cy - r / 2), seg(x, y, cx - r, cy + r / 2, cx + r, cy + r / 2)
+            seg(x, y, cx - r, cy - r / 2, cx + r, cy - r / 2),
+            seg(x, y, cx - r, cy + r / 2, cx + r, cy + r / 2),
         )
     if kind == "triangle":
         a, b, c = (cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)

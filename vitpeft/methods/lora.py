@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from vitpeft.methods.base import MethodConfig
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # Paths inside a timm ViT block that LoRA may adapt.
 ADAPTABLE = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -61,6 +63,8 @@ def target_regex(target_modules: tuple[str, ...]) -> str:
 
 def target_layers(model: nn.Module, config: LoraConfig) -> dict[str, nn.Linear]:
     """The Linear layers of ``model`` that ``config`` adapts, by full path."""
+    from torch import nn
+
     pattern = re.compile(target_regex(config.target_modules))
     return {
         name: module

@@ -1,0 +1,35 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vitpeft import config as study_config
+from vitpeft.config import ModelSpec
+from vitpeft.models import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def demo_config():
+    return study_config.load(yaml.safe_load((REPO / "config.yaml").read_text()))
+
+
+@pytest.fixture
+def tiny_config():
+    return study_config.load(yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text()))
+
+
+@pytest.fixture
+def tiny_spec():
+    return ModelSpec(
+        "deit_tiny", img_size=16, patch_size=4, backbone={"source": "pretrain"}, kwargs={"depth": 2}
+    )
+
+
+@pytest.fixture
+def tiny_model(tiny_spec):
+    import torch
+
+    torch.manual_seed(0)
+    return create_model(tiny_spec, num_classes=10)

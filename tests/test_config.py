@@ -1,0 +1,53 @@
+import copy
+
+import pytest
+
+from vitpeft import config as study_config
+from vitpeft.config import ConfigError, RunConfig
+
+
+def test_demo_config_is_valid_and_has_the_transfer_baseline(demo_config):
+    assert study_config.study_methods(demo_config) == ["full", "linear", "lora_r8", "scratch"]
+    assert study_config.study(demo_config)["seeds"] == [0, 1, 2]
+
+
+def test_run_config_round_trips_through_json_dict(demo_config):
+    run = study_config.resolve_run(demo_config, "deit_tiny", "digits", "lora_r8", 2)
+    again = RunConfig.from_dict(run.to_dict())
+    assert again == run
+    assert again.method.r == 8 and again.method.target_modules == ("attn.qkv", "attn.proj")
+
+
+def test_pretrain_run_uses_pretrain_budget(demo_config):
+    run = study_config.pretrain_run(demo_config, "deit_tiny")
+    assert run.dataset == "shapes"
+    assert run.train.epochs == demo_config["pretrain"]["epochs"]
+    assert run.method.lr == demo_config["pretrain"]["lr"]
+    assert not run.method.uses_pretrained_backbone
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["studies"]["demo"]["methods"].append("qlora3_r8"), "'qlora3_r8'"),
+        (
+            lambda c: c["studies"]["demo"]["methods"].append("lora_r0"),
+            "rank r must be a positive integer, got 0",
+        ),
+        (lambda c: c["studies"]["demo"]["models"].append("resnet50"), "unknown model 'resnet50'"),
+        (lambda c: c["studies"]["demo"]["datasets"].append("cifar11"), "unknown dataset 'cifar11'"),
+        (lambda c: c["methods"]["lora"].update(alpah=3), "unknown key 'alpah'"),
+        (lambda c: c["methods"]["lora"].update(target_modules=["proj"]), "target_modules ['proj']"),
+        (lambda c: c.update(study="full"), "study: 'full' is not a key of studies"),
+        (lambda c: c["models"]["deit_tiny"].update(img_size=18), "not a multiple of patch_size"),
+        (lambda c: c["models"]["deit_tiny"]["backbone"].update(source="hub"), "hub"),
+        (lambda c: c["studies"]["demo"].update(seeds=["a"]), "'a'"),
+        (lambda c: c["train"].update(epoch=3), "epoch"),
+    ],
+)
+def test_bad_config_is_rejected_naming_key_and_value(demo_config, edit, message):
+    bad = copy.deepcopy(demo_config)
+    edit(bad)
+    with pytest.raises(ConfigError) as err:
+        study_config.load(bad)
+    assert message in str(err.value)

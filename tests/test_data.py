@@ -1,0 +1,88 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vitpeft.config import AugmentConfig
+from vitpeft.data import arrays, prepare_dataset
+from vitpeft.data.digits import build_digits
+from vitpeft.data.pipeline import BatchPreprocessor
+from vitpeft.data.shapes import SHAPE_CLASSES, build_shapes
+
+
+def test_digits_are_real_uint8_images():
+    images, labels, classes, _ = build_digits()
+    assert images.shape == (1797, 8, 8, 1) and images.dtype == np.uint8
+    assert images.max() == 255 and classes == [str(c) for c in range(10)]
+    assert np.bincount(labels).min() >= 170
+
+
+def test_split_is_stratified_disjoint_and_reproducible():
+    labels = np.repeat(np.arange(10), 50)
+    split = arrays.stratified_split(labels, 0.2, 0.2, seed=3)
+    assert sum(len(v) for v in split.values()) == len(labels)
+    assert len(np.unique(np.concatenate(list(split.values())))) == len(labels)
+    assert (np.bincount(labels[split["test"]]) == 10).all()
+    again = arrays.stratified_split(labels, 0.2, 0.2, seed=3)
+    assert all((split[k] == again[k]).all() for k in split)
+    other = arrays.stratified_split(labels, 0.2, 0.2, seed=4)
+    assert not (split["test"] == other["test"]).all()
+
+
+def test_prepare_dataset_writes_splits_and_checksummed_manifest(tmp_path):
+    spec = {"kind": "sklearn_digits", "split_seed": 0, "val_fraction": 0.2, "test_fraction": 0.2}
+    manifest = prepare_dataset(spec, tmp_path)
+    counts = {k: sum(v) for k, v in manifest["counts_per_class"].items()}
+    assert counts == {"train": 1077, "val": 360, "test": 360}
+    assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+    arrays.verify(tmp_path)
+    images, labels = arrays.load_split(tmp_path, "val")
+    assert images.shape == (360, 8, 8, 1) and labels.dtype == np.int64
+    # A second build is byte-identical: same checksums.
+    assert prepare_dataset(spec, tmp_path / "again")["sha256"] == manifest["sha256"]
+    (tmp_path / "test.npz").write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="test.npz: SHA-256"):
+        arrays.verify(tmp_path)
+
+
+def test_unknown_dataset_kind(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset kind 'cifar11'"):
+        prepare_dataset({"kind": "cifar11"}, tmp_path)
+
+
+def test_shapes_are_deterministic_and_balanced():
+    a, la, names, _ = build_shapes(64, 16, seed=0)
+    b, lb, _, _ = build_shapes(64, 16, seed=0)
+    c, _, _, _ = build_shapes(64, 16, seed=1)
+    assert (a == b).all() and (la == lb).all() and not (a == c).all()
+    assert names == list(SHAPE_CLASSES)
+    assert np.bincount(la, minlength=len(names)).tolist() == [4] * len(names)
+    assert a.std() > 20  # the strokes are visible over the texture
+
+
+def test_preprocessor_eval_resizes_and_normalizes():
+    prep = BatchPreprocessor(16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    images = torch.full((2, 8, 8, 1), 255, dtype=torch.uint8)
+    out = prep(images, train=False)
+    assert out.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(out, torch.ones_like(out))
+
+
+def test_preprocessor_augments_each_image_differently_and_reproducibly():
+    prep = BatchPreprocessor(
+        16, (0.0,) * 3, (1.0,) * 3, AugmentConfig(scale=(0.8, 1.2), translate=0.2, hflip=True)
+    )
+    images = torch.randint(0, 256, (1, 8, 8, 3), dtype=torch.uint8).expand(4, -1, -1, -1)
+    first = prep(images, train=True, generator=torch.Generator().manual_seed(0))
+    again = prep(images, train=True, generator=torch.Generator().manual_seed(0))
+    assert first.shape == (4, 3, 16, 16)
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first[0], first[1])
+
+
+def test_augment_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="scale"):
+        AugmentConfig(scale=(1.2, 0.8))
+    with pytest.raises(ValueError, match="translate"):
+        AugmentConfig(translate=1.5)

@@ -1,0 +1,25 @@
+import pytest
+
+from vitpeft.io import atomic_path, atomic_write, config_hash, read_json, write_json
+
+
+def test_atomic_write_keeps_old_content_when_writer_fails(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError), atomic_write(target) as handle:
+        handle.write('{"half": ')
+        raise RuntimeError("killed")
+    assert read_json(target) == {"a": 1}
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(ValueError), atomic_path(tmp_path / "fig.pdf") as tmp:
+        tmp.write_bytes(b"partial")
+        raise ValueError
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_hash_is_order_independent():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})

@@ -1,0 +1,97 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vitpeft.config import RunConfig, TrainConfig
+from vitpeft.data.pipeline import BatchPreprocessor
+from vitpeft.io import read_json
+from vitpeft.methods import method_config, prepare_model
+from vitpeft.train import Split, evaluate, fit, param_groups, warmup_cosine
+
+
+def test_warmup_cosine_shape():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, warmup_steps=4, total_steps=20)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0)
+    assert lrs[12] == pytest.approx(0.5 * (1 + math.cos(math.pi * 8 / 16)))
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
+
+
+def test_param_groups_hold_only_trainable_and_skip_decay_on_norms_and_tokens(tiny_model):
+    model = prepare_model(tiny_model, method_config("lora_r4"))
+    decay, no_decay = param_groups(model, 0.05)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in decay["params"] + no_decay["params"]} == trainable
+    assert all(p.ndim == 2 for p in decay["params"])
+    full = prepare_model(tiny_model, method_config("full"))
+    no_decay_ids = {id(p) for p in param_groups(full, 0.05)[1]["params"]}
+    assert id(full.pos_embed) in no_decay_ids and id(full.cls_token) in no_decay_ids
+
+
+def test_evaluate_counts_top1_and_top5():
+    class Fixed(nn.Module):
+        def forward(self, x):  # class 0 first, then 1..9 in order, for every image
+            return torch.linspace(1, 0, 10).expand(len(x), -1)
+
+    labels = torch.tensor([0, 3, 7, 0])
+    split = Split(torch.zeros(4, 8, 8, 1, dtype=torch.uint8), labels)
+    result = evaluate(Fixed(), split, BatchPreprocessor(8, (0,) * 3, (1,) * 3), batch_size=3)
+    assert result["top1"] == 50.0 and result["top5"] == 75.0
+
+
+def test_fit_learns_a_separable_problem(tiny_model):
+    # Class = dark or bright noisy image: learnable in a few steps, so the loop is what is tested.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 256)
+    images = (rng.integers(0, 100, (256, 16, 16, 1)) + 120 * labels[:, None, None, None]).astype(np.uint8)
+    split = Split(torch.from_numpy(images), torch.from_numpy(labels))
+    model = prepare_model(tiny_model, method_config("full"))
+    model.reset_classifier(2)
+    prep = BatchPreprocessor(16, (0.5,) * 3, (0.5,) * 3)
+    history = fit(model, split, split, prep, TrainConfig(epochs=3, batch_size=32), 1e-3, 0.0, seed=0)
+    assert history.val_top1[-1] == 100.0
+    assert history.train_loss[-1] < history.train_loss[0]
+
+
+def test_train_run_writes_every_required_output(tmp_path, tiny_config):
+    from vitpeft import config as study_config
+    from vitpeft.data import prepare_dataset
+    from vitpeft.runs import train_run
+
+    prepare_dataset(tiny_config["datasets"]["digits"], tmp_path / "data")
+    run = study_config.resolve_run(tiny_config, "deit_tiny", "digits", "scratch", 0).to_dict()
+    metrics = train_run(run, tmp_path / "data", None, tmp_path / "run", threads=1)
+    on_disk = read_json(tmp_path / "run" / "metrics.json")
+    assert on_disk == metrics
+    required = {
+        "test_top1",
+        "test_top5",
+        "val_top1",
+        "trainable_params",
+        "total_params",
+        "train_time_s",
+        "peak_mem_mb",
+        "epochs",
+        "seed",
+        "method",
+        "model",
+        "dataset",
+        "curves",
+    }
+    assert required <= set(on_disk)
+    assert 0.0 <= on_disk["test_top1"] <= on_disk["test_top5"] <= 100.0
+    assert len(on_disk["curves"]["val_top1"]) == on_disk["epochs"] == 1
+    saved = RunConfig.from_dict(read_json(tmp_path / "run" / "config.json"))
+    assert saved == RunConfig.from_dict(run)
+    provenance = read_json(tmp_path / "run" / "provenance.json")
+    assert provenance["packages"]["torch"] and "hardware" in provenance
+    assert (tmp_path / "run" / "checkpoint.safetensors").stat().st_size > 0

@@ -1,0 +1,150 @@
+"""The workflow as Snakemake sees it: lint, dry runs of every rule's target, config errors, pins."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def snakemake(*args, workdir, configfile=REPO / "config.yaml", check=True):
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        *args,
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_lint_is_clean(tmp_path):
+    result = snakemake("--lint", workdir=tmp_path)
+    assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    table = output.split("Job stats:")[1].split("Reasons:")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (
+            "paper.pdf",
+            {
+                "prepare_data": 2,
+                "pretrain": 1,
+                "train": 12,
+                "cell": 4,
+                "aggregate": 1,
+                "stats": 1,
+                "figures": 1,
+                "tables": 1,
+                "paper": 1,
+            },
+        ),
+        ("results/lora_r8_digits", {"prepare_data": 2, "pretrain": 1, "train": 3, "cell": 1}),
+        ("results/scratch_digits", {"prepare_data": 1, "train": 3, "cell": 1}),
+        ("results/lora_r32_digits", {"prepare_data": 2, "pretrain": 1, "train": 3, "cell": 1}),
+        (
+            "results/runs/digits/full/deit_tiny/seed1/metrics.json",
+            {"prepare_data": 2, "pretrain": 1, "train": 1},
+        ),
+        ("resources/data/digits/manifest.json", {"prepare_data": 1}),
+        ("resources/backbones/deit_tiny_shapes.safetensors", {"prepare_data": 1, "pretrain": 1}),
+        (
+            "results/analysis/runs.csv",
+            {"prepare_data": 2, "pretrain": 1, "train": 12, "cell": 4, "aggregate": 1},
+        ),
+        (
+            "results/analysis/transfer.csv",
+            {"prepare_data": 2, "pretrain": 1, "train": 12, "cell": 4, "aggregate": 1, "stats": 1},
+        ),
+        (
+            "results/paper/convergence.pdf",
+            {
+                "prepare_data": 2,
+                "pretrain": 1,
+                "train": 12,
+                "cell": 4,
+                "aggregate": 1,
+                "stats": 1,
+                "figures": 1,
+            },
+        ),
+        (
+            "results/paper/macros.tex",
+            {
+                "prepare_data": 2,
+                "pretrain": 1,
+                "train": 12,
+                "cell": 4,
+                "aggregate": 1,
+                "stats": 1,
+                "tables": 1,
+            },
+        ),
+    ],
+)
+def test_dry_run_of_each_rule_target(tmp_path, target, expected):
+    assert planned_jobs(snakemake("-n", target, workdir=tmp_path).stdout) == expected
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"methods": ["full", "qlora3_r8"]}, "studies.demo.methods: 'qlora3_r8': unknown method"),
+        ({"methods": ["lora_r0"]}, "LoRA rank r must be a positive integer, got 0"),
+        ({"models": ["vit_giant"]}, "unknown model 'vit_giant'"),
+        ({"datasets": ["cifar11"]}, "unknown dataset 'cifar11'"),
+    ],
+)
+def test_bad_config_fails_before_any_job(tmp_path, edit, message):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["studies"]["demo"].update(edit)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("-n", "paper.pdf", workdir=tmp_path, configfile=path, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert "Job stats" not in result.stdout
+
+
+def pins(lines):
+    return dict(
+        line.strip().split("==") for line in lines if "==" in line and not line.strip().startswith("#")
+    )
+
+
+def test_conda_env_pins_equal_requirements():
+    requirements = pins((REPO / "requirements.txt").read_text().splitlines())
+    env = yaml.safe_load((REPO / "envs" / "vitpeft.yaml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert pins(pip_section) == requirements
+    assert requirements["torch"] == "2.14.1" and requirements["torchvision"] == "0.29.1"
+    constraints = {
+        k.lower().replace("_", "-"): v
+        for k, v in pins((REPO / "constraints.txt").read_text().splitlines()).items()
+    }
+    for name, version in requirements.items():
+        assert constraints[name.lower()] == version, name
+
+
+def test_installed_versions_equal_the_pins():
+    from importlib.metadata import version
+
+    for name, pinned in pins((REPO / "requirements.txt").read_text().splitlines()).items():
+        assert version(name) == pinned, name
