@@ -1,0 +1,42 @@
+"""The whole DAG on the tiny config, in a temporary folder: data to paper.pdf."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+@pytest.mark.e2e
+def test_tiny_study_builds_a_paper_with_the_runs_numbers(tmp_path):
+    if shutil.which("latexmk") is None or shutil.which("pdftotext") is None:
+        pytest.fail("latexmk and pdftotext are required: `make test` installs them")
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+           "--configfile", str(REPO / "tests" / "tiny_config.yaml"), "--cores", "2"]
+    result = subprocess.run([*cmd, "paper.pdf"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+
+    run_dir = tmp_path / "results" / "runs" / "digits" / "lora_r8" / "deit_tiny" / "seed0"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for name in ("config.json", "provenance.json", "checkpoint.safetensors", "train.log"):
+        assert (run_dir / name).exists(), name
+    assert "img/s" in (run_dir / "train.log").read_text()
+
+    summary = pd.read_csv(tmp_path / "results" / "lora_r8_digits" / "summary.csv")
+    assert summary[["model", "seed"]].values.tolist() == [["deit_tiny", 0]]
+    assert summary.test_top1.iloc[0] == pytest.approx(metrics["test_top1"])
+
+    text = subprocess.run(["pdftotext", str(tmp_path / "paper.pdf"), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    assert f"{metrics['test_top1']:.2f}" in text  # the appendix's per-run table
+    assert f"{metrics['test_top1']:.1f}" in text  # the results table's mean over the one seed
+    assert "Tiny end-to-end test of the vitpeft pipeline" in text
+
+    again = subprocess.run([*cmd, "-n", "paper.pdf"], capture_output=True, text=True, timeout=120)
+    assert "Nothing to be done" in again.stdout + again.stderr
