@@ -11,7 +11,7 @@ rule pretrain:
         "results/logs/pretrain/{model}_{dataset}.log",
     conda:
         "../envs/vitpeft.yaml"
-    threads: config["threads"]
+    threads: config["pretrain"]["threads"]
     params:
         run=pretrain_config,
     script:

@@ -17,8 +17,17 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 def test_tiny_study_builds_a_paper_with_the_runs_numbers(tmp_path):
     if shutil.which("latexmk") is None or shutil.which("pdftotext") is None:
         pytest.fail("latexmk and pdftotext are required: `make test` installs them")
-    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-           "--configfile", str(REPO / "tests" / "tiny_config.yaml"), "--cores", "2"]
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "tests" / "tiny_config.yaml"),
+        "--cores",
+        "2",
+    ]
     result = subprocess.run([*cmd, "paper.pdf"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
 
@@ -32,8 +41,9 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tmp_path):
     assert summary[["model", "seed"]].values.tolist() == [["deit_tiny", 0]]
     assert summary.test_top1.iloc[0] == pytest.approx(metrics["test_top1"])
 
-    text = subprocess.run(["pdftotext", str(tmp_path / "paper.pdf"), "-"], capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run(
+        ["pdftotext", str(tmp_path / "paper.pdf"), "-"], capture_output=True, text=True, check=True
+    ).stdout
     assert f"{metrics['test_top1']:.2f}" in text  # the appendix's per-run table
     assert f"{metrics['test_top1']:.1f}" in text  # the results table's mean over the one seed
     assert "Tiny end-to-end test of the vitpeft pipeline" in text

@@ -182,7 +182,9 @@ def pretrain_run(config: dict[str, Any], model: str) -> RunConfig:
     """The run config of the pretrain rule for ``model``: full training from random init."""
     dataset = config["models"][model]["backbone"]["dataset"]
     run = resolve_run(config, model, dataset, TRANSFER_BASELINE, config["pretrain"]["seed"])
-    pretrain = {k: v for k, v in config["pretrain"].items() if k not in ("seed", "lr", "weight_decay")}
+    pretrain = {
+        k: v for k, v in config["pretrain"].items() if k not in ("seed", "lr", "weight_decay", "threads")
+    }
     method = dataclasses.replace(
         run.method, lr=config["pretrain"]["lr"], weight_decay=config["pretrain"]["weight_decay"]
     )
