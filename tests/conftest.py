@@ -33,3 +33,14 @@ def tiny_model(tiny_spec):
 
     torch.manual_seed(0)
     return create_model(tiny_spec, num_classes=10)
+
+
+def prepare(model, name, hyperparameters=None, total_steps=100, probe_batch=None):
+    """A method applied to ``model`` on CPU, as the trainer would."""
+    import torch
+
+    from vitpeft.methods import method_config, prepare_model
+    from vitpeft.methods.base import MethodContext
+
+    context = MethodContext(total_steps=total_steps, device=torch.device("cpu"), probe_batch=probe_batch)
+    return prepare_model(model, method_config(name, hyperparameters), context)

@@ -7,7 +7,10 @@ from vitpeft.config import ConfigError, RunConfig
 
 
 def test_demo_config_is_valid_and_has_the_transfer_baseline(demo_config):
-    assert study_config.study_methods(demo_config) == ["full", "linear", "lora_r8", "scratch"]
+    methods = study_config.study_methods(demo_config)
+    assert methods[-1] == "scratch" and methods.count("scratch") == 1
+    for required in ["full", "linear", "lora_r2", "lora_r32", "qlora8_r8", "qlora4_r8", "adalora_r8"]:
+        assert required in methods
     assert study_config.study(demo_config)["seeds"] == [0, 1, 2]
 
 

@@ -3,12 +3,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import prepare
 from torch import nn
 
 from vitpeft.config import RunConfig, TrainConfig
 from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.io import read_json
-from vitpeft.methods import method_config, prepare_model
 from vitpeft.train import Split, evaluate, fit, param_groups, warmup_cosine
 
 
@@ -27,12 +27,12 @@ def test_warmup_cosine_shape():
 
 
 def test_param_groups_hold_only_trainable_and_skip_decay_on_norms_and_tokens(tiny_model):
-    model = prepare_model(tiny_model, method_config("lora_r4"))
+    model = prepare(tiny_model, "lora_r4").model
     decay, no_decay = param_groups(model, 0.05)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert {id(p) for p in decay["params"] + no_decay["params"]} == trainable
     assert all(p.ndim == 2 for p in decay["params"])
-    full = prepare_model(tiny_model, method_config("full"))
+    full = prepare(tiny_model, "full").model
     no_decay_ids = {id(p) for p in param_groups(full, 0.05)[1]["params"]}
     assert id(full.pos_embed) in no_decay_ids and id(full.cls_token) in no_decay_ids
 
@@ -54,10 +54,10 @@ def test_fit_learns_a_separable_problem(tiny_model):
     labels = rng.integers(0, 2, 256)
     images = (rng.integers(0, 100, (256, 16, 16, 1)) + 120 * labels[:, None, None, None]).astype(np.uint8)
     split = Split(torch.from_numpy(images), torch.from_numpy(labels))
-    model = prepare_model(tiny_model, method_config("full"))
-    model.reset_classifier(2)
+    tiny_model.reset_classifier(2)
+    method = prepare(tiny_model, "full")
     prep = BatchPreprocessor(16, (0.5,) * 3, (0.5,) * 3)
-    history = fit(model, split, split, prep, TrainConfig(epochs=3, batch_size=32), 1e-3, 0.0, seed=0)
+    history = fit(method, split, split, prep, TrainConfig(epochs=3, batch_size=32), 1e-3, 0.0, seed=0)
     assert history.val_top1[-1] == 100.0
     assert history.train_loss[-1] < history.train_loss[0]
 

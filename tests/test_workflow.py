@@ -39,64 +39,32 @@ def planned_jobs(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
 
 
+DEMO = yaml.safe_load((REPO / "config.yaml").read_text())
+SEEDS = len(DEMO["studies"]["demo"]["seeds"])
+CELLS = len(DEMO["studies"]["demo"]["methods"]) + 1  # + the scratch baseline of the transfer check
+RUNS = CELLS * SEEDS
+UP_TO_CELLS = {"prepare_data": 2, "pretrain": 1, "train": RUNS, "cell": CELLS}
+
+
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        (
-            "paper.pdf",
-            {
-                "prepare_data": 2,
-                "pretrain": 1,
-                "train": 12,
-                "cell": 4,
-                "aggregate": 1,
-                "stats": 1,
-                "figures": 1,
-                "tables": 1,
-                "paper": 1,
-            },
-        ),
-        ("results/lora_r8_digits", {"prepare_data": 2, "pretrain": 1, "train": 3, "cell": 1}),
-        ("results/scratch_digits", {"prepare_data": 1, "train": 3, "cell": 1}),
-        ("results/lora_r32_digits", {"prepare_data": 2, "pretrain": 1, "train": 3, "cell": 1}),
+        ("paper.pdf", {**UP_TO_CELLS, "aggregate": 1, "stats": 1, "figures": 1, "tables": 1, "paper": 1}),
+        ("results/lora_r8_digits", {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "cell": 1}),
+        ("results/qlora4_r8_digits", {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "cell": 1}),
+        ("results/adalora_r8_digits", {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "cell": 1}),
+        ("results/lora_r32_digits", {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "cell": 1}),
+        ("results/scratch_digits", {"prepare_data": 1, "train": SEEDS, "cell": 1}),
         (
             "results/runs/digits/full/deit_tiny/seed1/metrics.json",
             {"prepare_data": 2, "pretrain": 1, "train": 1},
         ),
         ("resources/data/digits/manifest.json", {"prepare_data": 1}),
         ("resources/backbones/deit_tiny_shapes.safetensors", {"prepare_data": 1, "pretrain": 1}),
-        (
-            "results/analysis/runs.csv",
-            {"prepare_data": 2, "pretrain": 1, "train": 12, "cell": 4, "aggregate": 1},
-        ),
-        (
-            "results/analysis/transfer.csv",
-            {"prepare_data": 2, "pretrain": 1, "train": 12, "cell": 4, "aggregate": 1, "stats": 1},
-        ),
-        (
-            "results/paper/convergence.pdf",
-            {
-                "prepare_data": 2,
-                "pretrain": 1,
-                "train": 12,
-                "cell": 4,
-                "aggregate": 1,
-                "stats": 1,
-                "figures": 1,
-            },
-        ),
-        (
-            "results/paper/macros.tex",
-            {
-                "prepare_data": 2,
-                "pretrain": 1,
-                "train": 12,
-                "cell": 4,
-                "aggregate": 1,
-                "stats": 1,
-                "tables": 1,
-            },
-        ),
+        ("results/analysis/runs.csv", {**UP_TO_CELLS, "aggregate": 1}),
+        ("results/analysis/transfer.csv", {**UP_TO_CELLS, "aggregate": 1, "stats": 1}),
+        ("results/paper/convergence.pdf", {**UP_TO_CELLS, "aggregate": 1, "stats": 1, "figures": 1}),
+        ("results/paper/macros.tex", {**UP_TO_CELLS, "aggregate": 1, "stats": 1, "tables": 1}),
     ],
 )
 def test_dry_run_of_each_rule_target(tmp_path, target, expected):

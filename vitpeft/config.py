@@ -103,6 +103,7 @@ class TrainConfig:
         warmup_epochs: linear warmup length before the cosine decay.
         grad_clip: max global gradient norm (0 disables clipping).
         label_smoothing: cross-entropy label smoothing.
+        accumulation_steps: micro-batches per optimizer step (same effective batch, less memory).
     """
 
     epochs: int = 5
@@ -111,10 +112,11 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
+    accumulation_steps: int = 1
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ConfigError(f"epochs and batch sizes must be >= 1, got {self}")
+        if min(self.epochs, self.batch_size, self.eval_batch_size, self.accumulation_steps) < 1:
+            raise ConfigError(f"epochs, batch sizes and accumulation_steps must be >= 1, got {self}")
 
 
 @dataclass(frozen=True)

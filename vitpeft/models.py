@@ -7,6 +7,7 @@ pipeline's own pretrain rule). ``scratch`` is random initialization, used by the
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -81,15 +82,21 @@ def save_backbone(
     write_json(meta_path, {**meta, "parameters": count_parameters(model)})
 
 
+def logical_numel(param: torch.Tensor) -> int:
+    """Elements a parameter represents: packed 4-bit weights hold two per stored byte."""
+    state = getattr(param, "quant_state", None)
+    return math.prod(state.shape) if state is not None else param.numel()
+
+
 def count_parameters(model: nn.Module) -> dict[str, Any]:
     """Total and trainable parameter counts, and the total per module type (leaf-level owners)."""
     by_type: Counter[str] = Counter()
     for module in model.modules():
-        own = sum(p.numel() for p in module.parameters(recurse=False))
+        own = sum(logical_numel(p) for p in module.parameters(recurse=False))
         if own:
             by_type[type(module).__name__] += own
     return {
-        "total": sum(p.numel() for p in model.parameters()),
-        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total": sum(logical_numel(p) for p in model.parameters()),
+        "trainable": sum(logical_numel(p) for p in model.parameters() if p.requires_grad),
         "by_type": dict(sorted(by_type.items())),
     }

@@ -6,6 +6,7 @@ import dataclasses
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,11 @@ from vitpeft.data import arrays
 from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.io import atomic_path, config_hash, provenance, sha256_file, write_json
 from vitpeft.methods import prepare_model
+from vitpeft.methods.base import MethodContext
 from vitpeft.models import count_parameters, create_model, save_backbone
-from vitpeft.train import Split, evaluate, fit, peak_memory_mb
+from vitpeft.train import History, Split, evaluate, fit, peak_memory_mb, steps_per_epoch
+
+PROBE_SIZE = 64  # validation images in the fixed batch for numerical checks (quantization error)
 
 
 def seed_everything(seed: int, threads: int | None = None) -> None:
@@ -62,28 +66,58 @@ def preprocessor(model: nn.Module, run: RunConfig) -> BatchPreprocessor:
     return BatchPreprocessor(run.model.img_size, cfg["mean"], cfg["std"], run.augment)
 
 
-def _train(run: RunConfig, data_dir, backbone, threads, desc):
+@dataclass
+class Trained:
+    """What a finished training leaves for evaluation and the records."""
+
+    model: nn.Module
+    splits: dict[str, Split]
+    preprocess: BatchPreprocessor
+    params: dict[str, Any]
+    report: dict[str, Any]
+    history: History
+    train_time_s: float
+    device: torch.device
+
+
+def _train(run: RunConfig, data_dir, backbone, threads, desc) -> Trained:
     seed_everything(run.seed, threads)
     device = default_device()
     splits = load_splits(data_dir, device)
     num_classes = len(arrays.load_manifest(data_dir)["class_names"])
-    model = prepare_model(build_model(run, num_classes, backbone), run.method).to(device)
-    params = count_parameters(model)
+    model = build_model(run, num_classes, backbone).to(device)
+    preprocess = preprocessor(model, run)
+    context = MethodContext(
+        total_steps=run.train.epochs * steps_per_epoch(len(splits["train"]), run.train),
+        device=device,
+        probe_batch=preprocess(splits["val"].images[:PROBE_SIZE], train=False),
+    )
+    prepared = prepare_model(model, run.method, context)
+    prepared.model.to(device)
+    params = count_parameters(prepared.model)
     print(f"{desc}: {params['trainable']:,} trainable of {params['total']:,} parameters", file=sys.stderr)
     started = time.perf_counter()
     history = fit(
-        model,
+        prepared,
         splits["train"],
         splits["val"],
-        preprocessor(model, run),
+        preprocess,
         run.train,
         run.method.lr,
         run.method.weight_decay,
         run.seed,
         desc=desc,
     )
-    train_time = time.perf_counter() - started
-    return model, splits, params, history, train_time, device
+    return Trained(
+        prepared.model,
+        splits,
+        preprocess,
+        params,
+        prepared.report,
+        history,
+        time.perf_counter() - started,
+        device,
+    )
 
 
 def train_run(
@@ -101,10 +135,11 @@ def train_run(
     run = RunConfig.from_dict(run_dict)
     out_dir = Path(out_dir)
     desc = f"{run.method.name}/{run.model.name}/{run.dataset}/seed{run.seed}"
-    model, splits, params, history, train_time, device = _train(run, data_dir, backbone, threads, desc)
-    prep = preprocessor(model, run)
-    val = evaluate(model, splits["val"], prep, run.train.eval_batch_size)
-    test = evaluate(model, splits["test"], prep, run.train.eval_batch_size)
+    trained = _train(run, data_dir, backbone, threads, desc)
+    model, splits, params, history = trained.model, trained.splits, trained.params, trained.history
+    train_time, device = trained.train_time_s, trained.device
+    val = evaluate(model, splits["val"], trained.preprocess, run.train.eval_batch_size)
+    test = evaluate(model, splits["test"], trained.preprocess, run.train.eval_batch_size)
     metrics = {
         "method": run.method.name,
         "model": run.model.name,
@@ -126,6 +161,7 @@ def train_run(
         "backbone": run.model.backbone["source"] if run.method.uses_pretrained_backbone else "scratch",
         "config_hash": config_hash(run_dict),
         "data_manifest_sha256": sha256_file(Path(data_dir) / "manifest.json"),
+        **trained.report,
         "curves": dataclasses.asdict(history),
     }
     trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
@@ -155,8 +191,9 @@ def pretrain_backbone(
     """Train the backbone from random init on the source dataset; save weights and a record."""
     run = RunConfig.from_dict(run_dict)
     desc = f"pretrain/{run.model.name}/{run.dataset}"
-    model, splits, _, history, train_time, _ = _train(run, data_dir, None, threads, desc)
-    test = evaluate(model, splits["test"], preprocessor(model, run), run.train.eval_batch_size)
+    trained = _train(run, data_dir, None, threads, desc)
+    model, history, train_time = trained.model, trained.history, trained.train_time_s
+    test = evaluate(model, trained.splits["test"], trained.preprocess, run.train.eval_batch_size)
     meta = {
         "run": run_dict,
         "source_test_top1": test["top1"],

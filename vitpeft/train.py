@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from vitpeft.config import TrainConfig
 from vitpeft.data.pipeline import BatchPreprocessor
+from vitpeft.methods.base import Prepared
 
 
 @dataclass
@@ -38,10 +39,12 @@ class History:
     val_top1: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)  # per-epoch records of the method's own
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable parameters only; no decay on norms, biases, embeddings and tokens (1-D or listed)."""
+    """Trainable parameters only; no decay on norms, biases, embeddings, tokens (1-D or listed by the
+    model) and AdaLoRA's singular values (``lora_E``, scalars stored as an (r, 1) matrix)."""
     no_decay_names = set()
     for module in model.modules():
         if hasattr(module, "no_weight_decay") and callable(module.no_weight_decay):
@@ -50,7 +53,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or name.rsplit(".", 1)[-1] in no_decay_names:
+        if param.ndim <= 1 or name.rsplit(".", 1)[-1] in no_decay_names or ".lora_E." in name:
             no_decay.append(param)
         else:
             decay.append(param)
@@ -92,8 +95,13 @@ def evaluate(
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n}
 
 
+def steps_per_epoch(num_images: int, cfg: TrainConfig) -> int:
+    """Optimizer steps per epoch; the last batch of an epoch may be smaller."""
+    return math.ceil(num_images / cfg.batch_size)
+
+
 def fit(
-    model: nn.Module,
+    method: Prepared,
     train: Split,
     val: Split,
     preprocess: BatchPreprocessor,
@@ -103,43 +111,56 @@ def fit(
     seed: int,
     desc: str = "train",
 ) -> History:
-    """Train ``model`` in place for ``cfg.epochs`` epochs; validate after each one."""
+    """Train ``method.model`` in place for ``cfg.epochs`` epochs; validate after each one.
+
+    Each optimizer step sees ``cfg.batch_size`` images, in ``cfg.accumulation_steps`` micro-batches
+    whose gradients add up to the full batch's. The method's hooks run at their points.
+    """
+    model = method.model
     device = train.images.device
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * steps_per_epoch), total_steps)
+    per_epoch = steps_per_epoch(len(train), cfg)
+    scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * per_epoch), cfg.epochs * per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    micro_size = math.ceil(cfg.batch_size / cfg.accumulation_steps)
     history = History()
+    global_step = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         order = torch.randperm(len(train), generator=generator).to(device)
         loss_sum, seen, started = 0.0, 0, time.perf_counter()
         bar = tqdm(
-            range(steps_per_epoch),
+            range(per_epoch),
             desc=f"{desc} epoch {epoch}/{cfg.epochs}",
             file=sys.stderr,
             mininterval=5.0,
             ascii=True,
         )
         for step in bar:
-            index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = preprocess(train.images[index], train=True, generator=generator)
-            y = train.labels[index]
-            with autocast:
-                loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss is {loss.item()} at epoch {epoch}, step {step}")
+            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for micro in batch.split(micro_size):
+                x = preprocess(train.images[micro], train=True, generator=generator)
+                y = train.labels[micro]
+                with autocast:
+                    loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
+                    objective = loss if method.extra_loss is None else loss + method.extra_loss()
+                if not torch.isfinite(objective):
+                    raise FloatingPointError(
+                        f"{desc}: loss is {objective.item()} at epoch {epoch}, step {step}"
+                    )
+                (objective * (len(micro) / len(batch))).backward()
+                loss_sum += loss.item() * len(micro)
+                seen += len(micro)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item() * len(y)
-            seen += len(y)
+            global_step += 1
+            if method.after_step is not None:
+                method.after_step(global_step)  # before the next zero_grad: AdaLoRA reads the gradients
             rate = seen / (time.perf_counter() - started)
             # refresh=False: let mininterval throttle the bar, or logs get a line per step.
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{rate:.0f}", refresh=False)
@@ -150,6 +171,8 @@ def fit(
         history.val_top1.append(metrics["top1"])
         history.val_loss.append(metrics["loss"])
         history.lr.append(optimizer.param_groups[0]["lr"])
+        if method.epoch_record is not None:
+            history.records.append(method.epoch_record())
         print(
             f"{desc} epoch {epoch}: train_loss {loss_sum / seen:.4f}  val_top1 {metrics['top1']:.2f}  "
             f"({seen / (time.perf_counter() - started):.0f} img/s)",

@@ -9,6 +9,18 @@ import pandas as pd
 from statsmodels.stats.weightstats import DescrStatsW
 
 CELL = ["dataset", "model", "method"]
+# Per-run numbers that describe cost rather than accuracy; quantization columns exist only for
+# quantized methods and stay NaN elsewhere.
+RESOURCE_COLUMNS = (
+    "trainable_params",
+    "total_params",
+    "trainable_pct",
+    "peak_mem_mb",
+    "train_time_s",
+    "base_linear_bytes_fp32",
+    "base_linear_bytes_quantized",
+    "quant_feature_rel_error",
+)
 
 
 def mean_ci(values, alpha: float = 0.05) -> dict[str, float]:
@@ -35,8 +47,8 @@ def cell_stats(runs: pd.DataFrame, metrics=("test_top1", "test_top5", "val_top1"
         for metric in metrics:
             for stat, value in mean_ci(group[metric]).items():
                 row[f"{metric}_{stat}" if stat != "n" else "n_seeds"] = value
-        for column in ("trainable_params", "total_params", "trainable_pct", "peak_mem_mb", "train_time_s"):
-            row[column] = group[column].mean()
+        for column in RESOURCE_COLUMNS:
+            row[column] = group[column].mean() if column in group else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -16,14 +16,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 from vitpeft.methods import parse_method_name  # noqa: E402
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
-FAMILY_COLOURS = {"full": OKABE_ITO[0], "linear": OKABE_ITO[1], "lora": OKABE_ITO[2], "scratch": OKABE_ITO[7]}
-FAMILY_MARKERS = {"full": "s", "linear": "v", "lora": "o", "scratch": "x"}
+FAMILY_COLOURS = {
+    "full": OKABE_ITO[0],
+    "linear": OKABE_ITO[1],
+    "lora": OKABE_ITO[2],
+    "qlora": OKABE_ITO[3],
+    "adalora": OKABE_ITO[5],
+    "scratch": OKABE_ITO[7],
+}
+FAMILY_MARKERS = {"full": "s", "linear": "v", "lora": "o", "qlora": "D", "adalora": "^", "scratch": "x"}
 FAMILY_LABELS = {
     "full": "Full fine-tuning",
     "linear": "Linear probe",
     "scratch": "From scratch (full)",
     "lora": "LoRA",
+    "qlora": "QLoRA",
+    "adalora": "AdaLoRA",
 }
+FAMILY_ORDER = ["scratch", "full", "linear", "lora", "qlora", "adalora"]
 
 
 def method_family(method: str) -> str:
@@ -35,9 +45,12 @@ def method_colour(method: str) -> str:
 
 
 def method_label(method: str, latex: bool = False) -> str:
-    """Human name: ``lora_r8`` -> ``LoRA r=8`` (or ``LoRA ($r{=}8$)`` for LaTeX)."""
+    """Human name: ``lora_r8`` -> ``LoRA r=8`` (or ``LoRA ($r{=}8$)`` for LaTeX); ``qlora4_r8`` ->
+    ``QLoRA 4-bit r=8``."""
     family, fields = parse_method_name(method)
     label = FAMILY_LABELS.get(family, method)
+    if "bits" in fields:
+        label += f" {fields['bits']}-bit"
     if "r" in fields:
         label += f" ($r{{=}}{fields['r']}$)" if latex else f" r={fields['r']}"
     return label
@@ -45,8 +58,8 @@ def method_label(method: str, latex: bool = False) -> str:
 
 def method_sort_key(method: str) -> tuple:
     family, fields = parse_method_name(method)
-    order = ["scratch", "full", "linear", "lora"]
-    return (order.index(family) if family in order else len(order), fields.get("r", 0), method)
+    rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+    return (rank, -fields.get("bits", 0), fields.get("r", 0), method)
 
 
 def apply_style() -> None:

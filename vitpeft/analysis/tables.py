@@ -35,6 +35,10 @@ def fmt_count(value: float) -> str:
     return f"{int(round(value)):,}".replace(",", "{,}")
 
 
+def fmt_mib(value: float) -> str:
+    return "--" if value is None or math.isnan(value) else f"{value / 2**20:.2f}"
+
+
 def environment() -> jinja2.Environment:
     # LaTeX is full of braces and percent signs, so the templates use << >> and <% %> instead.
     env = jinja2.Environment(
@@ -50,7 +54,9 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         autoescape=False,
     )
-    env.filters.update(tex=tex_escape, fmt=fmt, count=fmt_count, method=lambda m: method_label(m, latex=True))
+    env.filters.update(
+        mib=fmt_mib, tex=tex_escape, fmt=fmt, count=fmt_count, method=lambda m: method_label(m, latex=True)
+    )
     return env
 
 
@@ -116,6 +122,7 @@ def write_tables(
     )
     render("results_table.tex.j2", out_dir / "results_table.tex", groups=result_groups(cells))
     render("runs_table.tex.j2", out_dir / "runs_table.tex", runs=runs.to_dict("records"))
+    render("resources_table.tex.j2", out_dir / "resources_table.tex", groups=result_groups(cells))
     named = {"StudyTitle": tex_escape(study.get("title", "A PEFT study")), **macros(cells, transfer)}
     render("macros.tex.j2", out_dir / "macros.tex", macros=named)
     render("transfer.tex.j2", out_dir / "transfer.tex", transfer=transfer.to_dict("records"))

@@ -1,7 +1,8 @@
 """The method registry: a method name from the study grammar -> its config dataclass and set-up.
 
-Grammar: ``full``, ``linear``, ``scratch``, ``lora_r{r}``. A new method is one module (a config
-dataclass and a ``prepare(model, config)`` function) plus one entry in :data:`METHODS`.
+Grammar: ``full``, ``linear``, ``scratch``, ``lora_r{r}``, ``qlora{bits}_r{r}``, ``adalora_r{r}``.
+A new method is one module (a config dataclass and a ``prepare(model, config, context)``
+function returning :class:`~vitpeft.methods.base.Prepared`) plus one entry in :data:`METHODS`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vitpeft.methods import full, linear, lora
-from vitpeft.methods.base import MethodConfig
+from vitpeft.methods import adalora, full, linear, lora, qlora
+from vitpeft.methods.base import MethodConfig, MethodContext, Prepared
 
 if TYPE_CHECKING:
     from torch import nn
@@ -26,7 +27,7 @@ class MethodEntry:
     pattern: str  # full-match regex over method names; named groups become config fields
     form: str  # how the grammar is written for humans, for error messages
     config_cls: type[MethodConfig]
-    prepare: Callable[[nn.Module, Any], nn.Module]
+    prepare: Callable[[nn.Module, Any, MethodContext], Prepared]
 
 
 METHODS: dict[str, MethodEntry] = {
@@ -34,6 +35,10 @@ METHODS: dict[str, MethodEntry] = {
     "scratch": MethodEntry("scratch", "scratch", full.ScratchConfig, full.prepare),
     "linear": MethodEntry("linear", "linear", linear.LinearConfig, linear.prepare),
     "lora": MethodEntry(r"lora_r(?P<r>\d+)", "lora_r{r}", lora.LoraConfig, lora.prepare),
+    "qlora": MethodEntry(
+        r"qlora(?P<bits>\d+)_r(?P<r>\d+)", "qlora{bits}_r{r}", qlora.QLoraConfig, qlora.prepare
+    ),
+    "adalora": MethodEntry(r"adalora_r(?P<r>\d+)", "adalora_r{r}", adalora.AdaLoraConfig, adalora.prepare),
 }
 
 # Snakemake's wildcard constraint for {method}: any name some family could answer to.
@@ -73,7 +78,17 @@ def config_from_dict(data: dict[str, Any]) -> MethodConfig:
     return METHODS[family].config_cls(**data)
 
 
-def prepare_model(model: nn.Module, config: MethodConfig) -> nn.Module:
-    """Freeze, unfreeze or wrap ``model`` as the method prescribes."""
+def prepare_model(model: nn.Module, config: MethodConfig, context: MethodContext) -> Prepared:
+    """Freeze, unfreeze, quantize or wrap ``model`` as the method prescribes.
+
+    Raises:
+        RuntimeError: if the trainable parameters differ from the method's analytic count.
+    """
     family, _ = parse_method_name(config.name)
-    return METHODS[family].prepare(model, config)
+    prepared = METHODS[family].prepare(model, config, context)
+    trainable = sum(p.numel() for p in prepared.model.parameters() if p.requires_grad)
+    if prepared.expected_trainable is not None and trainable != prepared.expected_trainable:
+        raise RuntimeError(
+            f"{config.name}: {trainable:,} trainable parameters, the formula gives {prepared.expected_trainable:,}"
+        )
+    return prepared

@@ -1,9 +1,14 @@
-"""The fields every method shares, and the interface a method module provides."""
+"""The fields every method shares, and what a method hands the trainer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -28,3 +33,40 @@ class MethodConfig:
             raise ValueError(f"{self.name}: lr must be > 0, got {self.lr!r}")
         if self.weight_decay < 0:
             raise ValueError(f"{self.name}: weight_decay must be >= 0, got {self.weight_decay!r}")
+
+
+@dataclass
+class MethodContext:
+    """What a method may need to know about the run when it prepares the model.
+
+    Attributes:
+        total_steps: optimizer steps of the whole schedule (AdaLoRA's budget schedule needs it).
+        device: where the model will train (bitsandbytes quantizes when weights move there).
+        probe_batch: a fixed, preprocessed batch for numerical checks such as quantization error.
+    """
+
+    total_steps: int
+    device: torch.device
+    probe_batch: torch.Tensor | None = None
+
+
+@dataclass
+class Prepared:
+    """A method's model plus the hooks and numbers it adds to training.
+
+    Attributes:
+        model: the model to train.
+        expected_trainable: the analytic trainable-parameter count, checked against the model.
+        report: method-specific numbers for ``metrics.json`` (e.g. quantized weight bytes).
+        extra_loss: a term added to the task loss (e.g. AdaLoRA's orthogonal regularizer).
+        after_step: called with the global step after each optimizer step, before the gradients
+            are cleared (e.g. AdaLoRA's rank reallocation).
+        epoch_record: called after each epoch; its dict is appended to the run's curves.
+    """
+
+    model: nn.Module
+    expected_trainable: int | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    extra_loss: Callable[[], torch.Tensor] | None = None
+    after_step: Callable[[int], None] | None = None
+    epoch_record: Callable[[], dict[str, Any]] | None = None

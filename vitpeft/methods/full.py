@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from vitpeft.methods.base import MethodConfig
+from vitpeft.methods.base import MethodConfig, MethodContext, Prepared
 
 if TYPE_CHECKING:
     from torch import nn
@@ -23,6 +23,6 @@ class ScratchConfig(FullConfig):
     uses_pretrained_backbone: ClassVar[bool] = False
 
 
-def prepare(model: nn.Module, config: FullConfig) -> nn.Module:
+def prepare(model: nn.Module, config: FullConfig, context: MethodContext) -> Prepared:
     model.requires_grad_(True)
-    return model
+    return Prepared(model, expected_trainable=sum(p.numel() for p in model.parameters()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vitpeft.methods.base import MethodConfig
+from vitpeft.methods.base import MethodConfig, MethodContext, Prepared
 
 if TYPE_CHECKING:
     from torch import nn
@@ -16,7 +16,8 @@ class LinearConfig(MethodConfig):
     """Only ``model.get_classifier()`` is trained."""
 
 
-def prepare(model: nn.Module, config: LinearConfig) -> nn.Module:
+def prepare(model: nn.Module, config: LinearConfig, context: MethodContext) -> Prepared:
     model.requires_grad_(False)
-    model.get_classifier().requires_grad_(True)
-    return model
+    head = model.get_classifier()
+    head.requires_grad_(True)
+    return Prepared(model, expected_trainable=sum(p.numel() for p in head.parameters()))

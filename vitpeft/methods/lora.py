@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vitpeft.methods.base import MethodConfig
+from vitpeft.methods.base import MethodConfig, MethodContext, Prepared
 
 if TYPE_CHECKING:
     from torch import nn
@@ -80,25 +80,49 @@ def expected_trainable_params(model: nn.Module, config: LoraConfig) -> int:
     return adapters + head
 
 
-def prepare(model: nn.Module, config: LoraConfig) -> nn.Module:
+def wrap(model: nn.Module, config: LoraConfig, peft_config, layer_type: type | None = None) -> nn.Module:
+    """Apply a peft config and check that adapters sit on exactly the intended layers.
+
+    Args:
+        layer_type: the peft layer class every adapted layer must be (e.g. the bitsandbytes one).
+    """
     import peft  # lazy: peft imports transformers, which is slow and not needed by other methods
 
     expected = set(target_layers(model, config))
     if not expected:
         raise ValueError(f"{config.name}: no Linear layer matches {list(config.target_modules)}")
-    peft_config = peft.LoraConfig(
+    wrapped = peft.get_peft_model(model, peft_config)
+    adapted = {
+        name.removeprefix("base_model.model."): module
+        for name, module in wrapped.named_modules()
+        if isinstance(module, peft.tuners.tuners_utils.BaseTunerLayer)
+    }
+    if set(adapted) != expected:
+        raise RuntimeError(f"{config.name}: adapters on {sorted(set(adapted) ^ expected)} unexpectedly")
+    wrong = {
+        n: type(m).__module__ + "." + type(m).__name__
+        for n, m in adapted.items()
+        if layer_type is not None and not isinstance(m, layer_type)
+    }
+    if wrong:
+        raise RuntimeError(
+            f"{config.name}: expected {layer_type.__module__}.{layer_type.__name__} layers, got {wrong}"
+        )
+    return wrapped
+
+
+def peft_lora_config(config: LoraConfig):
+    import peft
+
+    return peft.LoraConfig(
         r=config.r,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
         target_modules=target_regex(config.target_modules),
         modules_to_save=["head"],
     )
-    wrapped = peft.get_peft_model(model, peft_config)
-    adapted = {
-        name.removeprefix("base_model.model.")
-        for name, module in wrapped.named_modules()
-        if isinstance(module, peft.tuners.lora.LoraLayer)
-    }
-    if adapted != expected:
-        raise RuntimeError(f"LoRA adapted {sorted(adapted ^ expected)} unexpectedly")
-    return wrapped
+
+
+def prepare(model: nn.Module, config: LoraConfig, context: MethodContext) -> Prepared:
+    expected = expected_trainable_params(model, config)
+    return Prepared(wrap(model, config, peft_lora_config(config)), expected_trainable=expected)

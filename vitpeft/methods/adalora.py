@@ -1,0 +1,145 @@
+"""AdaLoRA (Zhang et al., 2023, arXiv 2303.10512) through peft: SVD-shaped adapters whose rank
+budget is reallocated by importance during training.
+
+peft adds AdaLoRA's orthogonal regularizer only when the model output has a ``.loss``; a timm
+model returns a tensor, so we add it to the loss ourselves. Ranks move from ``init_r`` per layer
+down to an average of ``r`` (the name's rank) on the schedule ``tinit`` / ``tfinal`` / ``delta_t``,
+which needs the real number of optimizer steps: it comes from the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vitpeft.methods.base import MethodContext, Prepared
+from vitpeft.methods.lora import LoraConfig, target_layers, target_regex, wrap
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class AdaLoraConfig(LoraConfig):
+    """AdaLoRA: target average rank ``r`` from the name, starting from ``init_r`` per layer.
+
+    Attributes:
+        init_r: initial rank of every adapted layer; ``None`` means ``ceil(1.5 * r)``.
+        tinit_fraction: share of the steps trained at full rank before pruning starts.
+        tfinal_fraction: share of the steps trained at the final ranks.
+        delta_t: steps between two reallocations.
+        beta1, beta2: smoothing of the importance and of its uncertainty.
+        orth_reg_weight: weight of the orthogonal regularizer on P and Q.
+    """
+
+    init_r: int | None = field(default=None, metadata={"help": "initial rank per layer"})
+    tinit_fraction: float = field(default=0.1, metadata={"help": "warmup share at full rank"})
+    tfinal_fraction: float = field(default=0.2, metadata={"help": "final share at fixed ranks"})
+    delta_t: int = field(default=1, metadata={"help": "steps between reallocations"})
+    beta1: float = 0.85
+    beta2: float = 0.85
+    orth_reg_weight: float = field(default=0.1, metadata={"help": "orthogonal regularizer weight"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.init_r is None:
+            object.__setattr__(self, "init_r", -(-3 * self.r // 2))
+        if self.r > self.init_r:
+            raise ValueError(
+                f"{self.name}: AdaLoRA's target rank {self.r} is above its initial rank init_r={self.init_r}"
+            )
+        if not (
+            self.tinit_fraction >= 0
+            and self.tfinal_fraction >= 0
+            and self.tinit_fraction + self.tfinal_fraction < 1
+        ):
+            raise ValueError(
+                f"{self.name}: need tinit_fraction + tfinal_fraction < 1, got {self.tinit_fraction} + {self.tfinal_fraction}"
+            )
+        if self.delta_t < 1 or self.orth_reg_weight < 0:
+            raise ValueError(f"{self.name}: delta_t must be >= 1 and orth_reg_weight >= 0")
+
+
+def schedule(config: AdaLoraConfig, total_steps: int) -> tuple[int, int]:
+    """(tinit, tfinal) in steps; peft requires ``tinit < total_step - tfinal``."""
+    tinit, tfinal = round(config.tinit_fraction * total_steps), round(config.tfinal_fraction * total_steps)
+    if not tinit < total_steps - tfinal:
+        raise ValueError(f"{config.name}: {total_steps} steps are too few for tinit={tinit}, tfinal={tfinal}")
+    return tinit, tfinal
+
+
+def expected_trainable_params(model: nn.Module, config: AdaLoraConfig) -> int:
+    """init_r * (in + out) + init_r singular values per adapted layer, plus the head."""
+    layers = target_layers(model, config).values()
+    head = sum(p.numel() for p in model.get_classifier().parameters())
+    return sum(config.init_r * (m.in_features + m.out_features + 1) for m in layers) + head
+
+
+def orthogonal_regularizer(model: nn.Module) -> torch.Tensor:
+    """Mean over adapters of ||P^T P - I||_F and ||Q Q^T - I||_F (AdaLoRA's R(P, Q))."""
+    import torch
+
+    terms = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith("lora_A.default"):  # Q: (r, in), rows should be orthonormal
+            gram = param @ param.T
+        elif name.endswith("lora_B.default"):  # P: (out, r), columns should be orthonormal
+            gram = param.T @ param
+        else:
+            continue
+        terms.append(torch.linalg.matrix_norm(gram - torch.eye(len(gram), device=gram.device)))
+    return torch.stack(terms).mean()
+
+
+def layer_ranks(model: nn.Module) -> dict[str, int]:
+    """The rank each adapted layer holds now: its singular values that pruning left non-zero."""
+    return {
+        name.removeprefix("base_model.model.").removesuffix(".lora_E.default"): int((param != 0).sum())
+        for name, param in model.named_parameters()
+        if name.endswith("lora_E.default")
+    }
+
+
+def prepare(model: nn.Module, config: AdaLoraConfig, context: MethodContext) -> Prepared:
+    import peft
+
+    tinit, tfinal = schedule(config, context.total_steps)
+    expected = expected_trainable_params(model, config)
+    peft_config = peft.AdaLoraConfig(
+        init_r=config.init_r,
+        target_r=config.r,
+        tinit=tinit,
+        tfinal=tfinal,
+        deltaT=config.delta_t,
+        beta1=config.beta1,
+        beta2=config.beta2,
+        orth_reg_weight=config.orth_reg_weight,
+        total_step=context.total_steps,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=target_regex(config.target_modules),
+        modules_to_save=["head"],
+    )
+    wrapped = wrap(model, config, peft_config, layer_type=peft.tuners.adalora.AdaLoraLayer)
+
+    def record() -> dict[str, Any]:
+        return {"adalora_ranks": layer_ranks(wrapped)}
+
+    budget = config.r * len(layer_ranks(wrapped))
+    return Prepared(
+        wrapped,
+        expected_trainable=expected,
+        report={
+            "adalora_init_r": config.init_r,
+            "adalora_target_r": config.r,
+            "adalora_rank_budget": budget,
+            "adalora_tinit": tinit,
+            "adalora_tfinal": tfinal,
+        },
+        extra_loss=lambda: config.orth_reg_weight * orthogonal_regularizer(wrapped),
+        after_step=lambda step: wrapped.base_model.update_and_allocate(step),
+        epoch_record=record,
+    )

@@ -1,0 +1,1 @@
+"""Quantized frozen bases: bitsandbytes replacement of Linear layers."""

@@ -1,0 +1,125 @@
+"""Replace a timm ViT's frozen Linear layers by bitsandbytes 8-bit or 4-bit layers.
+
+timm models are not transformers models, so ``BitsAndBytesConfig`` does not apply: we swap the
+modules ourselves. bitsandbytes quantizes a layer's weights when they move to a device, so the
+model is moved to the training device here. peft only picks its bitsandbytes-aware LoRA layers
+when the model carries ``is_loaded_in_8bit`` / ``is_loaded_in_4bit``; without that flag it would
+wrap the packed weights in plain LoRA and merging would corrupt them, so we set it.
+
+bitsandbytes is imported inside the functions, so CPU-only code that never quantizes still imports.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import torch
+from torch import nn
+
+QUANTIZABLE = re.compile(r"blocks\.\d+\..+")  # every Linear inside a transformer block; not the head
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _quantized_linear(linear: nn.Linear, bits: int, quant_type: str, double_quant: bool, compute_dtype):
+    import bitsandbytes as bnb
+
+    weight = linear.weight.data.detach().clone()
+    if bits == 8:
+        # threshold=0 turns off LLM.int8()'s outlier decomposition: all of W is int8.
+        layer = bnb.nn.Linear8bitLt(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            has_fp16_weights=False,
+            threshold=0.0,
+        )
+        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+    else:
+        layer = bnb.nn.Linear4bit(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            compute_dtype=compute_dtype,
+            quant_type=quant_type,
+            compress_statistics=double_quant,
+        )
+        layer.weight = bnb.nn.Params4bit(
+            weight, requires_grad=False, quant_type=quant_type, compress_statistics=double_quant
+        )
+        # On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit weights in place at the first
+        # eval-mode forward and never packs them back; training after an evaluation then fails
+        # inside autograd. We train and evaluate in turns, so keep the trainable layout.
+        layer.support_avx512bf16_for_cpu = False
+    if linear.bias is not None:
+        layer.bias = nn.Parameter(linear.bias.data.detach().clone(), requires_grad=False)
+    return layer
+
+
+def quantize_linear_layers(
+    model: nn.Module,
+    bits: Literal[4, 8],
+    device: torch.device,
+    quant_type: Literal["nf4", "fp4"] = "nf4",
+    double_quant: bool = False,
+    compute_dtype: str = "float32",
+) -> list[str]:
+    """Swap every Linear inside the transformer blocks for a frozen bitsandbytes layer, in place.
+
+    The head, norms, patch embedding and tokens stay in full precision. Returns the swapped paths.
+    """
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    swapped = []
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            path = f"{parent_name}.{child_name}" if parent_name else child_name
+            if type(child) is nn.Linear and QUANTIZABLE.fullmatch(path):
+                setattr(
+                    parent,
+                    child_name,
+                    _quantized_linear(child, bits, quant_type, double_quant, COMPUTE_DTYPES[compute_dtype]),
+                )
+                swapped.append(path)
+    if not swapped:
+        raise ValueError("no Linear layer inside the transformer blocks to quantize")
+    model.to(device)  # bitsandbytes quantizes here
+    setattr(model, f"is_loaded_in_{bits}bit", True)
+    return swapped
+
+
+def _tensor_bytes(tensor: torch.Tensor | None) -> int:
+    return 0 if tensor is None else tensor.numel() * tensor.element_size()
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes that hold a layer's weight: fp32 values, or int8/packed 4-bit codes plus their scales."""
+    weight = module.weight
+    total = _tensor_bytes(weight)
+    total += _tensor_bytes(getattr(weight, "SCB", None))  # 8-bit: one scale per output row
+    state = getattr(weight, "quant_state", None)  # 4-bit: block absmax, code book, nested state
+    while state is not None:
+        total += _tensor_bytes(state.absmax) + _tensor_bytes(getattr(state, "code", None))
+        total += _tensor_bytes(getattr(state, "offset", None))
+        state = getattr(state, "state2", None)
+    return total
+
+
+def base_linear_bytes(model: nn.Module) -> int:
+    """Weight bytes of the Linear layers inside the transformer blocks (what quantization shrinks)."""
+    return sum(
+        weight_bytes(module)
+        for name, module in model.named_modules()
+        if QUANTIZABLE.fullmatch(name) and hasattr(module, "weight") and isinstance(module, nn.Linear)
+    )
+
+
+@torch.no_grad()
+def features(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Pre-logit features: what the frozen backbone hands the head."""
+    model.eval()
+    return model.forward_head(model.forward_features(batch), pre_logits=True).float()
+
+
+def relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
+    return ((other - reference).norm() / reference.norm()).item()
