@@ -40,7 +40,10 @@ def test_pretrain_run_uses_pretrain_budget(demo_config):
         (lambda c: c["studies"]["demo"]["models"].append("resnet50"), "unknown model 'resnet50'"),
         (lambda c: c["studies"]["demo"]["datasets"].append("cifar11"), "unknown dataset 'cifar11'"),
         (lambda c: c["methods"]["lora"].update(alpah=3), "unknown key 'alpah'"),
-        (lambda c: c["methods"]["adalora"].update(init_r=4), "target rank 8 is above its initial rank init_r=4"),
+        (
+            lambda c: c["methods"]["adalora"].update(init_r=4),
+            "target rank 8 is above its initial rank init_r=4",
+        ),
         (lambda c: c["methods"]["qlora"].update(compute_dtype="int8"), "compute_dtype"),
         (lambda c: c["methods"]["lora"].update(target_modules=["proj"]), "target_modules ['proj']"),
         (lambda c: c.update(study="full"), "study: 'full' is not a key of studies"),
