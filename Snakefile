@@ -21,6 +21,7 @@ include: "rules/paper.smk"
 # Quick, I/O-light jobs run where Snakemake runs (the login node on a cluster).
 localrules:
     all,
+    download,
     prepare_data,
     cell,
     aggregate,

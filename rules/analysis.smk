@@ -53,7 +53,14 @@ rule tables:
     output:
         expand(
             "results/paper/{part}.tex",
-            part=["results_table", "resources_table", "runs_table", "macros", "setup", "transfer"],
+            part=[
+                "results_table",
+                "resources_table",
+                "runs_table",
+                "macros",
+                "setup",
+                "transfer",
+            ],
         ),
     log:
         "results/logs/tables.log",

@@ -1,7 +1,9 @@
 # Config validation, wildcard constraints and the input functions of every stage.
+import re
 from pathlib import Path
 
 import vitpeft.config as study_config
+from vitpeft.data.sources import ARCHIVES, archive_md5, archive_url
 from vitpeft.methods import METHOD_WILDCARD, method_config
 
 study_config.load(
@@ -20,10 +22,32 @@ wildcard_constraints:
     dataset=r"[a-z][a-z0-9]*",
     model=r"[a-z][a-z0-9_]*",
     seed=r"\d+",
+    archive="|".join(re.escape(a.name) for a in ARCHIVES.values()),
 
 
 def dataset_files(dataset):
     return [f"resources/data/{dataset}/{name}" for name in SPLIT_FILES]
+
+
+def dataset_archive(wildcards):
+    """The downloaded archive a dataset is converted from, if it comes from one."""
+    kind = config["datasets"][wildcards.dataset]["kind"]
+    return (
+        {"archive": f"resources/downloads/{ARCHIVES[kind].name}"}
+        if kind in ARCHIVES
+        else {}
+    )
+
+
+def download_spec(wildcards):
+    """The config entry of a dataset whose archive is ``wildcards.archive`` (for its URL and MD5)."""
+    for spec in config["datasets"].values():
+        if (
+            spec["kind"] in ARCHIVES
+            and ARCHIVES[spec["kind"]].name == wildcards.archive
+        ):
+            return {"url": archive_url(spec), "md5": archive_md5(spec)}
+    raise ValueError(f"no dataset in the config is built from {wildcards.archive}")
 
 
 def backbone_files(model):

@@ -1,7 +1,23 @@
-# Prepared datasets: uint8 splits plus a manifest of checksums, under resources/data/{dataset}/.
+# Datasets: official archives downloaded and verified, then uint8 splits plus a manifest of
+# checksums under resources/data/{dataset}/.
+
+
+rule download:
+    output:
+        "resources/downloads/{archive}",
+    log:
+        "results/logs/download/{archive}.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    params:
+        source=download_spec,
+    script:
+        "../workflow_scripts/download.py"
 
 
 rule prepare_data:
+    input:
+        unpack(dataset_archive),
     output:
         expand("resources/data/{{dataset}}/{name}", name=SPLIT_FILES),
     log:

@@ -50,3 +50,47 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tmp_path):
 
     again = subprocess.run([*cmd, "-n", "paper.pdf"], capture_output=True, text=True, timeout=120)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.e2e
+def test_real_download_rule_runs_against_a_fixture_server_through_training(tmp_path):
+    import yaml
+    from fixtures import serve, write_cifar_archive
+
+    from vitpeft.data.download import file_digests
+
+    www = tmp_path / "www"
+    www.mkdir()
+    write_cifar_archive(www / "cifar-10-python.tar.gz", "cifar10", per_class=6)
+    config = yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text())
+    work = tmp_path / "work"
+    with serve(www) as url:
+        config["datasets"]["cifar10"] = {
+            "kind": "cifar10",
+            "split_seed": 0,
+            "val_fraction": 0.2,
+            "base_url": url,
+            "md5": file_digests(www / "cifar-10-python.tar.gz")["md5"],
+        }
+        config["studies"]["tiny"].update(datasets=["cifar10"], methods=["lora_r8"], transfer_check=False)
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        cmd = [
+            SNAKEMAKE,
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(work),
+            "--configfile",
+            str(tmp_path / "config.yaml"),
+            "--cores",
+            "2",
+            "results/lora_r8_cifar10",
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    manifest = json.loads((work / "resources" / "data" / "cifar10" / "manifest.json").read_text())
+    assert manifest["source"]["url"] == f"{url}/cifar-10-python.tar.gz"
+    assert manifest["source"]["archive_sha256"] == file_digests(www / "cifar-10-python.tar.gz")["sha256"]
+    assert manifest["counts_per_class"]["test"] == [6] * 10
+    summary = pd.read_csv(work / "results" / "lora_r8_cifar10" / "summary.csv")
+    assert summary[["dataset", "method", "seed"]].values.tolist() == [["cifar10", "lora_r8", 0]]

@@ -74,7 +74,12 @@ def test_dry_run_of_each_rule_target(tmp_path, target, expected):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        ({"methods": ["full", "qlora3_r8"]}, "studies.demo.methods: 'qlora3_r8': unknown method"),
+        ({"methods": ["full", "dora_r8"]}, "studies.demo.methods: 'dora_r8': unknown method"),
+        (
+            {"methods": ["full", "qlora3_r8"]},
+            "studies.demo.methods: 'qlora3_r8': qlora3_r8: the quantized base must have 8 or 4 bits, got 3",
+        ),
+        ({"methods": ["adalora_r16"]}, "target rank 16 is above its initial rank init_r=12"),
         ({"methods": ["lora_r0"]}, "LoRA rank r must be a positive integer, got 0"),
         ({"models": ["vit_giant"]}, "unknown model 'vit_giant'"),
         ({"datasets": ["cifar11"]}, "unknown dataset 'cifar11'"),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitpeft.data.sources import check_kind
 from vitpeft.methods import config_from_dict, method_config
 from vitpeft.methods.base import MethodConfig
 
@@ -222,6 +223,11 @@ def validate(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"{key}.datasets: unknown dataset {dataset!r}; the datasets section defines {sorted(config['datasets'])}"
             )
+    for name, spec in config["datasets"].items():
+        try:
+            check_kind(spec["kind"])
+        except ValueError as err:
+            raise ConfigError(f"datasets.{name}.kind: {err}") from err
     for method in study_methods(config):
         try:
             method_config(method, config.get("methods", {}))

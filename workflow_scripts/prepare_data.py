@@ -8,4 +8,6 @@ from vitpeft.data import prepare_dataset
 from vitpeft.io import log_to_file
 
 log_to_file(snakemake.log[0])
-prepare_dataset(snakemake.params.spec, Path(snakemake.output[0]).parent)
+prepare_dataset(
+    snakemake.params.spec, Path(snakemake.output[0]).parent, archive=snakemake.input.get("archive")
+)

@@ -19,15 +19,20 @@ from vitpeft.io import atomic_path, read_json, sha256_file, write_json
 SPLITS = ("train", "val", "test")
 
 
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices ``(keep, holdout)`` with ``fraction`` of every class held out, reproducibly."""
+    index = np.arange(len(labels))
+    keep, holdout = train_test_split(index, test_size=fraction, stratify=labels, random_state=seed)
+    return np.sort(keep), np.sort(holdout)
+
+
 def stratified_split(
     labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, np.ndarray]:
     """Indices of a stratified train/val/test split, the same on every machine for one seed."""
-    index = np.arange(len(labels))
-    rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
-    val_of_rest = val_fraction / (1.0 - test_fraction)
-    train, val = train_test_split(rest, test_size=val_of_rest, stratify=labels[rest], random_state=seed)
-    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+    rest, test = stratified_holdout(labels, test_fraction, seed)
+    train, val = stratified_holdout(labels[rest], val_fraction / (1.0 - test_fraction), seed)
+    return {"train": rest[train], "val": rest[val], "test": test}
 
 
 def write_splits(
