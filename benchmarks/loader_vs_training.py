@@ -40,11 +40,15 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     generator = torch.Generator().manual_seed(0)
 
-    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)).to(device)
+    images = torch.from_numpy(
+        np.random.default_rng(0).integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)
+    ).to(device)
     labels = torch.randint(0, 10, (4096,), device=device)
     model = create_model(ModelSpec("deit_tiny", img_size=224, patch_size=16), num_classes=10).to(device)
     cfg = model.pretrained_cfg
-    preprocess = BatchPreprocessor(224, cfg["mean"], cfg["std"], AugmentConfig(scale=(0.8, 1.0), translate=0.125, hflip=True))
+    preprocess = BatchPreprocessor(
+        224, cfg["mean"], cfg["std"], AugmentConfig(scale=(0.8, 1.0), translate=0.125, hflip=True)
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def load():

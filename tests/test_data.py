@@ -86,3 +86,30 @@ def test_augment_config_rejects_bad_values():
         AugmentConfig(scale=(1.2, 0.8))
     with pytest.raises(ValueError, match="translate"):
         AugmentConfig(translate=1.5)
+
+
+def test_randaugment_is_per_image_and_follows_the_seed():
+    prep = BatchPreprocessor(8, (0.0,) * 3, (1.0,) * 3, AugmentConfig(randaugment=True))
+    images = torch.randint(0, 256, (1, 8, 8, 3), dtype=torch.uint8).expand(16, -1, -1, -1)
+    torch.manual_seed(0)
+    first = prep(images, train=True)
+    torch.manual_seed(0)
+    torch.testing.assert_close(prep(images, train=True), first)
+    assert len({tuple(img.flatten().tolist()) for img in first}) > 1  # not one op for the whole batch
+    torch.testing.assert_close(prep(images, train=False), images.permute(0, 3, 1, 2).float() / 255)
+
+
+def test_mixup_gives_convex_images_and_soft_targets():
+    prep = BatchPreprocessor(8, (0.0,) * 3, (1.0,) * 3, AugmentConfig(mixup_alpha=0.4), num_classes=10)
+    x = torch.rand(6, 3, 8, 8)
+    labels = torch.arange(6)
+    mixed, target = prep.mix(x, labels)
+    assert target.shape == (6, 10)
+    torch.testing.assert_close(target.sum(1), torch.ones(6))
+    weight = target[0, 0].item()  # image 0 mixed with its neighbour in the batch, by that weight
+    partner = int(target[0, 1:].argmax()) + 1 if weight < 1 else 0
+    torch.testing.assert_close(mixed[0], weight * x[0] + (1 - weight) * x[partner])
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        AugmentConfig(mixup_alpha=-1)
+    plain = BatchPreprocessor(8, (0.0,) * 3, (1.0,) * 3)
+    assert plain.mix(x, labels)[1] is labels

@@ -118,3 +118,26 @@ def test_gradient_accumulation_matches_the_full_batch(tiny_spec):
         fit(method, split, split, prep, cfg, 1e-3, 0.05, seed=0)
         grads.append(torch.cat([p.grad.flatten() for p in method.model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def test_fit_with_randaugment_and_mixup(tiny_model):
+    from vitpeft.config import AugmentConfig
+
+    rng = np.random.default_rng(2)
+    split = Split(
+        torch.from_numpy(rng.integers(0, 256, (64, 8, 8, 3)).astype(np.uint8)),
+        torch.from_numpy(rng.integers(0, 10, 64)),
+    )
+    augment = AugmentConfig(scale=(0.8, 1.0), translate=0.1, hflip=True, randaugment=True, mixup_alpha=0.2)
+    prep = BatchPreprocessor(16, (0.5,) * 3, (0.5,) * 3, augment, num_classes=10)
+    history = fit(
+        prepare(tiny_model, "lora_r4"),
+        split,
+        split,
+        prep,
+        TrainConfig(epochs=2, batch_size=16),
+        1e-3,
+        0.0,
+        seed=0,
+    )
+    assert all(np.isfinite(history.train_loss)) and len(history.val_top1) == 2

@@ -55,6 +55,14 @@ UP_TO_CELLS = {"prepare_data": 2, "pretrain": 1, "train": RUNS, "cell": CELLS}
         ("results/adalora_r8_digits", {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "cell": 1}),
         ("results/lora_r32_digits", {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "cell": 1}),
         ("results/scratch_digits", {"prepare_data": 1, "train": SEEDS, "cell": 1}),
+        *[
+            (
+                f"results/lora_r8_{dataset}",
+                {"download": 1, "prepare_data": 2, "pretrain": 1, "train": SEEDS, "cell": 1},
+            )
+            for dataset in ("cifar10", "cifar100", "tinyimagenet")
+        ],
+        ("resources/downloads/tiny-imagenet-200.zip", {"download": 1}),
         (
             "results/runs/digits/full/deit_tiny/seed1/metrics.json",
             {"prepare_data": 2, "pretrain": 1, "train": 1},

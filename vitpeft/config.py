@@ -79,11 +79,16 @@ class AugmentConfig:
         scale: range of the zoom factor (1.0 = the whole image fills the input).
         translate: largest shift, as a fraction of the image side.
         hflip: flip left-right with probability 0.5 (wrong for digits and text).
+        randaugment: torchvision's RandAugment on every training image (slower: per image).
+        mixup_alpha: mix pairs of training images and their labels with a Beta(alpha, alpha)
+            weight (torchvision's MixUp); 0 turns it off.
     """
 
     scale: tuple[float, float] = (1.0, 1.0)
     translate: float = 0.0
     hflip: bool = False
+    randaugment: bool = False
+    mixup_alpha: float = 0.0
 
     def __post_init__(self):
         low, high = self.scale
@@ -91,6 +96,8 @@ class AugmentConfig:
             raise ValueError(f"augment.scale must satisfy 0 < low <= high, got {self.scale}")
         if not 0.0 <= self.translate < 1.0:
             raise ValueError(f"augment.translate must be in [0, 1), got {self.translate}")
+        if self.mixup_alpha < 0:
+            raise ValueError(f"augment.mixup_alpha must be >= 0, got {self.mixup_alpha}")
 
 
 @dataclass(frozen=True)

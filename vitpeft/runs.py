@@ -63,7 +63,9 @@ def build_model(run: RunConfig, num_classes: int, backbone: str | Path | None) -
 def preprocessor(model: nn.Module, run: RunConfig) -> BatchPreprocessor:
     """Normalize with the mean and std of the architecture's pretrained config."""
     cfg = model.pretrained_cfg
-    return BatchPreprocessor(run.model.img_size, cfg["mean"], cfg["std"], run.augment)
+    return BatchPreprocessor(
+        run.model.img_size, cfg["mean"], cfg["std"], run.augment, num_classes=model.num_classes
+    )
 
 
 @dataclass

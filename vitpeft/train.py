@@ -143,9 +143,9 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             for micro in batch.split(micro_size):
                 x = preprocess(train.images[micro], train=True, generator=generator)
-                y = train.labels[micro]
+                x, target = preprocess.mix(x, train.labels[micro])
                 with autocast:
-                    loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
+                    loss = F.cross_entropy(model(x).float(), target, label_smoothing=cfg.label_smoothing)
                     objective = loss if method.extra_loss is None else loss + method.extra_loss()
                 if not torch.isfinite(objective):
                     raise FloatingPointError(
