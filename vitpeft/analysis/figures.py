@@ -19,6 +19,13 @@ from vitpeft.analysis.style import (
 from vitpeft.io import atomic_path, read_json
 
 
+def save(fig, out_pdf: str | Path) -> None:
+    """Write a figure as a vector PDF, atomically, and free it."""
+    with atomic_path(out_pdf) as tmp:
+        fig.savefig(tmp, format="pdf")
+    plt.close(fig)
+
+
 def accuracy_vs_params(cell_stats: pd.DataFrame, out_pdf: str | Path) -> None:
     """Test top-1 (mean and 95% CI over seeds) against trainable parameters, one panel per dataset x model."""
     apply_style()
@@ -42,9 +49,7 @@ def accuracy_vs_params(cell_stats: pd.DataFrame, out_pdf: str | Path) -> None:
         ax.set_ylabel("test top-1 (%)")
         ax.set_title(f"{model} on {dataset}")
         ax.legend(fontsize=7, frameon=False)
-    with atomic_path(out_pdf) as tmp:
-        fig.savefig(tmp, format="pdf")
-    plt.close(fig)
+    save(fig, out_pdf)
 
 
 def convergence(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str | Path) -> None:
@@ -62,9 +67,7 @@ def convergence(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str | Path
     ax.set_ylabel("validation top-1 (%)")
     ax.set_title(f"{first.model} on {first.dataset}")
     ax.legend(fontsize=7, frameon=False)
-    with atomic_path(out_pdf) as tmp:
-        fig.savefig(tmp, format="pdf")
-    plt.close(fig)
+    save(fig, out_pdf)
 
 
 def make_figures(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vitpeft.methods.base import MethodContext, Prepared
+from vitpeft.methods.base import MethodContext, Prepared, head_parameter_count
 from vitpeft.methods.lora import LoraConfig, target_layers, target_regex, wrap
 
 if TYPE_CHECKING:
@@ -72,8 +72,9 @@ def schedule(config: AdaLoraConfig, total_steps: int) -> tuple[int, int]:
 def expected_trainable_params(model: nn.Module, config: AdaLoraConfig) -> int:
     """init_r * (in + out) + init_r singular values per adapted layer, plus the head."""
     layers = target_layers(model, config).values()
-    head = sum(p.numel() for p in model.get_classifier().parameters())
-    return sum(config.init_r * (m.in_features + m.out_features + 1) for m in layers) + head
+    return sum(config.init_r * (m.in_features + m.out_features + 1) for m in layers) + head_parameter_count(
+        model
+    )
 
 
 def orthogonal_regularizer(model: nn.Module) -> torch.Tensor:

@@ -35,6 +35,11 @@ class MethodConfig:
             raise ValueError(f"{self.name}: weight_decay must be >= 0, got {self.weight_decay!r}")
 
 
+def head_parameter_count(model: nn.Module) -> int:
+    """Parameters of the classification head, which every method trains."""
+    return sum(p.numel() for p in model.get_classifier().parameters())
+
+
 @dataclass
 class MethodContext:
     """What a method may need to know about the run when it prepares the model.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vitpeft.methods.base import MethodConfig, MethodContext, Prepared
+from vitpeft.methods.base import MethodConfig, MethodContext, Prepared, head_parameter_count
 
 if TYPE_CHECKING:
     from torch import nn
@@ -18,6 +18,5 @@ class LinearConfig(MethodConfig):
 
 def prepare(model: nn.Module, config: LinearConfig, context: MethodContext) -> Prepared:
     model.requires_grad_(False)
-    head = model.get_classifier()
-    head.requires_grad_(True)
-    return Prepared(model, expected_trainable=sum(p.numel() for p in head.parameters()))
+    model.get_classifier().requires_grad_(True)
+    return Prepared(model, expected_trainable=head_parameter_count(model))

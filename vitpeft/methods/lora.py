@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vitpeft.methods.base import MethodConfig, MethodContext, Prepared
+from vitpeft.methods.base import MethodConfig, MethodContext, Prepared, head_parameter_count
 
 if TYPE_CHECKING:
     from torch import nn
@@ -76,8 +76,7 @@ def target_layers(model: nn.Module, config: LoraConfig) -> dict[str, nn.Linear]:
 def expected_trainable_params(model: nn.Module, config: LoraConfig) -> int:
     """r * (in + out) per adapted layer, plus the head: the analytic count to check against."""
     adapters = sum(config.r * (m.in_features + m.out_features) for m in target_layers(model, config).values())
-    head = sum(p.numel() for p in model.get_classifier().parameters())
-    return adapters + head
+    return adapters + head_parameter_count(model)
 
 
 def wrap(model: nn.Module, config: LoraConfig, peft_config, layer_type: type | None = None) -> nn.Module:
