@@ -66,5 +66,7 @@ rule tables:
         "results/logs/tables.log",
     conda:
         "../envs/vitpeft.yaml"
+    params:
+        config=config,  # the setup section is written from it: a config change rewrites it
     script:
         "../workflow_scripts/tables.py"

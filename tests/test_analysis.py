@@ -145,11 +145,6 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
         "counts_per_class": {"train": [1] * 10, "val": [1] * 10, "test": [1] * 10},
     }
     write_json(tmp_path / "data" / "digits" / "manifest.json", manifest)
-    config = {
-        "models": {"deit_tiny": {"img_size": 16, "patch_size": 4, "backbone": {"source": "pretrain"}}},
-        "train": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0.5, "grad_clip": 1.0},
-        "methods": {"full": {"lr": 0.001}, "lora": {"lr": 0.005}},
-    }
     study = {
         "title": "T_1 & co",
         "description": "d",
@@ -157,12 +152,18 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
         "datasets": ["digits"],
         "seeds": [0, 1],
     }
+    config = {
+        "study": "s",
+        "studies": {"s": study},
+        "models": {"deit_tiny": {"img_size": 16, "patch_size": 4, "backbone": {"source": "pretrain"}}},
+        "train": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0.5, "grad_clip": 1.0},
+        "methods": {"full": {"lr": 0.001}, "lora": {"lr": 0.005}},
+    }
     out = tmp_path / "paper"
     tables.write_tables(
         study_tables / "runs.csv",
         study_tables / "cells.csv",
         study_tables / "transfer.csv",
-        study,
         config,
         [],
         [tmp_path / "data" / "digits" / "manifest.json"],

@@ -140,7 +140,6 @@ def train_run(
     trained = _train(run, data_dir, backbone, threads, desc)
     model, splits, params, history = trained.model, trained.splits, trained.params, trained.history
     train_time, device = trained.train_time_s, trained.device
-    val = evaluate(model, splits["val"], trained.preprocess, run.train.eval_batch_size)
     test = evaluate(model, splits["test"], trained.preprocess, run.train.eval_batch_size)
     metrics = {
         "method": run.method.name,
@@ -150,8 +149,8 @@ def train_run(
         "test_top1": test["top1"],
         "test_top5": test["top5"],
         "test_loss": test["loss"],
-        "val_top1": val["top1"],
-        "val_top5": val["top5"],
+        "val_top1": history.val_top1[-1],  # the final weights, evaluated after the last epoch
+        "val_top5": history.val_top5[-1],
         "trainable_params": params["trainable"],
         "total_params": params["total"],
         "trainable_pct": 100.0 * params["trainable"] / params["total"],

@@ -37,6 +37,7 @@ class History:
     epoch: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     val_top1: list[float] = field(default_factory=list)
+    val_top5: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)  # per-epoch records of the method's own
@@ -169,6 +170,7 @@ def fit(
         history.epoch.append(epoch)
         history.train_loss.append(loss_sum / seen)
         history.val_top1.append(metrics["top1"])
+        history.val_top5.append(metrics["top5"])
         history.val_loss.append(metrics["loss"])
         history.lr.append(optimizer.param_groups[0]["lr"])
         if method.epoch_record is not None:

@@ -5,7 +5,6 @@ from pathlib import Path
 import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
 
 from vitpeft.analysis.tables import write_tables
-from vitpeft.config import study
 from vitpeft.io import log_to_file
 
 log_to_file(snakemake.log[0])
@@ -13,8 +12,7 @@ write_tables(
     snakemake.input.runs,
     snakemake.input.cells,
     snakemake.input.transfer,
-    study=study(snakemake.config),
-    config=snakemake.config,
+    config=snakemake.params.config,
     backbone_metas=snakemake.input.backbones,
     manifests=snakemake.input.manifests,
     out_dir=Path(snakemake.output[0]).parent,

@@ -106,14 +106,14 @@ def write_tables(
     runs_csv,
     cell_stats_csv,
     transfer_csv,
-    study: dict[str, Any],
     config: dict[str, Any],
     backbone_metas: list[str | Path],
     manifests: list[str | Path],
     out_dir: str | Path,
 ) -> None:
-    """Render every generated LaTeX part of the paper into ``out_dir``."""
+    """Render every generated LaTeX part of the paper into ``out_dir``, for the config's selected study."""
     out_dir = Path(out_dir)
+    study = config["studies"][config["study"]]
     runs = pd.read_csv(runs_csv)
     cells = pd.read_csv(cell_stats_csv)
     transfer = pd.read_csv(transfer_csv)

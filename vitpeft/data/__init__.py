@@ -3,7 +3,7 @@
 A builder returns the class names, a source record and either one ``pool`` of labelled images
 (split three ways here) or the official ``train`` and ``test`` splits (validation is carved from
 train). A new dataset is one builder plus one entry in :data:`DATASETS`; one that comes from an
-archive also names the archive, its published MD5 and its default base URL.
+archive also gets an entry in :data:`vitpeft.data.sources.ARCHIVES` (file, published MD5, URL).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from vitpeft.data import cifar, tinyimagenet
 from vitpeft.data.arrays import stratified_holdout, stratified_split, write_splits
 from vitpeft.data.digits import build_digits
-from vitpeft.data.download import file_digests, verify_md5
+from vitpeft.data.download import verify_md5
 from vitpeft.data.shapes import build_shapes
 from vitpeft.data.sources import ARCHIVES, DATASET_KINDS, archive_md5, archive_url, check_kind
 
@@ -100,6 +100,3 @@ def prepare_dataset(
         split_index = {"train": train_idx, "val": val_idx, "test": len(train_y) + np.arange(len(test_y))}
         source["test"] = "official"
     return write_splits(out_dir, images, labels, split_index, built["class_names"], source)
-
-
-__all__ = ["DATASETS", "archive_md5", "archive_url", "file_digests", "prepare_dataset"]
