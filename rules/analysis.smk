@@ -20,6 +20,8 @@ rule stats:
     output:
         cells="results/analysis/cell_stats.csv",
         transfer="results/analysis/transfer.csv",
+        comparisons="results/analysis/comparisons.csv",
+        rank_ablation="results/analysis/rank_ablation.json",
     log:
         "results/logs/stats.log",
     conda:
@@ -48,6 +50,8 @@ rule tables:
         runs="results/analysis/runs.csv",
         cells="results/analysis/cell_stats.csv",
         transfer="results/analysis/transfer.csv",
+        comparisons="results/analysis/comparisons.csv",
+        rank_ablation="results/analysis/rank_ablation.json",
         backbones=study_backbone_metas(),
         manifests=study_manifests(),
     output:
@@ -60,6 +64,7 @@ rule tables:
                 "macros",
                 "setup",
                 "transfer",
+                "comparisons",
             ],
         ),
     log:

@@ -121,7 +121,13 @@ def study_tables(tmp_path):
         assert list(frame.seed) == [0, 1] and frame.git_commit.tolist() == ["abc", "abc"]
         cells.append(cell / "summary.csv")
     aggregate.aggregate(cells, tmp_path / "runs.csv")
-    stats.write_stats(tmp_path / "runs.csv", tmp_path / "cells.csv", tmp_path / "transfer.csv")
+    stats.write_stats(
+        tmp_path / "runs.csv",
+        tmp_path / "cells.csv",
+        tmp_path / "transfer.csv",
+        tmp_path / "comparisons.csv",
+        tmp_path / "rank.json",
+    )
     return tmp_path
 
 
@@ -164,6 +170,8 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
         study_tables / "runs.csv",
         study_tables / "cells.csv",
         study_tables / "transfer.csv",
+        study_tables / "comparisons.csv",
+        study_tables / "rank.json",
         config,
         [],
         [tmp_path / "data" / "digits" / "manifest.json"],
@@ -177,6 +185,9 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
     assert r"\newcommand{\FullDigitsDeitTinyTopOne}{81.0}" in macros
     assert r"\newcommand{\StudyTitle}{T\_1 \& co}" in macros
     assert "beats" in (out / "transfer.tex").read_text()
+    compared = (out / "comparisons.tex").read_text()
+    assert r"Full fine-tuning & Linear probe & -39.0 [-51.7, -26.3]" in compared
+    assert "Rank ablation" not in compared  # one LoRA rank: no slope to fit
     assert (
         "1 0 train" not in (out / "setup.tex").read_text() and "10 train" in (out / "setup.tex").read_text()
     )
@@ -190,3 +201,47 @@ def test_style_names_and_colours():
     assert macro_name("lora_r16", "digits", "top1") == "LoraROneSixDigitsTopOne"
     assert method_label("lora_r8") == "LoRA r=8"
     assert method_colour("lora_r8") == method_colour("lora_r32") != method_colour("full")
+
+
+def test_comparisons_are_holm_corrected_within_each_family():
+    rng = np.random.default_rng(3)
+    rows = []
+    for seed in range(6):
+        for method, effect in {"lora_r8": 0.0, "full": 4.0, "linear": -10.0, "lora_r2": 0.3}.items():
+            rows.append(
+                {
+                    "dataset": "d",
+                    "model": "m",
+                    "method": method,
+                    "seed": seed,
+                    "test_top1": 60 + effect + rng.normal(0, 1),
+                }
+            )
+    table = stats.comparisons(pd.DataFrame(rows))
+    family = table[table.baseline == "lora_r8"].sort_values("p_value")
+    raw = family.p_value.to_numpy()
+    holm = np.maximum.accumulate(np.minimum(1, raw * np.arange(len(raw), 0, -1)))
+    np.testing.assert_allclose(family.p_holm, holm)
+    assert set(table.baseline) == {"lora_r8", "full"} and len(table) == 6
+    linear = family[family.method == "linear"].iloc[0]
+    assert linear.p_holm < 0.001 and linear.effect_dz < -3 and "wilcoxon_p" in table
+
+
+def test_rank_ablation_recovers_a_planted_slope():
+    rng = np.random.default_rng(4)
+    rows = [
+        {
+            "dataset": "d",
+            "model": model,
+            "method": f"lora_r{r}",
+            "seed": s,
+            "test_top1": 50 + 2.0 * np.log2(r) + (5 if model == "b" else 0) + rng.normal(0, 0.5),
+        }
+        for r in (2, 4, 8, 16, 32)
+        for s in range(3)
+        for model in ("a", "b")
+    ]
+    rows.append({"dataset": "d", "model": "a", "method": "full", "seed": 0, "test_top1": 99.0})
+    result = stats.rank_ablation(pd.DataFrame(rows))
+    assert result["n"] == 30 and result["ci_low"] < 2.0 < result["ci_high"]
+    assert result["slope"] == pytest.approx(2.0, abs=0.3) and result["p_value"] < 1e-6

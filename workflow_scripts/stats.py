@@ -6,4 +6,10 @@ from vitpeft.analysis.stats import write_stats
 from vitpeft.io import log_to_file
 
 log_to_file(snakemake.log[0])
-write_stats(snakemake.input[0], snakemake.output.cells, snakemake.output.transfer)
+write_stats(
+    snakemake.input[0],
+    snakemake.output.cells,
+    snakemake.output.transfer,
+    snakemake.output.comparisons,
+    snakemake.output.rank_ablation,
+)

@@ -12,6 +12,8 @@ write_tables(
     snakemake.input.runs,
     snakemake.input.cells,
     snakemake.input.transfer,
+    snakemake.input.comparisons,
+    snakemake.input.rank_ablation,
     config=snakemake.params.config,
     backbone_metas=snakemake.input.backbones,
     manifests=snakemake.input.manifests,

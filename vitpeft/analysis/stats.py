@@ -6,9 +6,27 @@ import math
 
 import numpy as np
 import pandas as pd
+import statsmodels.formula.api as smf
+from scipy import stats as scipy_stats
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import DescrStatsW
 
 CELL = ["dataset", "model", "method"]
+WILCOXON_MIN_N = 6  # below this the signed-rank test cannot reach p < 0.05 (two-sided)
+COMPARISON_COLUMNS = [
+    "dataset",
+    "model",
+    "method",
+    "baseline",
+    "diff_n",
+    "diff_mean",
+    "diff_std",
+    "diff_ci_low",
+    "diff_ci_high",
+    "p_value",
+    "t_stat",
+    "effect_dz",
+]
 # Per-run numbers that describe cost rather than accuracy; quantization columns exist only for
 # quantized methods and stay NaN elsewhere.
 RESOURCE_COLUMNS = (
@@ -76,35 +94,86 @@ def paired_difference(
             "baseline": baseline,
             **{f"diff_{k}": v for k, v in mean_ci(diff).items()},
         }
-        row["p_value"] = math.nan
+        row["p_value"] = row["effect_dz"] = math.nan
         if len(diff) > 1 and np.std(diff) > 0:
             row["t_stat"], row["p_value"], _ = DescrStatsW(diff).ttest_mean(0.0)
+            row["effect_dz"] = diff.mean() / diff.std(ddof=1)  # Cohen's d_z for paired samples
+        if len(diff) >= WILCOXON_MIN_N:
+            row["wilcoxon_p"] = scipy_stats.wilcoxon(diff).pvalue  # statsmodels has no signed-rank test
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(
+        rows, columns=COMPARISON_COLUMNS + (["wilcoxon_p"] if any("wilcoxon_p" in r for r in rows) else [])
+    )
+
+
+def comparisons(runs: pd.DataFrame, baselines=("lora_r8", "full"), metric: str = "test_top1") -> pd.DataFrame:
+    """Every method against each baseline on matched seeds, Holm-corrected within each family.
+
+    A family is one baseline on one dataset x model: the set of tests a reader scans together.
+    """
+    frames = []
+    for baseline in baselines:
+        if baseline not in set(runs.method):
+            continue
+        for method in sorted(set(runs.method) - {baseline}):
+            frames.append(paired_difference(runs, method, baseline, metric))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMPARISON_COLUMNS)
+    table["p_holm"] = math.nan
+    for _, family in table.groupby(["baseline", "dataset", "model"]):
+        tested = family["p_value"].notna()
+        if tested.any():
+            table.loc[family.index[tested], "p_holm"] = multipletests(
+                family.loc[tested, "p_value"], method="holm"
+            )[1]
+    return table
+
+
+def rank_ablation(runs: pd.DataFrame, family: str = "lora", metric: str = "test_top1") -> dict[str, float]:
+    """OLS of accuracy on log2(rank) over the ``lora_r{r}`` runs, with model and dataset effects
+    when the study has more than one of either. Returns the slope (points per doubling of r)."""
+    from vitpeft.methods import parse_method_name
+
+    parsed = runs.method.map(parse_method_name)
+    subset = runs[parsed.map(lambda p: p[0] == family)].assign(
+        log2_rank=parsed.map(lambda p: math.log2(p[1].get("r", 1)))
+    )
+    if subset.log2_rank.nunique() < 2 or len(subset) < 3:
+        return {
+            "n": len(subset),
+            "slope": math.nan,
+            "ci_low": math.nan,
+            "ci_high": math.nan,
+            "p_value": math.nan,
+        }
+    terms = ["log2_rank"] + [f"C({c})" for c in ("model", "dataset") if subset[c].nunique() > 1]
+    fit = smf.ols(f"{metric} ~ {' + '.join(terms)}", data=subset).fit()
+    low, high = fit.conf_int().loc["log2_rank"]
+    return {
+        "n": len(subset),
+        "slope": fit.params["log2_rank"],
+        "ci_low": low,
+        "ci_high": high,
+        "p_value": fit.pvalues["log2_rank"],
+        "r_squared": fit.rsquared,
+    }
 
 
 def write_stats(
-    runs_csv, out_cell_stats, out_transfer, baseline: str = "scratch", reference: str = "full"
+    runs_csv,
+    out_cell_stats,
+    out_transfer,
+    out_comparisons,
+    out_rank_ablation,
+    baseline: str = "scratch",
+    reference: str = "full",
 ) -> None:
-    """The stats rule: per-cell statistics, and the transfer check (``reference`` vs ``baseline``)."""
+    """The stats rule: per-cell statistics, the transfer check (``reference`` vs ``baseline``),
+    Holm-corrected paired comparisons against lora_r8 and full, and the rank ablation."""
     from vitpeft.analysis.aggregate import write_csv
+    from vitpeft.io import write_json
 
     runs = pd.read_csv(runs_csv)
     write_csv(cell_stats(runs), out_cell_stats)
-    transfer = paired_difference(runs, reference, baseline)
-    if transfer.empty:
-        transfer = pd.DataFrame(
-            columns=[
-                "dataset",
-                "model",
-                "method",
-                "baseline",
-                "diff_n",
-                "diff_mean",
-                "diff_std",
-                "diff_ci_low",
-                "diff_ci_high",
-                "p_value",
-            ]
-        )
-    write_csv(transfer, out_transfer)
+    write_csv(paired_difference(runs, reference, baseline), out_transfer)
+    write_csv(comparisons(runs[runs.method != baseline]), out_comparisons)
+    write_json(out_rank_ablation, rank_ablation(runs))

@@ -106,6 +106,8 @@ def write_tables(
     runs_csv,
     cell_stats_csv,
     transfer_csv,
+    comparisons_csv,
+    rank_ablation_json,
     config: dict[str, Any],
     backbone_metas: list[str | Path],
     manifests: list[str | Path],
@@ -126,6 +128,16 @@ def write_tables(
     named = {"StudyTitle": tex_escape(study.get("title", "A PEFT study")), **macros(cells, transfer)}
     render("macros.tex.j2", out_dir / "macros.tex", macros=named)
     render("transfer.tex.j2", out_dir / "transfer.tex", transfer=transfer.to_dict("records"))
+    compared = pd.read_csv(comparisons_csv)
+    compared = compared.assign(order=compared.method.map(method_sort_key)).sort_values(
+        ["baseline", "dataset", "model", "order"]
+    )
+    render(
+        "comparisons.tex.j2",
+        out_dir / "comparisons.tex",
+        rows=compared.to_dict("records"),
+        rank=read_json(rank_ablation_json),
+    )
     render(
         "setup.tex.j2",
         out_dir / "setup.tex",
