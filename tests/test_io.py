@@ -23,3 +23,16 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
 def test_config_hash_is_order_independent():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_outputs_get_the_usual_file_permissions(tmp_path):
+    import os
+    import stat
+
+    write_json(tmp_path / "a.json", {})
+    with atomic_path(tmp_path / "b.bin") as tmp:
+        tmp.write_bytes(b"x")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("a.json", "b.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask

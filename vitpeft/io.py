@@ -21,6 +21,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+
+def _process_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once (at import)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; results should get the permissions any other file of this user gets.
+FILE_MODE = 0o666 & ~_process_umask()
+
 TRACKED_PACKAGES = ("torch", "torchvision", "timm", "peft", "numpy", "pandas", "snakemake")
 
 
@@ -30,6 +40,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, FILE_MODE)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -49,6 +60,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
+    os.chmod(tmp, FILE_MODE)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
