@@ -72,6 +72,6 @@ rule tables:
     conda:
         "../envs/vitpeft.yaml"
     params:
-        config=config,  # the setup section is written from it: a config change rewrites it
+        config=canonical(config),  # the setup section is written from it: a change rewrites it
     script:
         "../workflow_scripts/tables.py"

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import vitpeft.config as study_config
 from vitpeft.data.sources import ARCHIVES, archive_md5, archive_url
+from vitpeft.io import canonical
 from vitpeft.methods import METHOD_WILDCARD, method_config
 
 study_config.load(
@@ -78,11 +79,15 @@ def run_config(wildcards):
         wildcards.method,
         int(wildcards.seed),
     )
-    return run.to_dict()
+    return canonical(run.to_dict())
 
 
 def pretrain_config(wildcards):
-    return study_config.pretrain_run(config, wildcards.model).to_dict()
+    return canonical(study_config.pretrain_run(config, wildcards.model).to_dict())
+
+
+def dataset_spec(wildcards):
+    return canonical(config["datasets"][wildcards.dataset])
 
 
 def cell_metrics(wildcards):

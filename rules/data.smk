@@ -25,6 +25,6 @@ rule prepare_data:
     conda:
         "../envs/vitpeft.yaml"
     params:
-        spec=lambda wildcards: config["datasets"][wildcards.dataset],
+        spec=dataset_spec,
     script:
         "../workflow_scripts/prepare_data.py"

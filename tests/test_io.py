@@ -1,6 +1,6 @@
 import pytest
 
-from vitpeft.io import atomic_path, atomic_write, config_hash, read_json, write_json
+from vitpeft.io import atomic_path, atomic_write, canonical, config_hash, read_json, write_json
 
 
 def test_atomic_write_keeps_old_content_when_writer_fails(tmp_path):
@@ -36,3 +36,8 @@ def test_outputs_get_the_usual_file_permissions(tmp_path):
     os.umask(mask)
     for name in ("a.json", "b.bin"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
+
+
+def test_canonical_sorts_keys_at_every_level():
+    value = canonical({"b": {"y": 1, "x": (1, 2)}, "a": 0})
+    assert list(value) == ["a", "b"] and list(value["b"]) == ["x", "y"] and value["b"]["x"] == [1, 2]

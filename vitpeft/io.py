@@ -89,6 +89,12 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def canonical(obj: Any) -> Any:
+    """``obj`` with every mapping's keys sorted. Snakemake compares params as they are written, key
+    order included, so params pass through this: reordering config.yaml must not rerun jobs."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
 def config_hash(obj: Any) -> str:
     """A stable short hash of a JSON-serialisable config."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
