@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,21 @@ from vitpeft.config import ModelSpec
 from vitpeft.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def snakemake_command(workdir, configfile, *args) -> list[str]:
+    """The repository's workflow run in ``workdir`` with ``configfile``, as a user would call it."""
+    return [
+        SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        *args,
+    ]
 
 
 @pytest.fixture

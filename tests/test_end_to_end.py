@@ -4,31 +4,18 @@ import json
 import re
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+import yaml
+from conftest import REPO, snakemake_command
 
 
 @pytest.mark.e2e
 def test_tiny_study_builds_a_paper_with_the_runs_numbers(tmp_path):
     if shutil.which("latexmk") is None or shutil.which("pdftotext") is None:
         pytest.fail("latexmk and pdftotext are required: `make test` installs them")
-    cmd = [
-        SNAKEMAKE,
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(tmp_path),
-        "--configfile",
-        str(REPO / "tests" / "tiny_config.yaml"),
-        "--cores",
-        "2",
-    ]
+    cmd = snakemake_command(tmp_path, REPO / "tests" / "tiny_config.yaml", "--cores", "2")
     result = subprocess.run([*cmd, "paper.pdf"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
 
@@ -54,22 +41,10 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tmp_path):
 
     # Changing one method's hyperparameter reruns only that method's runs, then the analysis. The
     # rewritten YAML also has every key reordered (safe_dump sorts them), which must rerun nothing.
-    import yaml
-
     config = yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text())
     config["methods"]["lora"]["lr"] = 3.0e-3
     (tmp_path / "changed.yaml").write_text(yaml.safe_dump(config))
-    changed = [
-        SNAKEMAKE,
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(tmp_path),
-        "--configfile",
-        str(tmp_path / "changed.yaml"),
-        "-n",
-        "paper.pdf",
-    ]
+    changed = snakemake_command(tmp_path, tmp_path / "changed.yaml", "-n", "paper.pdf")
     plan = subprocess.run(changed, capture_output=True, text=True, timeout=120).stdout
     blocks = re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", plan, re.M)
     trained = [re.search(r"wildcards: (.*)", body)[1] for rule, body in blocks if rule == "train"]
@@ -89,7 +64,6 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tmp_path):
 
 @pytest.mark.e2e
 def test_real_download_rule_runs_against_a_fixture_server_through_training(tmp_path):
-    import yaml
     from fixtures import serve, write_cifar_archive
 
     from vitpeft.data.download import file_digests
@@ -109,18 +83,7 @@ def test_real_download_rule_runs_against_a_fixture_server_through_training(tmp_p
         }
         config["studies"]["tiny"].update(datasets=["cifar10"], methods=["lora_r8"], transfer_check=False)
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-        cmd = [
-            SNAKEMAKE,
-            "-s",
-            str(REPO / "Snakefile"),
-            "-d",
-            str(work),
-            "--configfile",
-            str(tmp_path / "config.yaml"),
-            "--cores",
-            "2",
-            "results/lora_r8_cifar10",
-        ]
+        cmd = snakemake_command(work, tmp_path / "config.yaml", "--cores", "2", "results/lora_r8_cifar10")
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
     manifest = json.loads((work / "resources" / "data" / "cifar10" / "manifest.json").read_text())

@@ -2,27 +2,14 @@
 
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+from conftest import REPO, snakemake_command
 
 
 def snakemake(*args, workdir, configfile=REPO / "config.yaml", check=True):
-    cmd = [
-        SNAKEMAKE,
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(workdir),
-        "--configfile",
-        str(configfile),
-        *args,
-    ]
+    cmd = snakemake_command(workdir, configfile, *args)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
