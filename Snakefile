@@ -14,6 +14,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/backbone.smk"
 include: "rules/train.smk"
+include: "rules/export.smk"
 include: "rules/analysis.smk"
 include: "rules/paper.smk"
 

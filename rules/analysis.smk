@@ -60,6 +60,7 @@ rule tables:
             part=[
                 "results_table",
                 "resources_table",
+                "quantization_table",
                 "runs_table",
                 "macros",
                 "setup",

@@ -71,6 +71,18 @@ def train_inputs(wildcards):
     return inputs
 
 
+def export_inputs(wildcards):
+    run_files = {
+        name: f"{RUN_DIR}/{name}.{ext}".format(**wildcards)
+        for name, ext in [
+            ("metrics", "json"),
+            ("config", "json"),
+            ("checkpoint", "safetensors"),
+        ]
+    }
+    return {**train_inputs(wildcards), **run_files}
+
+
 def run_config(wildcards):
     run = study_config.resolve_run(
         config,
@@ -90,14 +102,18 @@ def dataset_spec(wildcards):
     return canonical(config["datasets"][wildcards.dataset])
 
 
-def cell_metrics(wildcards):
-    return expand(
-        f"{RUN_DIR}/metrics.json",
+def cell_runs(wildcards):
+    """Every run of a cell (all models x seeds): its metrics and its export report."""
+    runs = dict(
         dataset=wildcards.dataset,
         method=wildcards.method,
         model=STUDY["models"],
         seed=STUDY["seeds"],
     )
+    return {
+        "metrics": expand(f"{RUN_DIR}/metrics.json", **runs),
+        "exports": expand(f"{RUN_DIR}/export/report.json", **runs),
+    }
 
 
 def study_cells():

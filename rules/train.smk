@@ -22,7 +22,7 @@ rule train:
 
 rule cell:
     input:
-        cell_metrics,
+        unpack(cell_runs),
     output:
         directory("results/{method}_{dataset}"),
     log:

@@ -7,7 +7,7 @@ from scipy import stats as scipy_stats
 
 from vitpeft.analysis import aggregate, figures, stats, tables
 from vitpeft.analysis.style import macro_name, method_colour, method_label
-from vitpeft.io import write_json
+from vitpeft.io import read_json, write_json
 
 
 def test_mean_ci_matches_the_t_interval():
@@ -106,6 +106,29 @@ def fake_run(root, method, seed, acc):
     return run_dir / "metrics.json"
 
 
+def fake_export(metrics_path, int_top1):
+    """An export report as the export rule writes it (only the fields the analysis reads)."""
+    path = metrics_path.parent / "export" / "report.json"
+    top1 = read_json(metrics_path)["test_top1"]
+    gap = {"max_abs": 1e-6, "max_rel": 1e-7}
+    write_json(
+        path,
+        {
+            "test_top1": {
+                "unmerged": top1,
+                "merged": top1,
+                "onnx": top1,
+                "int": int_top1,
+                "int_onnx": int_top1,
+            },
+            "logits": {"merged_vs_unmerged": gap, "onnx_vs_merged": gap, "int_onnx_vs_int": gap},
+            "bytes": {"safetensors": 3 * 2**20, "onnx": 3 * 2**20, "int_onnx": 2**20},
+            "int": {"route": "float merge, then quantized", "bits": 4, "group_size": 16},
+        },
+    )
+    return path
+
+
 @pytest.fixture
 def study_tables(tmp_path):
     cells = []
@@ -116,8 +139,9 @@ def study_tables(tmp_path):
         "lora_r8": [70.0, 75.5],
     }.items():
         paths = [fake_run(tmp_path, method, s, a) for s, a in enumerate(accs)]
+        exports = [fake_export(p, a - 2 * s) for s, (p, a) in enumerate(zip(paths, accs, strict=True))]
         cell = tmp_path / f"{method}_digits"
-        frame = aggregate.summarize_cell(paths, cell / "summary.csv")
+        frame = aggregate.summarize_cell(paths, cell / "summary.csv", export_paths=exports)
         assert list(frame.seed) == [0, 1] and frame.git_commit.tolist() == ["abc", "abc"]
         cells.append(cell / "summary.csv")
     aggregate.aggregate(cells, tmp_path / "runs.csv")
@@ -185,6 +209,13 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
     assert r"\newcommand{\FullDigitsDeitTinyTopOne}{81.0}" in macros
     assert r"\newcommand{\StudyTitle}{T\_1 \& co}" in macros
     assert "beats" in (out / "transfer.tex").read_text()
+    quantized = (out / "quantization_table.tex").read_text()
+    # full: trained 80, 82; INT-N 80, 80: mean 80.0, change 0 and -2 -> -1.0 [-13.7, 11.7]
+    assert (
+        r"Full fine-tuning & 112{,}522 & 81.0 & 80.0 (4, 16) & -1.0 {\scriptsize [-13.7, 11.7]} & 3.00 & 1.00"
+        in quantized
+    )
+    assert r"\newcommand{\FullDigitsDeitTinyIntChange}{-1.0}" in macros
     compared = (out / "comparisons.tex").read_text()
     assert r"Full fine-tuning & Linear probe & -39.0 [-51.7, -26.3]" in compared
     assert "Rank ablation" not in compared  # one LoRA rank: no slope to fit
@@ -245,3 +276,13 @@ def test_rank_ablation_recovers_a_planted_slope():
     result = stats.rank_ablation(pd.DataFrame(rows))
     assert result["n"] == 30 and result["ci_low"] < 2.0 < result["ci_high"]
     assert result["slope"] == pytest.approx(2.0, abs=0.3) and result["p_value"] < 1e-6
+
+
+def test_every_method_family_has_a_label_colour_marker_and_place():
+    from vitpeft.analysis import style
+    from vitpeft.methods import METHODS
+
+    for table in (style.FAMILY_COLOURS, style.FAMILY_MARKERS, style.FAMILY_LABELS):
+        assert set(table) == set(METHODS)
+    assert sorted(style.FAMILY_ORDER) == sorted(METHODS)
+    assert style.method_label("qalora4_r8", latex=True) == "QA-LoRA 4-bit ($r{=}8$)"

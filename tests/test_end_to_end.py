@@ -25,9 +25,17 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tmp_path):
         assert (run_dir / name).exists(), name
     assert "img/s" in (run_dir / "train.log").read_text()
 
+    for method in ("lora_r8", "qalora4_r8"):  # every run is exported and checked
+        export = json.loads(
+            (run_dir.parents[2] / method / "deit_tiny" / "seed0" / "export" / "report.json").read_text()
+        )
+        assert export["passed"] and export["int"]["onnx_weight_types"] == {"UINT4": 8}
+    assert export["test_top1"]["unmerged"] == export["test_top1"]["int"]  # QA-LoRA's exact merge
+
     summary = pd.read_csv(tmp_path / "results" / "lora_r8_digits" / "summary.csv")
     assert summary[["model", "seed"]].values.tolist() == [["deit_tiny", 0]]
     assert summary.test_top1.iloc[0] == pytest.approx(metrics["test_top1"])
+    assert summary.export_top1_onnx.iloc[0] == pytest.approx(metrics["test_top1"])
 
     text = subprocess.run(
         ["pdftotext", str(tmp_path / "paper.pdf"), "-"], capture_output=True, text=True, check=True
@@ -52,13 +60,14 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tmp_path):
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", plan.split("Job stats:")[1].split("Reasons")[0], re.M))
     assert stats == {
         "train": "1",
+        "export": "1",
         "cell": "1",
         "aggregate": "1",
         "stats": "1",
         "figures": "1",
         "tables": "1",
         "paper": "1",
-        "total": "7",
+        "total": "8",
     }
 
 

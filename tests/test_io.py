@@ -29,12 +29,17 @@ def test_outputs_get_the_usual_file_permissions(tmp_path):
     import os
     import stat
 
+    import torch
+    from safetensors.torch import save_file
+
     write_json(tmp_path / "a.json", {})
     with atomic_path(tmp_path / "b.bin") as tmp:
         tmp.write_bytes(b"x")
+    with atomic_path(tmp_path / "c.safetensors") as tmp:  # safetensors recreates the file as 0600
+        save_file({"w": torch.zeros(2)}, str(tmp))
     mask = os.umask(0o022)
     os.umask(mask)
-    for name in ("a.json", "b.bin"):
+    for name in ("a.json", "b.bin", "c.safetensors"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
 
 

@@ -8,7 +8,7 @@ from vitpeft.config import ModelSpec
 from vitpeft.methods import METHOD_WILDCARD, adalora, lora, method_config, parse_method_name
 from vitpeft.models import count_parameters, create_model
 
-ALL_METHODS = ["full", "scratch", "linear", "lora_r4", "qlora8_r4", "qlora4_r4", "adalora_r4"]
+ALL_METHODS = ["full", "scratch", "linear", "lora_r4", "qlora8_r4", "qlora4_r4", "adalora_r4", "qalora4_r4"]
 
 
 def test_name_grammar():
@@ -16,9 +16,28 @@ def test_name_grammar():
     assert parse_method_name("lora_r16") == ("lora", {"r": 16})
     assert parse_method_name("qlora4_r8") == ("qlora", {"bits": 4, "r": 8})
     assert parse_method_name("adalora_r8") == ("adalora", {"r": 8})
-    for good in ["full", "linear", "scratch", "lora_r2", "lora_r32", "qlora8_r8", "adalora_r16"]:
+    assert parse_method_name("qalora4_r8") == ("qalora", {"bits": 4, "r": 8})
+    for good in [
+        "full",
+        "linear",
+        "scratch",
+        "lora_r2",
+        "lora_r32",
+        "qlora8_r8",
+        "adalora_r16",
+        "qalora2_r4",
+    ]:
         assert re.fullmatch(METHOD_WILDCARD, good)
-    for bad in ["lora", "lora_r", "lora_rx", "fulll", "lora_r8_digits", "qlora_r8", "adalora4_r8"]:
+    for bad in [
+        "lora",
+        "lora_r",
+        "lora_rx",
+        "fulll",
+        "lora_r8_digits",
+        "qlora_r8",
+        "adalora4_r8",
+        "qalora_r8",
+    ]:
         assert not re.fullmatch(METHOD_WILDCARD, bad)
         with pytest.raises(ValueError, match="known forms"):
             parse_method_name(bad)

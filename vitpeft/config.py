@@ -18,6 +18,7 @@ from typing import Any
 from vitpeft.data.sources import check_kind
 from vitpeft.methods import config_from_dict, method_config
 from vitpeft.methods.base import MethodConfig
+from vitpeft.methods.qalora import QALORA_BITS
 
 SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
 TRANSFER_BASELINE = "scratch"
@@ -32,6 +33,9 @@ MODEL_ARCHS = {
     "deit_small": "deit_small_patch16_224",
     "vit_small": "vit_small_patch16_224",
 }
+# Embedding width of each architecture; its blocks' Linear layers take this width, and fc2 takes
+# width * mlp_ratio. Known here, without torch, so that methods can check shapes at config time.
+MODEL_WIDTHS = {"deit_tiny": 192, "deit_small": 384, "vit_small": 384}
 BACKBONE_SOURCES = ("pretrain", "timm", "file")
 
 
@@ -69,6 +73,12 @@ class ModelSpec:
     @property
     def arch(self) -> str:
         return MODEL_ARCHS[self.name]
+
+    def block_widths(self) -> dict[str, int]:
+        """``in_features`` of each Linear inside a transformer block, by block-relative path."""
+        width = self.kwargs.get("embed_dim", MODEL_WIDTHS[self.name])
+        hidden = int(width * self.kwargs.get("mlp_ratio", 4.0))
+        return {"attn.qkv": width, "attn.proj": width, "mlp.fc1": width, "mlp.fc2": hidden}
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,45 @@ class TrainConfig:
     def __post_init__(self):
         if min(self.epochs, self.batch_size, self.eval_batch_size, self.accumulation_steps) < 1:
             raise ConfigError(f"epochs, batch sizes and accumulation_steps must be >= 1, got {self}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The ``export:`` section: how every run is merged, exported and checked (``vitpeft.export``).
+
+    Logits are compared on the whole (held-out) test split. A comparison passes when the largest
+    gap, relative to the largest reference logit, is within its tolerance, and no prediction
+    flips where the reference's top-1 margin is wider than that tolerance (a genuine near-tie
+    may flip; a real disagreement may not).
+
+    Attributes:
+        logit_rtol: tolerance of merges and of ONNX Runtime against PyTorch.
+        int8_kernel_rtol: tolerance of a merged ``qlora8`` model against the unmerged one, which
+            bitsandbytes runs through LLM.int8(): activations cast to fp16 and quantized to int8.
+        requantize_bits, requantize_group_size: the INT-N format that every method other than
+            QA-LoRA is quantized to after its float merge (the naive route).
+    """
+
+    logit_rtol: float = 1e-4
+    int8_kernel_rtol: float = 0.05
+    requantize_bits: int = 4
+    requantize_group_size: int = 16
+
+    def __post_init__(self):
+        if self.requantize_bits not in QALORA_BITS:
+            raise ValueError(
+                f"export.requantize_bits must be one of {QALORA_BITS}, got {self.requantize_bits!r}"
+            )
+        if not self.requantize_group_size > 0:
+            raise ValueError(f"export.requantize_group_size must be > 0, got {self.requantize_group_size!r}")
+
+    def check_widths(self, in_features: dict[str, int], model: str) -> None:
+        for path, width in in_features.items():
+            if width % self.requantize_group_size:
+                raise ValueError(
+                    f"export.requantize_group_size {self.requantize_group_size} does not divide "
+                    f"in_features {width} of {model}'s {path}"
+                )
 
 
 @dataclass(frozen=True)
@@ -237,9 +286,17 @@ def validate(config: dict[str, Any]) -> None:
             raise ConfigError(f"datasets.{name}.kind: {err}") from err
     for method in study_methods(config):
         try:
-            method_config(method, config.get("methods", {}))
+            method_cfg = method_config(method, config.get("methods", {}))
+            for model in selected["models"]:
+                method_cfg.check_widths(model_spec(config, model).block_widths(), model=model)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"{key}.methods: {method!r}: {err}") from err
+    try:
+        export = ExportConfig(**config.get("export", {}))
+        for model in selected["models"]:
+            export.check_widths(model_spec(config, model).block_widths(), model)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from err
     try:
         for dataset in selected["datasets"]:
             resolve_run(config, selected["models"][0], dataset, selected["methods"][0], 0)

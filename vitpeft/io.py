@@ -60,9 +60,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
-    os.chmod(tmp, FILE_MODE)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)  # after the writer: some (safetensors) recreate the file as 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

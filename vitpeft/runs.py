@@ -18,7 +18,7 @@ from torch import nn
 from vitpeft.config import RunConfig
 from vitpeft.data import arrays
 from vitpeft.data.pipeline import BatchPreprocessor
-from vitpeft.io import atomic_path, config_hash, provenance, sha256_file, write_json
+from vitpeft.io import atomic_path, config_hash, provenance, read_json, sha256_file, write_json
 from vitpeft.methods import prepare_model
 from vitpeft.methods.base import MethodContext
 from vitpeft.models import count_parameters, create_model, save_backbone
@@ -206,3 +206,44 @@ def pretrain_backbone(
     save_backbone(model, weights_out, meta_out, meta)
     print(f"{desc}: source test top-1 {test['top1']:.2f}% ({train_time:.1f} s)", file=sys.stderr)
     return meta
+
+
+@dataclass
+class Restored:
+    """A finished run's model rebuilt from its config, backbone and checkpoint, with its data."""
+
+    run: RunConfig
+    model: nn.Module
+    splits: dict[str, Split]
+    preprocess: BatchPreprocessor
+
+
+def load_trained(
+    run_dir: str | Path, data_dir: str | Path, backbone: str | Path | None, device: str = "cpu"
+) -> Restored:
+    """Rebuild the model that ``train_run`` left in ``run_dir``: the backbone, the method, then the
+    saved trainable parameters. Every checkpoint tensor must land on a trainable parameter and
+    every trainable parameter must be in the checkpoint.
+    """
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    run = RunConfig.from_dict(read_json(run_dir / "config.json"))
+    seed_everything(run.seed)
+    device = torch.device(device)
+    splits = load_splits(data_dir, device)
+    num_classes = len(arrays.load_manifest(data_dir)["class_names"])
+    model = build_model(run, num_classes, backbone).to(device)
+    preprocess = preprocessor(model, run)
+    context = MethodContext(
+        total_steps=run.train.epochs * steps_per_epoch(len(splits["train"]), run.train), device=device
+    )
+    model = prepare_model(model, run.method, context).model.to(device)
+    state = load_file(str(run_dir / "checkpoint.safetensors"), device=str(device))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(state) != trainable:
+        raise RuntimeError(
+            f"{run_dir}: checkpoint and trainable parameters differ: {sorted(set(state) ^ trainable)[:5]}"
+        )
+    model.load_state_dict(state, strict=False)
+    return Restored(run, model.eval(), splits, preprocess)

@@ -8,4 +8,8 @@ from vitpeft.analysis.aggregate import summarize_cell
 from vitpeft.io import log_to_file
 
 log_to_file(snakemake.log[0])
-summarize_cell(list(snakemake.input), Path(snakemake.output[0]) / "summary.csv")
+summarize_cell(
+    list(snakemake.input.metrics),
+    Path(snakemake.output[0]) / "summary.csv",
+    export_paths=list(snakemake.input.exports),
+)

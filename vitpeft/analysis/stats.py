@@ -38,6 +38,10 @@ RESOURCE_COLUMNS = (
     "base_linear_bytes_fp32",
     "base_linear_bytes_quantized",
     "quant_feature_rel_error",
+    "export_int_bits",
+    "export_int_group_size",
+    "export_onnx_bytes",
+    "export_int_onnx_bytes",
 )
 
 
@@ -58,7 +62,14 @@ def mean_ci(values, alpha: float = 0.05) -> dict[str, float]:
 
 
 def cell_stats(runs: pd.DataFrame, metrics=("test_top1", "test_top5", "val_top1")) -> pd.DataFrame:
-    """One row per dataset x model x method: mean, std and 95% CI of each metric over seeds."""
+    """One row per dataset x model x method: mean, std and 95% CI of each metric over seeds.
+
+    Runs that were exported also get the INT-N model's test top-1 (``export_top1_int``) and its
+    paired change from the trained model (``int_change`` = INT-N minus trained, per seed).
+    """
+    if "export_top1_int" in runs:
+        runs = runs.assign(int_change=runs["export_top1_int"] - runs["test_top1"])
+        metrics = (*metrics, "export_top1_int", "int_change")
     rows = []
     for key, group in runs.groupby(CELL, sort=True):
         row = dict(zip(CELL, key, strict=True))

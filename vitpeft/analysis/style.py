@@ -22,9 +22,18 @@ FAMILY_COLOURS = {
     "lora": OKABE_ITO[2],
     "qlora": OKABE_ITO[3],
     "adalora": OKABE_ITO[5],
+    "qalora": OKABE_ITO[4],
     "scratch": OKABE_ITO[7],
 }
-FAMILY_MARKERS = {"full": "s", "linear": "v", "lora": "o", "qlora": "D", "adalora": "^", "scratch": "x"}
+FAMILY_MARKERS = {
+    "full": "s",
+    "linear": "v",
+    "lora": "o",
+    "qlora": "D",
+    "adalora": "^",
+    "qalora": "P",
+    "scratch": "x",
+}
 FAMILY_LABELS = {
     "full": "Full fine-tuning",
     "linear": "Linear probe",
@@ -32,8 +41,9 @@ FAMILY_LABELS = {
     "lora": "LoRA",
     "qlora": "QLoRA",
     "adalora": "AdaLoRA",
+    "qalora": "QA-LoRA",
 }
-FAMILY_ORDER = ["scratch", "full", "linear", "lora", "qlora", "adalora"]
+FAMILY_ORDER = ["scratch", "full", "linear", "lora", "qlora", "adalora", "qalora"]
 
 
 def method_family(method: str) -> str:

@@ -6,6 +6,7 @@ Nothing in the paper is typed by hand: the prose quotes macros such as ``\\FullD
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import jinja2
 import pandas as pd
 
 from vitpeft.analysis.style import macro_name, method_label, method_sort_key
-from vitpeft.config import MODEL_ARCHS
+from vitpeft.config import MODEL_ARCHS, ExportConfig
 from vitpeft.io import atomic_write, read_json
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -67,7 +68,7 @@ def render(template: str, out_path: str | Path, **context: Any) -> str:
     return text
 
 
-def ci_half(row: pd.Series, metric: str = "test_top1") -> float:
+def ci_half(row: pd.Series | dict, metric: str = "test_top1") -> float:
     return row[f"{metric}_ci_high"] - row[f"{metric}_mean"]
 
 
@@ -93,6 +94,9 @@ def macros(cells: pd.DataFrame, transfer: pd.DataFrame) -> dict[str, str]:
         named[macro_name(*key, "top1", "ci")] = fmt(ci_half(row))
         named[macro_name(*key, "seeds")] = str(int(row["n_seeds"]))
         named[macro_name(*key, "params")] = fmt_count(row["trainable_params"])
+        if "export_top1_int_mean" in row:
+            named[macro_name(*key, "int", "top1")] = fmt(row["export_top1_int_mean"])
+            named[macro_name(*key, "int", "change")] = fmt(row["int_change_mean"])
     for _, row in transfer.iterrows():
         key = ("transfer", row["dataset"], row["model"])
         named[macro_name(*key, "gain")] = fmt(row["diff_mean"])
@@ -125,6 +129,11 @@ def write_tables(
     render("results_table.tex.j2", out_dir / "results_table.tex", groups=result_groups(cells))
     render("runs_table.tex.j2", out_dir / "runs_table.tex", runs=runs.to_dict("records"))
     render("resources_table.tex.j2", out_dir / "resources_table.tex", groups=result_groups(cells))
+    render(
+        "quantization_table.tex.j2",
+        out_dir / "quantization_table.tex",
+        groups=result_groups(cells) if "export_top1_int_mean" in cells else [],
+    )
     named = {"StudyTitle": tex_escape(study.get("title", "A PEFT study")), **macros(cells, transfer)}
     render("macros.tex.j2", out_dir / "macros.tex", macros=named)
     render("transfer.tex.j2", out_dir / "transfer.tex", transfer=transfer.to_dict("records"))
@@ -147,6 +156,7 @@ def write_tables(
         datasets={Path(p).parent.name: read_json(p) for p in manifests},
         methods=sorted(runs.method.unique(), key=method_sort_key),
         arches=MODEL_ARCHS,
+        export=dataclasses.asdict(ExportConfig(**config.get("export", {}))),
         n_runs=len(runs),
         hardware=runs[["cpu", "gpu", "threads"]].drop_duplicates().to_dict("records")
         if "cpu" in runs

@@ -1,6 +1,7 @@
 """The method registry: a method name from the study grammar -> its config dataclass and set-up.
 
-Grammar: ``full``, ``linear``, ``scratch``, ``lora_r{r}``, ``qlora{bits}_r{r}``, ``adalora_r{r}``.
+Grammar: ``full``, ``linear``, ``scratch``, ``lora_r{r}``, ``qlora{bits}_r{r}``, ``adalora_r{r}``,
+``qalora{bits}_r{r}``.
 A new method is one module (a config dataclass and a ``prepare(model, config, context)``
 function returning :class:`~vitpeft.methods.base.Prepared`) plus one entry in :data:`METHODS`.
 """
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vitpeft.methods import adalora, full, linear, lora, qlora
+from vitpeft.methods import adalora, full, linear, lora, qalora, qlora
 from vitpeft.methods.base import MethodConfig, MethodContext, Prepared
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ METHODS: dict[str, MethodEntry] = {
         r"qlora(?P<bits>\d+)_r(?P<r>\d+)", "qlora{bits}_r{r}", qlora.QLoraConfig, qlora.prepare
     ),
     "adalora": MethodEntry(r"adalora_r(?P<r>\d+)", "adalora_r{r}", adalora.AdaLoraConfig, adalora.prepare),
+    "qalora": MethodEntry(
+        r"qalora(?P<bits>\d+)_r(?P<r>\d+)", "qalora{bits}_r{r}", qalora.QALoraConfig, qalora.prepare
+    ),
 }
 
 # Snakemake's wildcard constraint for {method}: any name some family could answer to.

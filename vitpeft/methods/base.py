@@ -34,6 +34,14 @@ class MethodConfig:
         if self.weight_decay < 0:
             raise ValueError(f"{self.name}: weight_decay must be >= 0, got {self.weight_decay!r}")
 
+    def check_widths(self, in_features: dict[str, int], model: str = "model") -> None:
+        """Raise ``ValueError`` if the method cannot apply to blocks with these input widths.
+
+        Args:
+            in_features: block-relative Linear path (``attn.qkv``) -> its ``in_features``.
+            model: the model's name, for the message.
+        """
+
 
 def head_parameter_count(model: nn.Module) -> int:
     """Parameters of the classification head, which every method trains."""

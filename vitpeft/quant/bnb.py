@@ -11,13 +11,13 @@ bitsandbytes is imported inside the functions, so CPU-only code that never quant
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 import torch
 from torch import nn
 
-QUANTIZABLE = re.compile(r"blocks\.\d+\..+")  # every Linear inside a transformer block; not the head
+from vitpeft.quant import QUANTIZABLE, replace_block_linears
+
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -70,19 +70,10 @@ def quantize_linear_layers(
     """
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
-    swapped = []
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            path = f"{parent_name}.{child_name}" if parent_name else child_name
-            if type(child) is nn.Linear and QUANTIZABLE.fullmatch(path):
-                setattr(
-                    parent,
-                    child_name,
-                    _quantized_linear(child, bits, quant_type, double_quant, COMPUTE_DTYPES[compute_dtype]),
-                )
-                swapped.append(path)
-    if not swapped:
-        raise ValueError("no Linear layer inside the transformer blocks to quantize")
+    dtype = COMPUTE_DTYPES[compute_dtype]
+    swapped = replace_block_linears(
+        model, lambda _, linear: _quantized_linear(linear, bits, quant_type, double_quant, dtype)
+    )
     model.to(device)  # bitsandbytes quantizes here
     setattr(model, f"is_loaded_in_{bits}bit", True)
     return swapped
@@ -123,3 +114,19 @@ def features(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 def relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
     return ((other - reference).norm() / reference.norm()).item()
+
+
+def is_bnb_linear(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("bitsandbytes") and hasattr(module, "weight")
+
+
+def to_float_linear(layer: nn.Module) -> nn.Linear:
+    """The fp32 ``nn.Linear`` that a bitsandbytes 8-bit or 4-bit layer computes with."""
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    weight = dequantize_bnb_weight(layer.weight, state=getattr(layer, "state", None)).float()
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=layer.bias is not None)
+    linear.weight.data.copy_(weight)
+    if layer.bias is not None:
+        linear.bias.data.copy_(layer.bias.detach().float())
+    return linear.to(weight.device)

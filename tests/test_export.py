@@ -1,0 +1,180 @@
+import copy
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import prepare
+from torch import nn
+
+from vitpeft.export import (
+    ExportMismatch,
+    compare,
+    dequantized,
+    export_run,
+    load_merged,
+    logit_gap,
+    merge,
+    requantize,
+)
+from vitpeft.io import read_json
+from vitpeft.methods.qalora_layer import QALoraLinear
+from vitpeft.quant.groupwise import GroupQuantLinear
+from vitpeft.quant.onnx_int import export_int_onnx, export_onnx, integer_weight_types, session
+
+QALORA = {"qalora": {"group_size": 16}}
+
+
+def trained_like(model):
+    with torch.no_grad():  # adapters start as a no-op; give them an update to merge
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("method", "layer", "tolerance"),
+    [
+        ("lora_r4", nn.Linear, 1e-5),
+        ("adalora_r4", nn.Linear, 1e-5),
+        ("qlora4_r4", nn.Linear, 1e-5),
+        ("qlora8_r4", nn.Linear, 0.05),  # LLM.int8() quantizes the unmerged model's activations
+        ("qalora4_r8", GroupQuantLinear, 1e-5),
+        ("full", nn.Linear, 0.0),
+    ],
+)
+def test_merge_gives_a_plain_timm_model_with_the_same_logits(tiny_model, method, layer, tolerance):
+    model = trained_like(prepare(tiny_model, method, QALORA).model)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        unmerged = model(x)
+        merged = merge(model, method)
+        assert type(merged).__name__ == "VisionTransformer"
+        assert type(merged.blocks[0].attn.qkv) is layer and type(merged.blocks[1].mlp.fc2) is layer
+        assert type(merged.head) is nn.Linear
+        assert logit_gap(unmerged, merged(x))["max_rel"] <= tolerance
+        assert torch.equal(model(x), unmerged)  # merging works on a copy
+
+
+def test_requantize_and_dequantize_round_trip(tiny_model):
+    x = torch.randn(4, 3, 16, 16)
+    int_model = requantize(tiny_model.eval(), bits=4, group_size=16)
+    assert sum(isinstance(m, GroupQuantLinear) for m in int_model.modules()) == 4 * len(tiny_model.blocks)
+    with torch.no_grad():
+        gap = logit_gap(tiny_model(x), int_model(x))["max_rel"]
+        assert 1e-4 < gap < 0.5  # lossy, but not garbage
+        torch.testing.assert_close(dequantized(int_model)(x), int_model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_int_onnx_keeps_uint4_codes_and_matches_pytorch(tiny_model, tmp_path):
+    model = trained_like(prepare(tiny_model, "qalora4_r8", QALORA).model)
+    int_model = merge(model, "qalora4_r8")
+    x = torch.randn(5, 3, 16, 16)
+    assert export_int_onnx(int_model, x[:2], tmp_path / "int.onnx") == 4 * len(tiny_model.blocks)
+    export_onnx(dequantized(int_model), x[:2], tmp_path / "float.onnx")
+    assert integer_weight_types(tmp_path / "int.onnx") == {"UINT4": 4 * len(tiny_model.blocks)}
+    assert integer_weight_types(tmp_path / "float.onnx") == {}
+    with torch.no_grad():
+        reference = int_model(x).numpy()
+    for path in ("int.onnx", "float.onnx"):  # exported with batch 2, run with batch 5
+        assert (
+            logit_gap(reference, session(tmp_path / path).run(None, {"images": x.numpy()})[0])["max_rel"]
+            < 1e-5
+        )
+    assert (tmp_path / "int.onnx").stat().st_size < 0.5 * (tmp_path / "float.onnx").stat().st_size
+
+
+def test_int_onnx_stores_8_bit_codes_as_uint8(tiny_model, tmp_path):
+    int_model = requantize(tiny_model.eval(), bits=8, group_size=32)
+    x = torch.randn(3, 3, 16, 16)
+    export_int_onnx(int_model, x[:2], tmp_path / "int8.onnx")
+    assert integer_weight_types(tmp_path / "int8.onnx") == {"UINT8": 4 * len(tiny_model.blocks)}
+    with torch.no_grad():
+        gap = logit_gap(int_model(x), session(tmp_path / "int8.onnx").run(None, {"images": x.numpy()})[0])
+    assert gap["max_rel"] < 1e-5
+
+
+@pytest.fixture(scope="module")
+def finished_qalora_run(tmp_path_factory):
+    """A real qalora4_r8 run of the tiny config (random backbone, one epoch), as the train rule leaves it."""
+    import yaml
+    from conftest import REPO
+
+    from vitpeft import config as study_config
+    from vitpeft.data import prepare_dataset
+    from vitpeft.models import create_model, save_backbone
+    from vitpeft.runs import train_run
+
+    root = tmp_path_factory.mktemp("qalora_run")
+    config = study_config.load(yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text()))
+    prepare_dataset(config["datasets"]["digits"], root / "data")
+    torch.manual_seed(0)
+    backbone = create_model(study_config.model_spec(config, "deit_tiny"), num_classes=16)
+    save_backbone(backbone, root / "backbone.safetensors", root / "backbone.json", {})
+    run = study_config.resolve_run(config, "deit_tiny", "digits", "qalora4_r8", 0).to_dict()
+    metrics = train_run(run, root / "data", root / "backbone.safetensors", root / "run", threads=1)
+    return root, metrics
+
+
+def test_export_run_writes_checked_exports_and_the_exact_merge_keeps_accuracy(finished_qalora_run):
+    root, metrics = finished_qalora_run
+    out = root / "export"
+    report = export_run(root / "run", root / "data", root / "backbone.safetensors", out)
+    assert read_json(out / "report.json") == report and report["passed"]
+    top1 = report["test_top1"]
+    assert top1["unmerged"] == pytest.approx(metrics["test_top1"])  # the rebuilt model is the trained one
+    assert top1["unmerged"] == top1["merged"] == top1["int"] == top1["onnx"] == top1["int_onnx"]
+    assert report["int"]["route"] == "exact merge" and report["int"]["onnx_weight_types"] == {"UINT4": 8}
+    assert set(report["logits"]) == {
+        "merged_vs_unmerged",
+        "onnx_vs_merged",
+        "int_onnx_vs_int",
+        "int_vs_unmerged",
+    }
+    assert all(
+        c["passed"] and c["max_rel"] < 1e-4 and c["prediction_flips"] == 0 for c in report["logits"].values()
+    )
+    assert report["bytes"]["int_onnx"] < 0.5 * report["bytes"]["onnx"]
+    # model.json + model.safetensors rebuild the float merge without vitpeft's method code
+    rebuilt = load_merged(out)
+    assert type(rebuilt.blocks[0].attn.qkv) is nn.Linear
+    images = torch.rand(3, 3, 16, 16)
+    onnx_logits = session(out / "model.onnx").run(None, {"images": images.numpy()})[0]
+    with torch.no_grad():
+        assert logit_gap(rebuilt(images), onnx_logits)["max_rel"] < 1e-5
+
+
+def test_export_run_fails_with_the_numbers_when_beyond_tolerance(finished_qalora_run):
+    root, _ = finished_qalora_run
+    out = root / "strict"
+    message = (
+        r"logits onnx_vs_merged: max rel \S+ \(max abs \S+, tolerance 1e-12\), \d+ decisive of \d+ flipped"
+    )
+    with pytest.raises(ExportMismatch, match=message):
+        export_run(root / "run", root / "data", root / "backbone.safetensors", out, {"logit_rtol": 1e-12})
+    assert not (out / "report.json").exists()  # no report: the export is not marked complete
+
+
+def test_logit_gap_is_relative_to_the_largest_reference_logit():
+    gap = logit_gap(np.array([[2.0, -4.0]]), np.array([[2.5, -4.0]]))
+    assert gap == {"max_abs": 0.5, "max_rel": 0.125}
+
+
+def test_compare_forgives_a_flip_at_a_near_tie_but_not_a_real_disagreement():
+    reference = np.array([[10.0, 9.999999, 0.0], [10.0, 0.0, 0.0]])
+    near_tie = reference + np.array([[0.0, 2e-6, 0.0], [0.0, 0.0, 0.0]])
+    result = compare(reference, near_tie, rtol=1e-4)
+    assert result["prediction_flips"] == 1 and result["decisive_flips"] == 0 and result["passed"]
+    real = reference + np.array([[0.0, 0.0, 0.0], [0.0, 10.5, 0.0]])
+    result = compare(reference, real, rtol=1e-4)
+    assert result["prediction_flips"] == result["decisive_flips"] == 1 and not result["passed"]
+
+
+def test_merge_leaves_no_adapter_and_keeps_codes(tiny_model):
+    model = trained_like(prepare(tiny_model, "qalora4_r8", QALORA).model)
+    before = copy.deepcopy(model.blocks[0].attn.qkv.base)
+    merged = merge(model, "qalora4_r8")
+    assert not any(isinstance(m, QALoraLinear) for m in merged.modules())
+    assert torch.equal(merged.blocks[0].attn.qkv.codes, before.codes)
+    assert not re.search("lora", " ".join(n for n, _ in merged.named_parameters()))

@@ -1,0 +1,260 @@
+"""Merge a trained run into a deployable model, save it as safetensors and ONNX, and check both.
+
+Every run leaves two deployable models:
+
+- **float**: the adapters merged into an fp32 base. LoRA and AdaLoRA through peft's
+  ``merge_and_unload``; QLoRA by dequantizing the bitsandbytes base first, then merging (peft would
+  re-quantize the merged weights to NF4); QA-LoRA as its exact INT-N merge, dequantized.
+- **int**: the INT-N model a deployment would ship. QA-LoRA's exact merge keeps its codes; every
+  other method takes the naive route, its float merge quantized afterwards to the same bits and
+  group size (``export.requantize_*``). Comparing the two is the study's quantization table.
+
+The checks compare logits on the held-out test split between the unmerged model, the merged one
+and ONNX Runtime, for both exports, and count flipped predictions; a difference beyond tolerance
+fails the export with the numbers in the message.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from vitpeft.config import ExportConfig
+from vitpeft.io import atomic_path, write_json
+from vitpeft.methods import parse_method_name
+from vitpeft.quant import bnb, replace_block_linears
+from vitpeft.quant.groupwise import GroupQuantLinear
+from vitpeft.quant.onnx_int import export_int_onnx, export_onnx, integer_weight_types, session
+from vitpeft.runs import load_trained
+
+
+class ExportMismatch(RuntimeError):
+    """An exported model does not compute what the trained one computes."""
+
+
+def merge(model: nn.Module, method: str) -> nn.Module:
+    """A merged copy of a trained model: fp32 timm layers, or INT-N layers for QA-LoRA."""
+    from vitpeft.methods.qalora_layer import merge_qalora
+
+    family, _ = parse_method_name(method)
+    model = copy.deepcopy(model)
+    if family == "qalora":
+        merge_qalora(model)
+        return model
+    if family == "qlora":
+        _dequantize_then_merge(model)
+    if family in ("lora", "adalora", "qlora"):
+        return model.merge_and_unload()
+    return model  # full, linear, scratch: nothing to merge
+
+
+def _dequantize_then_merge(peft_model: nn.Module) -> None:
+    """Replace each bitsandbytes layer, adapted or not, by an fp32 Linear holding W (+ ΔW)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for parent in list(peft_model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, BaseTunerLayer) and bnb.is_bnb_linear(child.get_base_layer()):
+                linear = bnb.to_float_linear(child.get_base_layer())
+                for adapter in child.active_adapters:
+                    linear.weight.data += child.get_delta_weight(adapter).float()
+                setattr(parent, child_name, linear)
+            elif bnb.is_bnb_linear(child):
+                setattr(parent, child_name, bnb.to_float_linear(child))
+
+
+def requantize(model: nn.Module, bits: int, group_size: int) -> nn.Module:
+    """The naive route: a float model's block Linears quantized to INT-N after training."""
+    model = copy.deepcopy(model)
+    replace_block_linears(model, lambda _, linear: GroupQuantLinear.from_linear(linear, bits, group_size))
+    return model
+
+
+def dequantized(model: nn.Module) -> nn.Module:
+    """An INT-N model with its GroupQuantLinear layers turned back into fp32 Linears."""
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, GroupQuantLinear):
+                setattr(parent, child_name, child.to_linear())
+    return model
+
+
+def logit_gap(reference: np.ndarray | torch.Tensor, other: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """Largest absolute logit difference, and the same relative to the largest reference logit."""
+    reference, other = np.asarray(reference, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    largest = float(np.abs(reference - other).max())
+    return {"max_abs": largest, "max_rel": largest / max(float(np.abs(reference).max()), 1e-12)}
+
+
+def compare(reference: np.ndarray, other: np.ndarray, rtol: float) -> dict[str, Any]:
+    """Logit gap within ``rtol``, plus the prediction flips it caused.
+
+    A flip is decisive when the reference's top-1 margin exceeds ``2 * rtol`` times its largest
+    logit: no perturbation within tolerance could cause it, so it always comes with a failing gap.
+    Flips at near-ties are counted but pass; the counts say whether a failing gap changed answers.
+    """
+    gap = logit_gap(reference, other)
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    flips = reference.argmax(1) != other.argmax(1)
+    decisive = flips & (margin > 2 * rtol * np.abs(reference).max())
+    return {
+        **gap,
+        "rtol": rtol,
+        "prediction_flips": int(flips.sum()),
+        "decisive_flips": int(decisive.sum()),
+        "passed": bool(gap["max_rel"] <= rtol and not decisive.any()),
+    }
+
+
+@torch.no_grad()
+def _torch_logits(model: nn.Module, batches: list[torch.Tensor]) -> np.ndarray:
+    model.eval()
+    return np.concatenate([model(x).float().numpy() for x in batches])
+
+
+def _onnx_logits(path: Path, batches: list[torch.Tensor]) -> np.ndarray:
+    runner = session(path)
+    return np.concatenate([runner.run(None, {"images": x.numpy()})[0] for x in batches])
+
+
+def export_run(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    backbone: str | Path | None,
+    out_dir: str | Path,
+    export: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Merge, save and check one finished run; write ``report.json`` last, into ``out_dir``.
+
+    Writes ``model.safetensors`` + ``model.json`` (the float merge and how to rebuild it),
+    ``model.onnx`` (float) and ``model_int.onnx`` (INT-N codes). Every model is run on the whole
+    test split, which training never saw: logit gaps, prediction flips and top-1 come from it.
+
+    Raises:
+        ExportMismatch: if a comparison fails; the message has the numbers.
+    """
+    cfg = ExportConfig(**(export or {}))
+    out_dir = Path(out_dir)
+    restored = load_trained(run_dir, data_dir, backbone)
+    run, unmerged, preprocess, test = (
+        restored.run,
+        restored.model,
+        restored.preprocess,
+        restored.splits["test"],
+    )
+    family, fields = parse_method_name(run.method.name)
+    size = run.train.eval_batch_size
+    batches = [preprocess(test.images[i : i + size], train=False) for i in range(0, len(test), size)]
+
+    merged = merge(unmerged, run.method.name)
+    if family == "qalora":
+        int_model, float_model = merged, dequantized(merged)
+        int_format = {"route": "exact merge", "bits": run.method.bits, "group_size": run.method.group_size}
+    else:
+        float_model = merged
+        int_model = requantize(merged, cfg.requantize_bits, cfg.requantize_group_size)
+        int_format = {
+            "route": "float merge, then quantized",
+            "bits": cfg.requantize_bits,
+            "group_size": cfg.requantize_group_size,
+        }
+    save_merged(float_model, run, out_dir)
+    export_onnx(float_model, batches[0][:2], out_dir / "model.onnx")
+    int_format["layers"] = export_int_onnx(int_model, batches[0][:2], out_dir / "model_int.onnx")
+    int_format["onnx_weight_types"] = integer_weight_types(out_dir / "model_int.onnx")
+
+    logits = {
+        "unmerged": _torch_logits(unmerged, batches),
+        "merged": _torch_logits(float_model, batches),
+        "onnx": _onnx_logits(out_dir / "model.onnx", batches),
+        "int": _torch_logits(int_model, batches),
+        "int_onnx": _onnx_logits(out_dir / "model_int.onnx", batches),
+    }
+    merge_rtol = cfg.int8_kernel_rtol if family == "qlora" and fields["bits"] == 8 else cfg.logit_rtol
+    checked = {
+        "merged_vs_unmerged": compare(logits["unmerged"], logits["merged"], merge_rtol),
+        "onnx_vs_merged": compare(logits["merged"], logits["onnx"], cfg.logit_rtol),
+        "int_onnx_vs_int": compare(logits["int"], logits["int_onnx"], cfg.logit_rtol),
+    }
+    if family == "qalora":  # the exact merge: the INT-N model is the trained one
+        checked["int_vs_unmerged"] = compare(logits["unmerged"], logits["int"], cfg.logit_rtol)
+    labels = test.labels.cpu().numpy()
+    report = {
+        "method": run.method.name,
+        "model": run.model.name,
+        "dataset": run.dataset,
+        "seed": run.seed,
+        "test_images": len(labels),
+        "int": int_format,
+        "logits": checked,
+        "int_vs_unmerged": logit_gap(logits["unmerged"], logits["int"]),  # what quantization costs
+        "test_top1": {k: 100.0 * float((v.argmax(1) == labels).mean()) for k, v in logits.items()},
+        "bytes": {
+            "safetensors": (out_dir / "model.safetensors").stat().st_size,
+            "onnx": (out_dir / "model.onnx").stat().st_size,
+            "int_onnx": (out_dir / "model_int.onnx").stat().st_size,
+        },
+        "tolerances": asdict(cfg),
+    }
+    failed = [
+        f"logits {name}: max rel {c['max_rel']:.3g} (max abs {c['max_abs']:.3g}, tolerance {c['rtol']:g}), "
+        f"{c['decisive_flips']} decisive of {c['prediction_flips']} flipped test predictions"
+        for name, c in checked.items()
+        if not c["passed"]
+    ]
+    report["passed"] = not failed
+    summary = ", ".join(f"{k} {v:.2f}%" for k, v in report["test_top1"].items())
+    print(
+        f"{run.method.name}/{run.model.name}/{run.dataset}/seed{run.seed}: test top-1 {summary}",
+        file=sys.stderr,
+    )
+    if failed:
+        raise ExportMismatch(f"{run_dir}: " + "; ".join(failed))
+    write_json(out_dir / "report.json", report)
+    return report
+
+
+def save_merged(model: nn.Module, run, out_dir: Path) -> None:
+    """The float merged weights plus what rebuilds the model: timm architecture and its arguments."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_json(
+        out_dir / "model.json",
+        {
+            "timm_arch": run.model.arch,
+            "create_kwargs": {
+                "num_classes": model.num_classes,
+                "img_size": run.model.img_size,
+                "patch_size": run.model.patch_size,
+                **run.model.kwargs,
+            },
+            "pretrained_cfg": {k: model.pretrained_cfg[k] for k in ("mean", "std")},
+            "method": run.method.name,
+            "seed": run.seed,
+        },
+    )
+
+
+def load_merged(out_dir: str | Path) -> nn.Module:
+    """Rebuild an exported float model from ``model.json`` and ``model.safetensors``."""
+    import timm
+    from safetensors.torch import load_file
+
+    from vitpeft.io import read_json
+
+    out_dir = Path(out_dir)
+    meta = read_json(out_dir / "model.json")
+    model = timm.create_model(meta["timm_arch"], pretrained=False, **meta["create_kwargs"])
+    model.load_state_dict(load_file(str(out_dir / "model.safetensors")))
+    return model.eval()

@@ -1,0 +1,117 @@
+"""Group-wise asymmetric min-max INT-N quantization of Linear weights, the base of QA-LoRA.
+
+Each output row is cut into groups of ``g`` consecutive input features; a group has one scale and
+one zero, and its weights become integer codes: ``w ≈ scale * code + zero`` with
+``code ∈ [0, 2**bits - 1]``. The zero is QA-LoRA's additive form (Xu et al., 2023, arXiv
+2309.14717, β in W̃ = α·Ŵ + β), not an integer offset, so that an adapter acting on the
+group-pooled input can be folded into it exactly (see :mod:`vitpeft.methods.qalora_layer`).
+
+Why our own: bitsandbytes quantizes blocks of the flattened weight with one absmax and no zero,
+and GPTQ-style packages need calibration and CUDA kernels. Neither exposes per-(row, group)
+zeros that a merge may rewrite, which is the whole point of QA-LoRA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+
+
+def check_quantization(in_features: int, bits: int, group_size: int, where: str = "layer") -> None:
+    """Raise ``ValueError`` naming the values unless ``bits`` is supported and ``g`` divides the width."""
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"{where}: bits must be one of {SUPPORTED_BITS}, got {bits!r}")
+    if not (isinstance(group_size, int) and group_size > 0):
+        raise ValueError(f"{where}: group_size must be a positive integer, got {group_size!r}")
+    if in_features % group_size:
+        raise ValueError(f"{where}: group_size {group_size} does not divide in_features {in_features}")
+
+
+@torch.no_grad()
+def quantize(weight: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, ...]:
+    """Min-max quantize ``weight`` (out, in) per group of ``group_size`` input features.
+
+    Returns:
+        codes (out, in) uint8, scales (out, in // g) and zeros (out, in // g), float32.
+    """
+    out_features, in_features = weight.shape
+    check_quantization(in_features, bits, group_size)
+    groups = weight.detach().float().reshape(out_features, in_features // group_size, group_size)
+    low, high = groups.amin(-1), groups.amax(-1)
+    scales = (high - low) / (2**bits - 1)
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # a constant group: every code 0
+    codes = torch.round((groups - low[..., None]) / scales[..., None]).clamp_(0, 2**bits - 1)
+    return codes.to(torch.uint8).reshape(out_features, in_features), scales, low
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """``scale * code + zero`` per group: the float weight (out, in) that the codes stand for."""
+    out_features, in_features = codes.shape
+    groups = codes.reshape(out_features, scales.shape[1], -1).to(scales.dtype)
+    return (groups * scales[..., None] + zeros[..., None]).reshape(out_features, in_features)
+
+
+class GroupQuantLinear(nn.Module):
+    """A frozen Linear layer stored as INT-N codes plus per-group scales and zeros.
+
+    The codes are a frozen ``uint8`` parameter (one code per weight, so parameter counts stay
+    logical); ``packed_bytes`` counts them at ``bits`` each, as a deployment would store them.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int, bias: bool = True):
+        super().__init__()
+        check_quantization(in_features, bits, group_size)
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group_size = bits, group_size
+        groups = in_features // group_size
+        self.codes = nn.Parameter(
+            torch.zeros(out_features, in_features, dtype=torch.uint8), requires_grad=False
+        )
+        self.register_buffer("scales", torch.ones(out_features, groups))
+        self.register_buffer("zeros", torch.zeros(out_features, groups))
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, bits: int, group_size: int) -> GroupQuantLinear:
+        layer = cls(linear.in_features, linear.out_features, bits, group_size, linear.bias is not None)
+        codes, scales, zeros = quantize(linear.weight, bits, group_size)
+        layer.codes.data.copy_(codes)
+        layer.scales.copy_(scales)
+        layer.zeros.copy_(zeros)
+        if linear.bias is not None:
+            layer.bias.data.copy_(linear.bias.detach())
+        return layer.to(linear.weight.device)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return dequantize(self.codes, self.scales, self.zeros)
+
+    def to_linear(self) -> nn.Linear:
+        """The float Linear layer with the dequantized weight (for fp32 export and comparisons)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        linear.weight.data.copy_(self.dequantized_weight())
+        if self.bias is not None:
+            linear.bias.data.copy_(self.bias)
+        return linear.to(self.codes.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantized_weight().to(x.dtype), None if self.bias is None else self.bias)
+
+    def packed_bytes(self) -> int:
+        """Bytes of the weight at ``bits`` per code, plus the fp32 scales and zeros."""
+        code_bytes = -(-self.codes.numel() * self.bits // 8)
+        return code_bytes + 4 * (self.scales.numel() + self.zeros.numel())
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+            f"group_size={self.group_size}, bias={self.bias is not None}"
+        )
+
+
+def relative_weight_error(linear: nn.Linear, quantized: GroupQuantLinear) -> float:
+    """‖W − Ŵ‖ / ‖W‖: how much of a layer's weight the quantization loses."""
+    weight = linear.weight.detach().float()
+    return ((quantized.dequantized_weight() - weight).norm() / weight.norm()).item()
