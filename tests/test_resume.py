@@ -153,3 +153,77 @@ def test_out_of_memory_halves_the_micro_batch_and_trains_as_if_it_was_set_so(tin
 def test_out_of_memory_at_one_image_is_raised(tiny_spec):
     with pytest.raises(torch.OutOfMemoryError):
         train(new_method(tiny_spec, "lora_r4", lambda m: RunsOutOfMemory(m, limit=0)))
+
+
+def test_a_non_finite_loss_stops_the_run_every_time_and_writes_no_result(tmp_path, tiny_config, capsys):
+    from vitpeft import config as study_config
+    from vitpeft.data import prepare_dataset
+    from vitpeft.runs import train_run
+
+    prepare_dataset(tiny_config["datasets"]["digits"], tmp_path / "data")
+    run = study_config.resolve_run(tiny_config, "deit_tiny", "digits", "scratch", 0).to_dict()
+    run["method"]["lr"] = 1e38  # one AdamW step moves every weight by ~1e38: the logits overflow
+    for attempt in ("first", "resumed"):
+        with pytest.raises(FloatingPointError, match=r"stopping, the loss is nan at epoch 1, step 2 of 17"):
+            train_run(run, tmp_path / "data", None, tmp_path / "run", threads=1, checkpoint_every=1)
+        # The resume state of step 1 stays, and the rerun that starts from it stops the same way.
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["resume.pt"], attempt
+    assert "resuming from" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_a_job_killed_with_sigkill_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import yaml
+    from conftest import REPO, snakemake_command
+
+    from vitpeft.io import read_json
+
+    config = yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text())
+    config["studies"]["tiny"].update(methods=["scratch"], transfer_check=False)
+    config["train"]["epochs"] = 2  # 34 steps, a resume state every 2
+    config["checkpoint_every"] = 2
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "results" / "runs" / "digits" / "scratch" / "deit_tiny" / "seed0"
+    target = str(run_dir.relative_to(tmp_path) / "metrics.json")
+    cmd = snakemake_command(tmp_path, tmp_path / "config.yaml", "--cores", "1")
+
+    # The first attempt dies by SIGKILL (Snakemake and the job, the whole process group) as soon as
+    # training has saved a resume state: no clean-up code of ours or of Snakemake's runs.
+    with open(tmp_path / "first.log", "w") as log:
+        job = subprocess.Popen([*cmd, target], stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "resume.pt").exists():
+        assert job.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no resume state after 300 s"
+        time.sleep(0.02)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert not (run_dir / "metrics.json").exists()
+
+    def snakemake(*args):
+        result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-5000:]
+
+    killed_at = (run_dir / "resume.pt").stat().st_mtime_ns
+    snakemake("--unlock")
+    assert (run_dir / "resume.pt").stat().st_mtime_ns == killed_at  # no orphan went on training
+    snakemake("--rerun-incomplete", target)
+    log = (run_dir / "train.log").read_text()
+    step = int(log.split("at step ")[1].split()[0])
+    state = run_dir.relative_to(tmp_path) / "resume.pt"
+    assert f"resuming from {state} at step {step} of 34" in log and 2 <= step < 34
+    assert not (run_dir / "resume.pt").exists()  # removed once the run completed
+    resumed = read_json(run_dir / "metrics.json")
+
+    snakemake("--forcerun", "train", target)  # the same run, never interrupted
+    assert "resuming" not in (run_dir / "train.log").read_text()
+    uninterrupted = read_json(run_dir / "metrics.json")
+    timing = {"train_time_s", "train_images_per_s", "peak_mem_mb"}  # of the machine, not the run
+    assert {k: v for k, v in resumed.items() if k not in timing} == {
+        k: v for k, v in uninterrupted.items() if k not in timing
+    }
