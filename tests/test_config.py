@@ -51,6 +51,8 @@ def test_pretrain_run_uses_pretrain_budget(demo_config):
         (lambda c: c["models"]["deit_tiny"]["backbone"].update(source="hub"), "hub"),
         (lambda c: c["studies"]["demo"].update(seeds=["a"]), "'a'"),
         (lambda c: c["train"].update(epoch=3), "epoch"),
+        (lambda c: c.update(checkpoint_every=-5), "checkpoint_every"),
+        (lambda c: c.update(checkpoint_every=2.5), "2.5"),
     ],
 )
 def test_bad_config_is_rejected_naming_key_and_value(demo_config, edit, message):
@@ -59,3 +61,16 @@ def test_bad_config_is_rejected_naming_key_and_value(demo_config, edit, message)
     with pytest.raises(ConfigError) as err:
         study_config.load(bad)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "10", True])
+def test_checkpoint_every_is_checked_naming_key_and_value(demo_config, value):
+    bad = dict(demo_config, checkpoint_every=value)
+    with pytest.raises(ConfigError, match=f"checkpoint_every: must be an integer >= 0.*got {value!r}"):
+        study_config.validate(bad)
+
+
+def test_checkpoint_every_defaults_and_stays_out_of_run_configs(tiny_config, demo_config):
+    assert tiny_config["checkpoint_every"] == 500  # the schema's default
+    run = study_config.resolve_run(demo_config, "deit_tiny", "digits", "lora_r8", 0).to_dict()
+    assert "checkpoint_every" not in str(run)  # changing it must rerun no job

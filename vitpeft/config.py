@@ -291,6 +291,11 @@ def validate(config: dict[str, Any]) -> None:
                 method_cfg.check_widths(model_spec(config, model).block_widths(), model=model)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"{key}.methods: {method!r}: {err}") from err
+    every = config.get("checkpoint_every", 0)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ConfigError(
+            f"checkpoint_every: must be an integer >= 0 (optimizer steps between resume states, 0 for none), got {every!r}"
+        )
     try:
         export = ExportConfig(**config.get("export", {}))
         for model in selected["models"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import sys
 import time
@@ -22,9 +23,11 @@ from vitpeft.io import atomic_path, config_hash, provenance, read_json, sha256_f
 from vitpeft.methods import prepare_model
 from vitpeft.methods.base import MethodContext
 from vitpeft.models import count_parameters, create_model, save_backbone
+from vitpeft.resume import ResumeFile
 from vitpeft.train import History, Split, evaluate, fit, peak_memory_mb, steps_per_epoch
 
 PROBE_SIZE = 64  # validation images in the fixed batch for numerical checks (quantization error)
+RESUME_NAME = "resume.pt"  # beside a run's outputs, not one of them (see vitpeft.resume)
 
 
 def seed_everything(seed: int, threads: int | None = None) -> None:
@@ -82,7 +85,21 @@ class Trained:
     device: torch.device
 
 
-def _train(run: RunConfig, data_dir, backbone, threads, desc) -> Trained:
+def resume_file(
+    run_dict: dict[str, Any], data_dir: str | Path, backbone: str | Path | None, path: Path, every: int
+) -> ResumeFile:
+    """The run's resume state at ``path``, keyed by the config, the data and the backbone weights."""
+    key = config_hash(
+        {
+            "run": run_dict,
+            "data": sha256_file(Path(data_dir) / "manifest.json"),
+            "backbone": sha256_file(backbone) if backbone else None,
+        }
+    )
+    return ResumeFile(path, every, key)
+
+
+def _train(run: RunConfig, data_dir, backbone, threads, desc, resume: ResumeFile) -> Trained:
     seed_everything(run.seed, threads)
     device = default_device()
     splits = load_splits(data_dir, device)
@@ -109,6 +126,7 @@ def _train(run: RunConfig, data_dir, backbone, threads, desc) -> Trained:
         run.method.weight_decay,
         run.seed,
         desc=desc,
+        resume=resume,
     )
     return Trained(
         prepared.model,
@@ -117,7 +135,7 @@ def _train(run: RunConfig, data_dir, backbone, threads, desc) -> Trained:
         params,
         prepared.report,
         history,
-        time.perf_counter() - started,
+        resume.time_before_s + time.perf_counter() - started,
         device,
     )
 
@@ -128,16 +146,22 @@ def train_run(
     backbone: str | Path | None,
     out_dir: str | Path,
     threads: int | None = None,
+    checkpoint_every: int = 0,
 ) -> dict[str, Any]:
     """Train and evaluate one run; write ``metrics.json``, ``config.json``, ``provenance.json`` and
     ``checkpoint.safetensors`` (the trainable parameters) into ``out_dir``.
 
     Accuracies are in percent. The test split is evaluated once, with the final weights.
+
+    Every ``checkpoint_every`` optimizer steps the resume state goes to ``out_dir/resume.pt``; a
+    rerun of a killed job (``--rerun-incomplete``, or a SLURM requeue) goes on from it and ends with
+    the same metrics, apart from time and memory. It is deleted once the outputs are written.
     """
     run = RunConfig.from_dict(run_dict)
     out_dir = Path(out_dir)
     desc = f"{run.method.name}/{run.model.name}/{run.dataset}/seed{run.seed}"
-    trained = _train(run, data_dir, backbone, threads, desc)
+    resume = resume_file(run_dict, data_dir, backbone, out_dir / RESUME_NAME, checkpoint_every)
+    trained = _train(run, data_dir, backbone, threads, desc, resume)
     model, splits, params, history = trained.model, trained.splits, trained.params, trained.history
     train_time, device = trained.train_time_s, trained.device
     test = evaluate(model, splits["test"], trained.preprocess, run.train.eval_batch_size)
@@ -157,7 +181,10 @@ def train_run(
         "params_by_type": params["by_type"],
         "train_time_s": train_time,
         "train_images_per_s": run.train.epochs * len(splits["train"]) / train_time,
-        "peak_mem_mb": peak_memory_mb(device),
+        "peak_mem_mb": peak_memory_mb(device),  # of the last attempt, when a run was resumed
+        "micro_batch_size": history.micro_batch_size[-1],
+        "accumulation_steps": math.ceil(run.train.batch_size / history.micro_batch_size[-1]),
+        "oom_backoffs": sum(history.oom_backoffs),
         "epochs": run.train.epochs,
         "backbone": run.model.backbone["source"] if run.method.uses_pretrained_backbone else "scratch",
         "config_hash": config_hash(run_dict),
@@ -178,6 +205,7 @@ def train_run(
         ),
     )
     write_json(out_dir / "metrics.json", metrics)  # last: its presence marks the run complete
+    resume.remove()
     print(f"{desc}: test top-1 {test['top1']:.2f}%  ({train_time:.1f} s)", file=sys.stderr)
     return metrics
 
@@ -188,11 +216,18 @@ def pretrain_backbone(
     weights_out: str | Path,
     meta_out: str | Path,
     threads: int | None = None,
+    checkpoint_every: int = 0,
 ) -> dict[str, Any]:
-    """Train the backbone from random init on the source dataset; save weights and a record."""
+    """Train the backbone from random init on the source dataset; save weights and a record.
+
+    Resumable like :func:`train_run`; the state sits beside the weights as ``<name>.resume.pt``.
+    """
     run = RunConfig.from_dict(run_dict)
     desc = f"pretrain/{run.model.name}/{run.dataset}"
-    trained = _train(run, data_dir, None, threads, desc)
+    weights_out = Path(weights_out)
+    state = weights_out.with_name(f"{weights_out.stem}.{RESUME_NAME}")
+    resume = resume_file(run_dict, data_dir, None, state, checkpoint_every)
+    trained = _train(run, data_dir, None, threads, desc, resume)
     model, history, train_time = trained.model, trained.history, trained.train_time_s
     test = evaluate(model, trained.splits["test"], trained.preprocess, run.train.eval_batch_size)
     meta = {
@@ -204,6 +239,7 @@ def pretrain_backbone(
         "provenance": provenance(),
     }
     save_backbone(model, weights_out, meta_out, meta)
+    resume.remove()
     print(f"{desc}: source test top-1 {test['top1']:.2f}% ({train_time:.1f} s)", file=sys.stderr)
     return meta
 

@@ -1,8 +1,10 @@
 """The one trainer every method goes through: AdamW on the trainable parameters only, linear
-warmup then cosine decay, gradient clipping, per-epoch validation, tqdm progress with images/s."""
+warmup then cosine decay, gradient clipping, per-epoch validation, tqdm progress with images/s,
+a resume state every few steps, and a smaller micro-batch (same batch) when memory runs out."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import resource
 import sys
@@ -17,6 +19,7 @@ from tqdm import tqdm
 from vitpeft.config import TrainConfig
 from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.methods.base import Prepared
+from vitpeft.resume import ResumeFile, capture_rng, load_trainable_state, restore_rng, trainable_state
 
 
 @dataclass
@@ -41,6 +44,8 @@ class History:
     val_loss: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)  # per-epoch records of the method's own
+    micro_batch_size: list[int] = field(default_factory=list)  # at the epoch's end (OOM backoffs halve it)
+    oom_backoffs: list[int] = field(default_factory=list)  # out-of-memory backoffs in the epoch
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -101,6 +106,30 @@ def steps_per_epoch(num_images: int, cfg: TrainConfig) -> int:
     return math.ceil(num_images / cfg.batch_size)
 
 
+@dataclass
+class Position:
+    """Where training stands within an epoch, and that epoch's running sums.
+
+    Attributes:
+        epoch: the epoch in progress, from 1.
+        step: optimizer steps done in this epoch.
+        global_step: optimizer steps done in all.
+        order: this epoch's shuffled image indices (drawn at the epoch's start).
+        loss_sum, seen: summed training loss and images of this epoch so far.
+        micro_size: images per micro-batch now (halved on each out-of-memory backoff).
+        oom_backoffs: backoffs in this epoch.
+    """
+
+    epoch: int
+    micro_size: int
+    step: int = 0
+    global_step: int = 0
+    order: torch.Tensor | None = None
+    loss_sum: float = 0.0
+    seen: int = 0
+    oom_backoffs: int = 0
+
+
 def fit(
     method: Prepared,
     train: Split,
@@ -111,11 +140,20 @@ def fit(
     weight_decay: float,
     seed: int,
     desc: str = "train",
+    resume: ResumeFile | None = None,
 ) -> History:
     """Train ``method.model`` in place for ``cfg.epochs`` epochs; validate after each one.
 
     Each optimizer step sees ``cfg.batch_size`` images, in ``cfg.accumulation_steps`` micro-batches
-    whose gradients add up to the full batch's. The method's hooks run at their points.
+    whose gradients add up to the full batch's. The method's hooks run at their points. When a step
+    runs out of memory, the micro-batch is halved (so the accumulation doubles, and the batch per
+    optimizer step stays the same) and the step is redone from the same random state.
+
+    With ``resume``, the state is saved every ``resume.every`` optimizer steps, and a saved state
+    of the same run is loaded first: training goes on from it as if it had never stopped.
+
+    Raises:
+        FloatingPointError: the loss is NaN or infinite; training stops there.
     """
     model = method.model
     device = train.images.device
@@ -125,63 +163,132 @@ def fit(
     scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * per_epoch), cfg.epochs * per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    micro_size = math.ceil(cfg.batch_size / cfg.accumulation_steps)
     history = History()
-    global_step = 0
-    for epoch in range(1, cfg.epochs + 1):
+    fit_started = time.perf_counter()
+    at = Position(epoch=1, micro_size=math.ceil(cfg.batch_size / cfg.accumulation_steps))
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        at, history = _restore(saved, method, optimizer, scheduler, generator)
+        print(
+            f"{desc}: resuming from {resume.path} at step {at.global_step} of {cfg.epochs * per_epoch}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def forward_backward(batch: torch.Tensor, micro_size: int) -> float:
+        """Gradients of one optimizer step's batch; returns its summed task loss."""
+        loss_sum = 0.0
+        for micro in batch.split(micro_size):
+            x = preprocess(train.images[micro], train=True, generator=generator)
+            x, target = preprocess.mix(x, train.labels[micro])
+            with autocast:
+                loss = F.cross_entropy(model(x).float(), target, label_smoothing=cfg.label_smoothing)
+                objective = loss if method.extra_loss is None else loss + method.extra_loss()
+            if not torch.isfinite(objective):
+                raise FloatingPointError(
+                    f"{desc}: stopping, the loss is {objective.item()} at epoch {at.epoch}, "
+                    f"step {at.step + 1} of {per_epoch}; no result is written"
+                )
+            (objective * (len(micro) / len(batch))).backward()
+            loss_sum += loss.item() * len(micro)
+        return loss_sum
+
+    while at.epoch <= cfg.epochs:
         model.train()
-        order = torch.randperm(len(train), generator=generator).to(device)
-        loss_sum, seen, started = 0.0, 0, time.perf_counter()
+        if at.order is None:
+            at.order = torch.randperm(len(train), generator=generator)
+        order = at.order.to(device)
+        started, seen_before = time.perf_counter(), at.seen
         bar = tqdm(
-            range(per_epoch),
-            desc=f"{desc} epoch {epoch}/{cfg.epochs}",
+            range(at.step, per_epoch),
+            desc=f"{desc} epoch {at.epoch}/{cfg.epochs}",
+            initial=at.step,
+            total=per_epoch,
             file=sys.stderr,
             mininterval=5.0,
             ascii=True,
         )
         for step in bar:
             batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            for micro in batch.split(micro_size):
-                x = preprocess(train.images[micro], train=True, generator=generator)
-                x, target = preprocess.mix(x, train.labels[micro])
-                with autocast:
-                    loss = F.cross_entropy(model(x).float(), target, label_smoothing=cfg.label_smoothing)
-                    objective = loss if method.extra_loss is None else loss + method.extra_loss()
-                if not torch.isfinite(objective):
-                    raise FloatingPointError(
-                        f"{desc}: loss is {objective.item()} at epoch {epoch}, step {step}"
-                    )
-                (objective * (len(micro) / len(batch))).backward()
-                loss_sum += loss.item() * len(micro)
-                seen += len(micro)
+            before = capture_rng(generator)
+            while True:
+                optimizer.zero_grad(set_to_none=True)
+                try:
+                    loss_sum = forward_backward(batch, at.micro_size)
+                    break
+                except torch.OutOfMemoryError:
+                    if at.micro_size == 1:
+                        raise
+                # Retried outside the except block, so the failed attempt's tensors are freed.
+                at.micro_size, at.oom_backoffs = math.ceil(at.micro_size / 2), at.oom_backoffs + 1
+                restore_rng(before, generator)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                print(
+                    f"{desc}: out of memory; micro-batch now {at.micro_size} images, "
+                    f"{math.ceil(cfg.batch_size / at.micro_size)} per step of {cfg.batch_size}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            global_step += 1
+            at.step, at.global_step = step + 1, at.global_step + 1
+            at.loss_sum, at.seen = at.loss_sum + loss_sum, at.seen + len(batch)
             if method.after_step is not None:
-                method.after_step(global_step)  # before the next zero_grad: AdaLoRA reads the gradients
-            rate = seen / (time.perf_counter() - started)
+                method.after_step(at.global_step)  # before the next zero_grad: AdaLoRA reads the gradients
+            if resume is not None and resume.due(at.global_step):
+                resume.save(
+                    _snapshot(at, history, method, optimizer, scheduler, generator),
+                    train_time_s=resume.time_before_s + time.perf_counter() - fit_started,
+                )
+            rate = (at.seen - seen_before) / (time.perf_counter() - started)
             # refresh=False: let mininterval throttle the bar, or logs get a line per step.
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{rate:.0f}", refresh=False)
+            bar.set_postfix(loss=f"{at.loss_sum / at.seen:.3f}", img_s=f"{rate:.0f}", refresh=False)
         bar.close()
         metrics = evaluate(model, val, preprocess, cfg.eval_batch_size)
-        history.epoch.append(epoch)
-        history.train_loss.append(loss_sum / seen)
+        history.epoch.append(at.epoch)
+        history.train_loss.append(at.loss_sum / at.seen)
         history.val_top1.append(metrics["top1"])
         history.val_top5.append(metrics["top5"])
         history.val_loss.append(metrics["loss"])
         history.lr.append(optimizer.param_groups[0]["lr"])
+        history.micro_batch_size.append(at.micro_size)
+        history.oom_backoffs.append(at.oom_backoffs)
         if method.epoch_record is not None:
             history.records.append(method.epoch_record())
         print(
-            f"{desc} epoch {epoch}: train_loss {loss_sum / seen:.4f}  val_top1 {metrics['top1']:.2f}  "
-            f"({seen / (time.perf_counter() - started):.0f} img/s)",
+            f"{desc} epoch {at.epoch}: train_loss {at.loss_sum / at.seen:.4f}  val_top1 {metrics['top1']:.2f}  "
+            f"({(at.seen - seen_before) / (time.perf_counter() - started):.0f} img/s)",
             file=sys.stderr,
             flush=True,
         )
+        at = Position(epoch=at.epoch + 1, micro_size=at.micro_size, global_step=at.global_step)
     return history
+
+
+def _snapshot(at, history, method, optimizer, scheduler, generator) -> dict:
+    """Everything :func:`fit` needs to go on from here (see :mod:`vitpeft.resume`)."""
+    return {
+        "position": {**dataclasses.asdict(at), "order": at.order},
+        "history": dataclasses.asdict(history),
+        "model": trainable_state(method.model),
+        "method": method.state() if method.state is not None else {},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng(generator),
+    }
+
+
+def _restore(saved, method, optimizer, scheduler, generator) -> tuple[Position, History]:
+    load_trainable_state(method.model, saved["model"])
+    if method.load_state is not None:
+        method.load_state(saved["method"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    restore_rng(saved["rng"], generator)
+    return Position(**saved["position"]), History(**saved["history"])
 
 
 def peak_memory_mb(device: torch.device) -> float:

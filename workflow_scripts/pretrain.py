@@ -14,4 +14,6 @@ pretrain_backbone(
     weights_out=snakemake.output.weights,
     meta_out=snakemake.output.meta,
     threads=snakemake.threads,
+    # From the config, not a param: it leaves results unchanged, so changing it must rerun nothing.
+    checkpoint_every=snakemake.config["checkpoint_every"],
 )

@@ -14,4 +14,6 @@ train_run(
     backbone=snakemake.input.get("backbone"),
     out_dir=Path(snakemake.output.metrics).parent,
     threads=snakemake.threads,
+    # From the config, not a param: it leaves results unchanged, so changing it must rerun nothing.
+    checkpoint_every=snakemake.config["checkpoint_every"],
 )

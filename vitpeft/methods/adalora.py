@@ -129,6 +129,26 @@ def prepare(model: nn.Module, config: AdaLoraConfig, context: MethodContext) -> 
     def record() -> dict[str, Any]:
         return {"adalora_ranks": layer_ranks(wrapped)}
 
+    # peft's RankAllocator keeps smoothed importance scores between steps, and the masks it chose
+    # sit in the adapter config; a resumed run that lost them would prune different ranks.
+    allocator = wrapped.base_model.rankallocator
+    adapter_config = wrapped.base_model.peft_config[wrapped.base_model.trainable_adapter_name]
+
+    def state() -> dict[str, Any]:
+        return {
+            "ipt": dict(allocator.ipt),
+            "exp_avg_ipt": dict(allocator.exp_avg_ipt),
+            "exp_avg_unc": dict(allocator.exp_avg_unc),
+            "rank_pattern": adapter_config.rank_pattern,
+        }
+
+    def load_state(saved: dict[str, Any]) -> None:
+        device = context.device
+        allocator.ipt = {n: t.to(device) for n, t in saved["ipt"].items()}
+        allocator.exp_avg_ipt = {n: t.to(device) for n, t in saved["exp_avg_ipt"].items()}
+        allocator.exp_avg_unc = {n: t.to(device) for n, t in saved["exp_avg_unc"].items()}
+        adapter_config.rank_pattern = saved["rank_pattern"]
+
     budget = config.r * len(layer_ranks(wrapped))
     return Prepared(
         wrapped,
@@ -143,4 +163,6 @@ def prepare(model: nn.Module, config: AdaLoraConfig, context: MethodContext) -> 
         extra_loss=lambda: config.orth_reg_weight * orthogonal_regularizer(wrapped),
         after_step=lambda step: wrapped.base_model.update_and_allocate(step),
         epoch_record=record,
+        state=state,
+        load_state=load_state,
     )

@@ -75,6 +75,8 @@ class Prepared:
         after_step: called with the global step after each optimizer step, before the gradients
             are cleared (e.g. AdaLoRA's rank reallocation).
         epoch_record: called after each epoch; its dict is appended to the run's curves.
+        state: what the method keeps outside the model's tensors and changes during training
+            (e.g. AdaLoRA's importance scores), for the resume state; ``load_state`` puts it back.
     """
 
     model: nn.Module
@@ -83,3 +85,5 @@ class Prepared:
     extra_loss: Callable[[], torch.Tensor] | None = None
     after_step: Callable[[int], None] | None = None
     epoch_record: Callable[[], dict[str, Any]] | None = None
+    state: Callable[[], dict[str, Any]] | None = None
+    load_state: Callable[[dict[str, Any]], None] | None = None
