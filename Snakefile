@@ -17,6 +17,7 @@ include: "rules/train.smk"
 include: "rules/export.smk"
 include: "rules/analysis.smk"
 include: "rules/paper.smk"
+include: "rules/submission.smk"
 
 
 # Quick, I/O-light jobs run where Snakemake runs (the login node on a cluster).
@@ -30,6 +31,7 @@ localrules:
     figures,
     tables,
     paper,
+    submission,
 
 
 rule all:

@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+import tarfile
 
 import pandas as pd
 import pytest
@@ -43,6 +44,14 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tmp_path):
     assert f"{metrics['test_top1']:.2f}" in text  # the appendix's per-run table
     assert f"{metrics['test_top1']:.1f}" in text  # the results table's mean over the one seed
     assert "Tiny end-to-end test of the vitpeft pipeline" in text
+
+    # the submission package bundles the paper with what is behind it: only its own job runs
+    result = subprocess.run([*cmd, "results/submission.tar.gz"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-5000:]
+    with tarfile.open(tmp_path / "results" / "submission.tar.gz") as archive:
+        names = archive.getnames()
+    assert {"submission/paper.pdf", "submission/SHA256SUMS", "submission/tables/runs.csv"} <= set(names)
+    assert "submission/best_runs/digits/qalora4_r8/deit_tiny/seed0/checkpoint.safetensors" in names
 
     again = subprocess.run([*cmd, "-n", "paper.pdf"], capture_output=True, text=True, timeout=120)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -38,6 +38,18 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export": SEEDS, "
     ("target", "expected"),
     [
         ("paper.pdf", {**UP_TO_CELLS, "aggregate": 1, "stats": 1, "figures": 1, "tables": 1, "paper": 1}),
+        (
+            "results/submission.tar.gz",
+            {
+                **UP_TO_CELLS,
+                "aggregate": 1,
+                "stats": 1,
+                "figures": 1,
+                "tables": 1,
+                "paper": 1,
+                "submission": 1,
+            },
+        ),
         ("results/lora_r8_digits", ONE_CELL),
         ("results/qlora4_r8_digits", ONE_CELL),
         ("results/adalora_r8_digits", ONE_CELL),

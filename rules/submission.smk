@@ -1,0 +1,26 @@
+# One archive to submit: the paper, its generated parts, the tables, the best run of every cell,
+# the environment lock and the data manifests, with a SHA256SUMS list.
+
+
+rule submission:
+    input:
+        paper="paper.pdf",
+        generated=rules.tables.output,
+        figures=rules.figures.output,
+        tables=rules.stats.output,
+        runs="results/analysis/runs.csv",
+        environment=[
+            Path(workflow.basedir) / name
+            for name in ("requirements.txt", "constraints.txt", "envs/vitpeft.yaml")
+        ],
+        manifests=study_manifests(),
+    output:
+        "results/submission.tar.gz",
+    log:
+        "results/logs/submission.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    params:
+        config=canonical(config),
+    script:
+        "../workflow_scripts/submission.py"

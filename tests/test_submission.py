@@ -1,0 +1,82 @@
+import hashlib
+import tarfile
+
+import pandas as pd
+
+from vitpeft.io import write_json
+from vitpeft.submission import best_runs, build_submission
+
+
+def finished_run(root, method, seed, val_top1):
+    run_dir = root / "runs" / "digits" / method / "deit_tiny" / f"seed{seed}"
+    for name in ("config.json", "metrics.json", "provenance.json", "export/report.json"):
+        write_json(run_dir / name, {"seed": seed})
+    (run_dir / "checkpoint.safetensors").write_bytes(b"weights %d" % seed)
+    return {
+        "dataset": "digits",
+        "method": method,
+        "model": "deit_tiny",
+        "seed": seed,
+        "val_top1": val_top1,
+        "test_top1": 100 - val_top1,
+        "run_dir": str(run_dir),
+    }
+
+
+def study(tmp_path):
+    rows = [finished_run(tmp_path, "lora_r8", s, v) for s, v in enumerate([70.0, 80.0, 75.0])]
+    rows += [finished_run(tmp_path, "full", s, v) for s, v in enumerate([90.0, 85.0, 88.0])]
+    pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
+    for name in ("paper.pdf", "macros.tex", "requirements.txt"):
+        (tmp_path / name).write_text(name)
+    write_json(tmp_path / "data" / "digits" / "manifest.json", {"classes": 10})
+    return dict(
+        paper_pdf=tmp_path / "paper.pdf",
+        generated=[tmp_path / "macros.tex"],
+        tables=[tmp_path / "runs.csv"],
+        environment=[tmp_path / "requirements.txt"],
+        manifests=[tmp_path / "data" / "digits" / "manifest.json"],
+        runs_csv=tmp_path / "runs.csv",
+    )
+
+
+def test_best_runs_pick_by_validation_not_test(tmp_path):
+    study(tmp_path)
+    best = best_runs(tmp_path / "runs.csv")
+    assert best[["method", "seed"]].values.tolist() == [["full", 0], ["lora_r8", 1]]
+
+
+def test_archive_holds_everything_with_verifiable_checksums_and_is_deterministic(tmp_path):
+    inputs = study(tmp_path)
+    sums = build_submission(tmp_path / "a.tar.gz", config={"study": "demo"}, **inputs)
+    build_submission(tmp_path / "b.tar.gz", config={"study": "demo"}, **inputs)
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+    with tarfile.open(tmp_path / "a.tar.gz") as archive:
+        names = archive.getnames()
+        listing = archive.extractfile("submission/SHA256SUMS").read().decode().splitlines()
+        for line in listing:
+            digest, name = line.split("  ")
+            assert hashlib.sha256(archive.extractfile(f"submission/{name}").read()).hexdigest() == digest
+    assert len(listing) == len(sums) == len(names) - 1
+    for expected in (
+        "submission/paper.pdf",
+        "submission/paper_parts/macros.tex",
+        "submission/tables/runs.csv",
+        "submission/environment/requirements.txt",
+        "submission/environment/config.resolved.yaml",
+        "submission/data/digits/manifest.json",
+        "submission/best_runs/digits/lora_r8/deit_tiny/seed1/checkpoint.safetensors",
+        "submission/best_runs/digits/full/deit_tiny/seed0/export/report.json",
+    ):
+        assert expected in names, expected
+    assert not any("lora_r8/deit_tiny/seed0" in n for n in names)  # only the best seed of a cell
+
+
+def test_an_incomplete_best_run_is_named(tmp_path):
+    import pytest
+
+    inputs = study(tmp_path)
+    (tmp_path / "runs" / "digits" / "full" / "deit_tiny" / "seed0" / "checkpoint.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="best run of full on digits is incomplete"):
+        build_submission(tmp_path / "a.tar.gz", **inputs)
+    assert not (tmp_path / "a.tar.gz").exists()

@@ -1,0 +1,18 @@
+"""Rule submission: bundle the paper and everything behind it into one checksummed archive."""
+
+import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
+
+from vitpeft.io import log_to_file
+from vitpeft.submission import build_submission
+
+log_to_file(snakemake.log[0])
+build_submission(
+    snakemake.output[0],
+    config=snakemake.params.config,
+    paper_pdf=snakemake.input.paper,
+    generated=[*snakemake.input.generated, *snakemake.input.figures],
+    tables=[snakemake.input.runs, *snakemake.input.tables],
+    environment=snakemake.input.environment,
+    manifests=snakemake.input.manifests,
+    runs_csv=snakemake.input.runs,
+)
