@@ -6,6 +6,7 @@ a few AdamW steps under the trainer's precision (bf16 autocast on CUDA), and pri
 peak memory and model FLOP utilization (FLOPs from torch's FlopCounterMode).
 
     python benchmarks/device_check.py                      # deit_small at 224 px, 20 steps per method
+    python benchmarks/device_check.py --compile            # the same through torch.compile
     python benchmarks/device_check.py --img-size 32 --patch-size 4 --steps 2   # a quick CPU smoke run
 """
 
@@ -23,7 +24,7 @@ from vitpeft.methods import method_config, prepare_model
 from vitpeft.methods.base import MethodContext
 from vitpeft.models import count_parameters, create_model
 
-METHODS = ["full", "linear", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8"]
+METHODS = ["full", "linear", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
 
 
 def check(method: str, args, device: torch.device) -> None:
@@ -41,9 +42,11 @@ def check(method: str, args, device: torch.device) -> None:
     )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
+    runner = model
+
     def step(number: int) -> torch.Tensor:
         with autocast:
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = F.cross_entropy(runner(x).float(), y)
             if prepared.extra_loss is not None:
                 loss = loss + prepared.extra_loss()
         loss.backward()
@@ -55,7 +58,10 @@ def check(method: str, args, device: torch.device) -> None:
 
     with FlopCounterMode(display=False) as counter:
         step(1)
-    flops_per_step = counter.get_total_flops()
+    flops_per_step = counter.get_total_flops()  # counted eagerly: FlopCounterMode sees no compiled graph
+    if args.compile:
+        runner = torch.compile(model)
+        step(1)  # compile outside the timed steps
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -87,6 +93,7 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--compile", action="store_true", help="time the steps through torch.compile")
     parser.add_argument(
         "--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)"
     )

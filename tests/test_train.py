@@ -9,6 +9,7 @@ from torch import nn
 from vitpeft.config import RunConfig, TrainConfig
 from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.io import read_json
+from vitpeft.models import create_model
 from vitpeft.train import Split, evaluate, fit, param_groups, warmup_cosine
 
 
@@ -141,3 +142,23 @@ def test_fit_with_randaugment_and_mixup(tiny_model):
         seed=0,
     )
     assert all(np.isfinite(history.train_loss)) and len(history.val_top1) == 2
+
+
+def test_compiled_training_follows_eager_training(tiny_spec):
+    """torch.compile (inductor, here on CPU) trains the same parameters to the same losses."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 64)
+    images = (rng.integers(0, 100, (64, 16, 16, 1)) + 120 * labels[:, None, None, None]).astype(np.uint8)
+    split = Split(torch.from_numpy(images), torch.from_numpy(labels))
+    prep = BatchPreprocessor(16, (0.5,) * 3, (0.5,) * 3)
+    results = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        method = prepare(create_model(tiny_spec, num_classes=2), "lora_r4")
+        cfg = TrainConfig(epochs=1, batch_size=32, compile=compiled)
+        history = fit(method, split, split, prep, cfg, 1e-3, 0.0, seed=0)
+        results[compiled] = (history.train_loss, dict(method.model.named_parameters()))
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-4)
+    assert results[True][1].keys() == results[False][1].keys()  # no "_orig_mod." wrapper in the names
+    for name, param in results[True][1].items():
+        torch.testing.assert_close(param, results[False][1][name], rtol=1e-4, atol=1e-5)

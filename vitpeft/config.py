@@ -122,6 +122,7 @@ class TrainConfig:
         grad_clip: max global gradient norm (0 disables clipping).
         label_smoothing: cross-entropy label smoothing.
         accumulation_steps: micro-batches per optimizer step (same effective batch, less memory).
+        compile: train through ``torch.compile(model)`` (worth it on a GPU for long runs).
     """
 
     epochs: int = 5
@@ -131,6 +132,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
     accumulation_steps: int = 1
+    compile: bool = False
 
     def __post_init__(self):
         if min(self.epochs, self.batch_size, self.eval_batch_size, self.accumulation_steps) < 1:
