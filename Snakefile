@@ -29,6 +29,7 @@ localrules:
     stats,
     figures,
     tables,
+    checklist,
     paper,
 
 

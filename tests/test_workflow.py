@@ -30,22 +30,35 @@ DEMO = yaml.safe_load((REPO / "config.yaml").read_text())
 SEEDS = len(DEMO["studies"]["demo"]["seeds"])
 CELLS = len(DEMO["studies"]["demo"]["methods"]) + 1  # + the scratch baseline of the transfer check
 RUNS = CELLS * SEEDS
-UP_TO_CELLS = {"prepare_data": 2, "pretrain": 1, "train": RUNS, "cell": CELLS}
+UP_TO_CELLS = {"prepare_data": 2, "pretrain": 1, "train": RUNS, "export": RUNS, "cell": CELLS}
+ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export": SEEDS, "cell": 1}
 
 
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        ("paper.pdf", {**UP_TO_CELLS, "aggregate": 1, "stats": 1, "figures": 1, "tables": 1, "paper": 1}),
-        ("results/lora_r8_digits", {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "cell": 1}),
-        ("results/qlora4_r8_digits", {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "cell": 1}),
-        ("results/adalora_r8_digits", {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "cell": 1}),
-        ("results/lora_r32_digits", {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "cell": 1}),
-        ("results/scratch_digits", {"prepare_data": 1, "train": SEEDS, "cell": 1}),
+        (
+            "paper.pdf",
+            {
+                **UP_TO_CELLS,
+                "aggregate": 1,
+                "stats": 1,
+                "figures": 1,
+                "tables": 1,
+                "checklist": 1,
+                "paper": 1,
+            },
+        ),
+        ("results/lora_r8_digits", ONE_CELL),
+        ("results/qlora4_r8_digits", ONE_CELL),
+        ("results/adalora_r8_digits", ONE_CELL),
+        ("results/lora_r32_digits", ONE_CELL),
+        ("results/qalora4_r8_digits", ONE_CELL),
+        ("results/scratch_digits", {"prepare_data": 1, "train": SEEDS, "export": SEEDS, "cell": 1}),
         *[
             (
                 f"results/lora_r8_{dataset}",
-                {"download": 1, "prepare_data": 2, "pretrain": 1, "train": SEEDS, "cell": 1},
+                {"download": 1, **ONE_CELL},
             )
             for dataset in ("cifar10", "cifar100", "tinyimagenet")
         ],
@@ -53,6 +66,10 @@ UP_TO_CELLS = {"prepare_data": 2, "pretrain": 1, "train": RUNS, "cell": CELLS}
         (
             "results/runs/digits/full/deit_tiny/seed1/metrics.json",
             {"prepare_data": 2, "pretrain": 1, "train": 1},
+        ),
+        (
+            "results/runs/digits/qalora4_r8/deit_tiny/seed0/export/model_int.onnx",
+            {"prepare_data": 2, "pretrain": 1, "train": 1, "export": 1},
         ),
         ("resources/data/digits/manifest.json", {"prepare_data": 1}),
         ("resources/backbones/deit_tiny_shapes.safetensors", {"prepare_data": 1, "pretrain": 1}),
@@ -64,6 +81,29 @@ UP_TO_CELLS = {"prepare_data": 2, "pretrain": 1, "train": RUNS, "cell": CELLS}
 )
 def test_dry_run_of_each_rule_target(tmp_path, target, expected):
     assert planned_jobs(snakemake("-n", target, workdir=tmp_path).stdout) == expected
+
+
+def test_a_partial_study_builds_its_paper_from_the_finished_cells_only(tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["studies"]["demo"]["partial"] = True
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump(config))
+    finished = tmp_path / "results" / "lora_r8_digits" / "summary.csv"
+    finished.parent.mkdir(parents=True)
+    finished.write_text("dataset,method,model,seed\n")
+    plan = snakemake("-n", "paper.pdf", workdir=tmp_path, configfile=path).stdout
+    # Only the finished cell goes into the paper; none of the other cells is planned. (Its runs are
+    # not in this empty folder, so Snakemake would rebuild that one cell.)
+    assert planned_jobs(plan) == {
+        **ONE_CELL,
+        "aggregate": 1,
+        "stats": 1,
+        "figures": 1,
+        "tables": 1,
+        "checklist": 1,
+        "paper": 1,
+    }
+    assert "output: results/lora_r8_digits" in plan
 
 
 @pytest.mark.parametrize(
