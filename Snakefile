@@ -30,6 +30,7 @@ localrules:
     stats,
     figures,
     tables,
+    checklist,
     paper,
     submission,
 

@@ -34,9 +34,14 @@ rule figures:
     input:
         runs="results/analysis/runs.csv",
         cells="results/analysis/cell_stats.csv",
+        comparisons="results/analysis/comparisons.csv",
     output:
         params=report("results/paper/accuracy_vs_params.pdf", category="Figures"),
+        memory=report("results/paper/accuracy_vs_memory.pdf", category="Figures"),
         convergence=report("results/paper/convergence.pdf", category="Figures"),
+        adalora=report("results/paper/adalora_ranks.pdf", category="Figures"),
+        resources=report("results/paper/resources.pdf", category="Figures"),
+        rank=report("results/paper/rank_ablation.pdf", category="Figures"),
     log:
         "results/logs/figures.log",
     conda:
@@ -59,6 +64,7 @@ rule tables:
             "results/paper/{part}.tex",
             part=[
                 "results_table",
+                "ablation_table",
                 "resources_table",
                 "quantization_table",
                 "runs_table",
@@ -76,3 +82,23 @@ rule tables:
         config=canonical(config),  # the setup section is written from it: a change rewrites it
     script:
         "../workflow_scripts/tables.py"
+
+
+# Fails, naming them, if cells or seeds of the study are missing (unless the study is partial).
+rule checklist:
+    input:
+        runs="results/analysis/runs.csv",
+        figures=rules.figures.output,
+        tables=rules.tables.output,
+    output:
+        tex="results/paper/checklist.tex",
+        json="results/analysis/checklist.json",
+    log:
+        "results/logs/checklist.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    params:
+        study=canonical(STUDY),
+        methods=METHODS,
+    script:
+        "../workflow_scripts/checklist.py"

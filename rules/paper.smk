@@ -7,6 +7,7 @@ rule paper:
         sources=paper_sources(),
         generated=rules.tables.output,
         figures=rules.figures.output,
+        checklist=rules.checklist.output.tex,
     output:
         "paper.pdf",
     log:

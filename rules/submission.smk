@@ -8,6 +8,7 @@ rule submission:
         generated=rules.tables.output,
         figures=rules.figures.output,
         tables=rules.stats.output,
+        checklist=rules.checklist.output,
         runs="results/analysis/runs.csv",
         environment=[
             Path(workflow.basedir) / name

@@ -1,4 +1,6 @@
+import contextlib
 import math
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -72,7 +74,8 @@ def test_paired_difference_finds_a_planted_effect_and_stays_quiet_on_a_null():
     assert false_positives / 200 < 0.1
 
 
-def fake_run(root, method, seed, acc):
+def fake_run(root, method, seed, acc, **extra):
+    """A finished run's metrics and provenance as the train rule writes them (``extra``: more metrics)."""
     run_dir = root / "runs" / "digits" / method / "deit_tiny" / f"seed{seed}"
     write_json(
         run_dir / "metrics.json",
@@ -90,7 +93,10 @@ def fake_run(root, method, seed, acc):
             "peak_mem_mb": 900.0,
             "train_time_s": 12.5,
             "epochs": 2,
+            "config_hash": "0123456789abcdef",
+            "data_manifest_sha256": "f" * 64,
             "curves": {"val_top1": [acc - 10, acc - 1], "train_loss": [1.0, 0.5]},
+            **extra,
         },
     )
     write_json(
@@ -98,7 +104,7 @@ def fake_run(root, method, seed, acc):
         {
             "git_commit": "abc",
             "git_dirty": False,
-            "packages": {"torch": "2.14.1"},
+            "packages": {"torch": "2.14.1", "timm": "1.0.31", "peft": "0.21.2"},
             "hardware": {"cpu": "Test CPU", "hostname": "h"},
             "threads": 1,
         },
@@ -168,39 +174,7 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
     transfer = pd.read_csv(study_tables / "transfer.csv").iloc[0]
     assert transfer["diff_mean"] == pytest.approx(20.5)
 
-    manifest = {
-        "source": {"name": "digits", "split_seed": 0},
-        "class_names": list("0123456789"),
-        "image_shape": [8, 8, 1],
-        "counts_per_class": {"train": [1] * 10, "val": [1] * 10, "test": [1] * 10},
-    }
-    write_json(tmp_path / "data" / "digits" / "manifest.json", manifest)
-    study = {
-        "title": "T_1 & co",
-        "description": "d",
-        "models": ["deit_tiny"],
-        "datasets": ["digits"],
-        "seeds": [0, 1],
-    }
-    config = {
-        "study": "s",
-        "studies": {"s": study},
-        "models": {"deit_tiny": {"img_size": 16, "patch_size": 4, "backbone": {"source": "pretrain"}}},
-        "train": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0.5, "grad_clip": 1.0},
-        "methods": {"full": {"lr": 0.001}, "lora": {"lr": 0.005}},
-    }
-    out = tmp_path / "paper"
-    tables.write_tables(
-        study_tables / "runs.csv",
-        study_tables / "cells.csv",
-        study_tables / "transfer.csv",
-        study_tables / "comparisons.csv",
-        study_tables / "rank.json",
-        config,
-        [],
-        [tmp_path / "data" / "digits" / "manifest.json"],
-        out,
-    )
+    out = render_tables(study_tables, tmp_path / "paper", title="T_1 & co")
     results = (out / "results_table.tex").read_text()
     assert r"\textbf{81.0} $\pm$ 12.7" in results  # t(0.975, 1) * 1.414 / sqrt(2) = 12.7
     assert "LoRA ($r{=}8$)" in results and r"deit\_tiny" in results
@@ -223,9 +197,77 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
         "1 0 train" not in (out / "setup.tex").read_text() and "10 train" in (out / "setup.tex").read_text()
     )
 
-    figures.make_figures(study_tables / "runs.csv", study_tables / "cells.csv", out / "a.pdf", out / "c.pdf")
-    for name in ("a.pdf", "c.pdf"):
-        assert (out / name).read_bytes().startswith(b"%PDF")
+    # Holm-corrected differences are marked: the linear probe differs from both references here.
+    compared = pd.read_csv(study_tables / "comparisons.csv").set_index(["baseline", "method"])
+    assert compared.loc[("full", "linear"), "p_holm"] < 0.05 < compared.loc[("full", "lora_r8"), "p_holm"]
+    assert compared.loc[("lora_r8", "linear"), "p_holm"] < 0.05 < compared.loc[("lora_r8", "full"), "p_holm"]
+    assert r"Linear probe & 1{,}930 & 2.10 & 42.0$^{\dagger\ddagger}$ $\pm$ 25.4 & 2" in results
+    assert r"LoRA ($r{=}8$) & 112{,}522 & 2.10 & 72.8 $\pm$" in results  # not significant: no mark
+    assert r"$^{\dagger}$: differs from Full fine-tuning" in results
+
+    # Without more LoRA ranks or quantized bases, the ablations say so instead of a table.
+    ablation = (out / "ablation_table.tex").read_text()
+    assert "no rank ablation" in ablation and "no precision ablation" in ablation
+    assert r"\begin{table}" not in ablation
+
+    paths = make_all_figures(study_tables, out)
+    for path in paths.values():
+        assert path.read_bytes().startswith(b"%PDF-")
+    assert "No AdaLoRA run in this study." in pdf_text(paths["out_adalora"])
+    assert "no rank ablation" in pdf_text(paths["out_rank"])
+
+
+FIGURES = ("out_params", "out_memory", "out_convergence", "out_adalora", "out_resources", "out_rank")
+
+
+def make_all_figures(root, out):
+    """Every figure from the stats in ``root``; run folders are relative to ``root`` as in a workdir."""
+    paths = {name: out / f"{name}.pdf" for name in FIGURES}
+    with contextlib.chdir(root):
+        figures.make_figures("runs.csv", "cells.csv", "comparisons.csv", **paths)
+    return paths
+
+
+def pdf_text(path) -> str:
+    return subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
+
+
+def render_tables(root, out, title="T"):
+    """Every generated LaTeX part from the stats in ``root``, for a one-dataset, two-seed config."""
+    manifest = {
+        "source": {"name": "digits", "split_seed": 0},
+        "class_names": list("0123456789"),
+        "image_shape": [8, 8, 1],
+        "counts_per_class": {"train": [1] * 10, "val": [1] * 10, "test": [1] * 10},
+    }
+    write_json(root / "data" / "digits" / "manifest.json", manifest)
+    study = {
+        "title": title,
+        "description": "d",
+        "models": ["deit_tiny"],
+        "datasets": ["digits"],
+        "seeds": [0, 1],
+    }
+    config = {
+        "study": "s",
+        "studies": {"s": study},
+        "models": {"deit_tiny": {"img_size": 16, "patch_size": 4, "backbone": {"source": "pretrain"}}},
+        "datasets": {"digits": {"kind": "sklearn_digits"}},
+        "train": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0.5, "grad_clip": 1.0},
+        "methods": {"full": {"lr": 0.001}, "lora": {"lr": 0.005}},
+    }
+    tables.write_tables(
+        root / "runs.csv",
+        root / "cells.csv",
+        root / "transfer.csv",
+        root / "comparisons.csv",
+        root / "rank.json",
+        config,
+        [],
+        [root / "data" / "digits" / "manifest.json"],
+        out,
+    )
+    return out
 
 
 def test_style_names_and_colours():
@@ -286,3 +328,115 @@ def test_every_method_family_has_a_label_colour_marker_and_place():
         assert set(table) == set(METHODS)
     assert sorted(style.FAMILY_ORDER) == sorted(METHODS)
     assert style.method_label("qalora4_r8", latex=True) == "QA-LoRA 4-bit ($r{=}8$)"
+
+
+MIB = 2**20
+RICH_STUDY = {  # per method: test top-1 per seed, and the metrics only that method records
+    "full": ([80.0, 82.0, 81.0], {}),
+    "linear": ([40.0, 44.0, 42.0], {}),
+    "lora_r2": ([60.0, 61.5, 60.2], {}),
+    "lora_r4": ([66.0, 68.0, 67.5], {}),
+    "lora_r8": ([70.0, 71.0, 70.5], {}),
+    "lora_r16": ([71.0, 73.0, 71.5], {}),
+    "qlora8_r8": (
+        [69.0, 71.5, 70.0],
+        {"base_linear_bytes_fp32": 4 * MIB, "base_linear_bytes_quantized": MIB},
+    ),
+    "qlora4_r8": (
+        [67.0, 69.0, 68.5],
+        {"base_linear_bytes_fp32": 4 * MIB, "base_linear_bytes_quantized": MIB / 2},
+    ),
+    "qalora4_r8": (
+        [68.0, 69.5, 69.0],
+        {"base_linear_bytes_fp32": 4 * MIB, "base_linear_bytes_quantized": 0.75 * MIB},
+    ),
+    "adalora_r8": ([69.5, 70.5, 70.0], {}),
+}
+
+
+def adalora_records(seed):
+    """One epoch record per epoch, the last holding the final ranks (block 0's qkv: 12, 10, 8)."""
+    final = {
+        "blocks.0.attn.qkv": 12 - 2 * seed,
+        "blocks.0.attn.proj": 6,
+        "blocks.1.attn.qkv": 9,
+        "blocks.1.attn.proj": 5,
+    }
+    return [{"adalora_ranks": {name: 12 for name in final}}, {"adalora_ranks": final}]
+
+
+@pytest.fixture
+def rich_study(tmp_path):
+    """A three-seed study with every optional method: LoRA ranks, quantized bases and AdaLoRA."""
+    cells = []
+    for method, (accs, extra) in RICH_STUDY.items():
+        paths = []
+        for seed, acc in enumerate(accs):
+            curves = {"val_top1": [acc - 10, acc - 1], "train_loss": [1.0, 0.5]}
+            if method.startswith("adalora"):
+                curves["records"] = adalora_records(seed)
+            paths.append(fake_run(tmp_path, method, seed, acc, curves=curves, **extra))
+        cells.append(tmp_path / f"{method}_digits" / "summary.csv")
+        aggregate.summarize_cell(paths, cells[-1])
+    aggregate.aggregate(cells, tmp_path / "runs.csv")
+    stats.write_stats(
+        *(tmp_path / n for n in ("runs.csv", "cells.csv", "transfer.csv", "comparisons.csv", "rank.json"))
+    )
+    return tmp_path
+
+
+def table_line(text, start):
+    return next(line.strip() for line in text.splitlines() if line.strip().startswith(start))
+
+
+def test_ablation_tables_with_every_optional_method(rich_study, tmp_path):
+    out = render_tables(rich_study, tmp_path / "paper")
+    ablation = (out / "ablation_table.tex").read_text()
+    runs = pd.read_csv(rich_study / "runs.csv")
+    compared = pd.read_csv(rich_study / "comparisons.csv").set_index(["baseline", "method"])
+
+    r2 = stats.paired_difference(runs, "lora_r2", "lora_r8").iloc[0]
+    p_holm = compared.loc[("lora_r8", "lora_r2"), "p_holm"]
+    assert p_holm < 0.05
+    assert table_line(ablation, "2 &") == (
+        rf"2 & 112{{,}}522 & 60.6 $\pm$ {tables.ci_half(pd.read_csv(rich_study / 'cells.csv').set_index('method').loc['lora_r2']):.1f}"
+        rf" & {r2.diff_mean:.1f} [{r2.diff_ci_low:.1f}, {r2.diff_ci_high:.1f}] & {p_holm:.3f} \\"
+    )
+    assert table_line(ablation, "8 &").endswith(r"& reference & -- \\")
+    assert [table_line(ablation, f"{r} &")[0] for r in (2, 4, 8, 16)] == ["2", "4", "8", "1"]
+    slope = read_json(rich_study / "rank.json")["slope"]
+    assert f"{slope:.2f} points per doubling of the rank" in " ".join(ablation.split())
+
+    # The bits ablation: the same r=8 adapter over fp32, 8-bit, 4-bit NF4 and INT-4 group-wise bases.
+    assert table_line(ablation, r"LoRA ($r{=}8$) &").startswith(r"LoRA ($r{=}8$) & 4.00 & 70.5 $\pm$")
+    q4 = stats.paired_difference(runs, "qlora4_r8", "lora_r8").iloc[0]
+    assert table_line(ablation, "QLoRA 4-bit").startswith(
+        rf"QLoRA 4-bit ($r{{=}}8$) & 0.50 & 68.2 $\pm$ 2.6 & {q4.diff_mean:.1f} [{q4.diff_ci_low:.1f}, "
+    )
+    assert table_line(ablation, "QLoRA 8-bit").startswith(r"QLoRA 8-bit ($r{=}8$) & 1.00 &")
+    assert table_line(ablation, "QA-LoRA 4-bit").startswith(r"QA-LoRA 4-bit ($r{=}8$) & 0.75 &")
+    assert "AdaLoRA" not in ablation  # its rank is allocated, not set: it is in neither ablation
+
+    paths = make_all_figures(rich_study, tmp_path / "figures")
+    for path in paths.values():
+        assert path.read_bytes().startswith(b"%PDF-")
+    heatmap = pdf_text(paths["out_adalora"])
+    assert "AdaLoRA r=8" in heatmap and "10" in heatmap.split()  # block 0 qkv: mean of 12, 10, 8
+    assert "attn.qkv" in heatmap and "attn.proj" in heatmap
+    assert "*" in pdf_text(paths["out_rank"])  # r=2 differs from r=8 after Holm correction
+
+
+def test_pareto_front_keeps_only_points_nothing_cheaper_beats():
+    cost = [1.0, 2.0, 3.0, 4.0, math.nan, 3.0]
+    accuracy = [50.0, 40.0, 60.0, 60.0, 99.0, 55.0]
+    assert figures.pareto_front(cost, accuracy).tolist() == [0, 2]  # 4.0 costs more for no gain
+    assert figures.pareto_front([1.0, 1.0], [50.0, 55.0]).tolist() == [1]
+
+
+def test_rank_grid_averages_final_ranks_over_seeds_per_block_and_module():
+    finals = [figures.final_ranks(adalora_records(seed)) for seed in range(3)]
+    grid = figures.rank_grid(finals)
+    assert grid.index.tolist() == [0, 1] and grid.columns.tolist() == ["attn.proj", "attn.qkv"]
+    assert grid.loc[0, "attn.qkv"] == 10.0 and grid.loc[1, "attn.proj"] == 5.0
+    with pytest.raises(ValueError, match="'head' is not inside a transformer block"):
+        figures.rank_grid([{"head": 3}])

@@ -37,7 +37,18 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export": SEEDS, "
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        ("paper.pdf", {**UP_TO_CELLS, "aggregate": 1, "stats": 1, "figures": 1, "tables": 1, "paper": 1}),
+        (
+            "paper.pdf",
+            {
+                **UP_TO_CELLS,
+                "aggregate": 1,
+                "stats": 1,
+                "figures": 1,
+                "tables": 1,
+                "checklist": 1,
+                "paper": 1,
+            },
+        ),
         (
             "results/submission.tar.gz",
             {
@@ -46,6 +57,7 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export": SEEDS, "
                 "stats": 1,
                 "figures": 1,
                 "tables": 1,
+                "checklist": 1,
                 "paper": 1,
                 "submission": 1,
             },
@@ -82,6 +94,29 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export": SEEDS, "
 )
 def test_dry_run_of_each_rule_target(tmp_path, target, expected):
     assert planned_jobs(snakemake("-n", target, workdir=tmp_path).stdout) == expected
+
+
+def test_a_partial_study_builds_its_paper_from_the_finished_cells_only(tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["studies"]["demo"]["partial"] = True
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump(config))
+    finished = tmp_path / "results" / "lora_r8_digits" / "summary.csv"
+    finished.parent.mkdir(parents=True)
+    finished.write_text("dataset,method,model,seed\n")
+    plan = snakemake("-n", "paper.pdf", workdir=tmp_path, configfile=path).stdout
+    # Only the finished cell goes into the paper; none of the other cells is planned. (Its runs are
+    # not in this empty folder, so Snakemake would rebuild that one cell.)
+    assert planned_jobs(plan) == {
+        **ONE_CELL,
+        "aggregate": 1,
+        "stats": 1,
+        "figures": 1,
+        "tables": 1,
+        "checklist": 1,
+        "paper": 1,
+    }
+    assert "output: results/lora_r8_digits" in plan
 
 
 @pytest.mark.parametrize(

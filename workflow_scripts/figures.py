@@ -7,5 +7,13 @@ from vitpeft.io import log_to_file
 
 log_to_file(snakemake.log[0])
 make_figures(
-    snakemake.input.runs, snakemake.input.cells, snakemake.output.params, snakemake.output.convergence
+    snakemake.input.runs,
+    snakemake.input.cells,
+    snakemake.input.comparisons,
+    out_params=snakemake.output.params,
+    out_memory=snakemake.output.memory,
+    out_convergence=snakemake.output.convergence,
+    out_adalora=snakemake.output.adalora,
+    out_resources=snakemake.output.resources,
+    out_rank=snakemake.output.rank,
 )

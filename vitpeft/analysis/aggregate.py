@@ -73,6 +73,8 @@ def summarize_cell(
 
 def aggregate(cell_csvs: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
     """Concatenate every cell's summary into the study's run table."""
+    if not cell_csvs:
+        raise ValueError("no finished cells to aggregate (a partial study needs at least one)")
     frame = pd.concat([pd.read_csv(p) for p in cell_csvs], ignore_index=True).sort_values(
         KEYS, ignore_index=True
     )

@@ -17,8 +17,19 @@ import pandas as pd
 from vitpeft.analysis.style import macro_name, method_label, method_sort_key
 from vitpeft.config import MODEL_ARCHS, ExportConfig
 from vitpeft.io import atomic_write, read_json
+from vitpeft.methods import parse_method_name
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+SIGNIFICANCE = 0.05  # Holm-corrected p below which a difference is marked in the tables
+# The marks of the results table: a difference from this reference survives Holm correction.
+REFERENCE_MARKS = {"full": r"\dagger", "lora_r8": r"\ddagger"}
+RANK_REFERENCE = "lora_r8"  # the rank and bits ablations are read against LoRA at r = 8, fp32 base
+# Where each dataset kind comes from, for the setup section (keys of paper/refs.bib).
+DATASET_CITATIONS = {
+    "cifar10": "krizhevsky2009cifar",
+    "cifar100": "krizhevsky2009cifar",
+    "tinyimagenet": "le2015tinyimagenet",
+}
 
 
 def tex_escape(text: Any) -> str:
@@ -72,16 +83,72 @@ def ci_half(row: pd.Series | dict, metric: str = "test_top1") -> float:
     return row[f"{metric}_ci_high"] - row[f"{metric}_mean"]
 
 
-def result_groups(cells: pd.DataFrame) -> list[dict[str, Any]]:
-    """The results table's blocks: one per dataset x model, methods in a fixed order, best in bold."""
+def significance_marks(compared: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """LaTeX superscripts per (dataset, model, method): the mark of each reference in
+    ``REFERENCE_MARKS`` (in that order) whose paired difference from the method survives Holm
+    correction."""
+    significant = compared[compared.baseline.isin(REFERENCE_MARKS) & (compared.p_holm < SIGNIFICANCE)]
+    marks = {}
+    for key, group in significant.groupby(["dataset", "model", "method"]):
+        marks[key] = "".join(mark for ref, mark in REFERENCE_MARKS.items() if ref in set(group.baseline))
+    return marks
+
+
+def result_groups(cells: pd.DataFrame, marks: dict[tuple[str, str, str], str] | None = None) -> list[dict]:
+    """The results table's blocks: one per dataset x model, methods in a fixed order, best in bold,
+    with the significance ``marks`` of each method."""
     groups = []
     for (dataset, model), group in cells.groupby(["dataset", "model"], sort=True):
         best = group["test_top1_mean"].max()
         rows = [
-            {**row, "ci": ci_half(row), "best": row["test_top1_mean"] == best}
+            {
+                **row,
+                "ci": ci_half(row),
+                "best": row["test_top1_mean"] == best,
+                "mark": (marks or {}).get((dataset, model, row["method"]), ""),
+            }
             for _, row in sorted(group.iterrows(), key=lambda item: method_sort_key(item[1]["method"]))
         ]
         groups.append({"dataset": dataset, "model": model, "rows": rows})
+    return groups
+
+
+def ablation_groups(cells: pd.DataFrame, compared: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per dataset x model, the two ablations read against ``RANK_REFERENCE`` (LoRA, r = 8):
+
+    ``ranks``: every plain LoRA rank; ``bits``: LoRA, QLoRA and QA-LoRA at the reference's rank,
+    i.e. the same adapter over an fp32, 8-bit or 4-bit base. Each row carries its paired difference
+    from the reference (Holm-corrected within the reference's family of comparisons). An ablation
+    with a single row has nothing to compare and is left empty.
+    """
+    reference_rank = parse_method_name(RANK_REFERENCE)[1]["r"]
+    versus = compared[compared.baseline == RANK_REFERENCE].set_index(["dataset", "model", "method"])
+    groups = []
+    for (dataset, model), group in cells.groupby(["dataset", "model"], sort=True):
+        rows = []
+        for _, row in sorted(group.iterrows(), key=lambda item: method_sort_key(item[1]["method"])):
+            family, fields = parse_method_name(row["method"])
+            key = (dataset, model, row["method"])
+            diff = versus.loc[key].to_dict() if key in versus.index else {}
+            rows.append({**row, "family": family, **fields, "ci": ci_half(row), "diff": diff})
+        ranks = [r for r in rows if r["family"] == "lora"]
+        bits = [
+            r for r in rows if r["family"] in ("lora", "qlora", "qalora") and r.get("r") == reference_rank
+        ]
+        if not any(r["method"] == RANK_REFERENCE for r in bits):
+            bits = []  # nothing to read the quantized bases against
+        # Every quantized method records the fp32 size of the same base layers; LoRA's base is that.
+        fp32 = group["base_linear_bytes_fp32"].dropna()
+        for r in bits:
+            r["base_bytes"] = r["base_linear_bytes_quantized"] if r["family"] != "lora" else fp32.max()
+        groups.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "ranks": ranks if len(ranks) > 1 else [],
+                "bits": bits if len(bits) > 1 else [],
+            }
+        )
     return groups
 
 
@@ -126,7 +193,20 @@ def write_tables(
     runs = runs.assign(order=runs.method.map(method_sort_key)).sort_values(
         ["dataset", "model", "order", "seed"]
     )
-    render("results_table.tex.j2", out_dir / "results_table.tex", groups=result_groups(cells))
+    compared = pd.read_csv(comparisons_csv)
+    render(
+        "results_table.tex.j2",
+        out_dir / "results_table.tex",
+        groups=result_groups(cells, significance_marks(compared)),
+        marks=REFERENCE_MARKS,
+    )
+    render(
+        "ablation_table.tex.j2",
+        out_dir / "ablation_table.tex",
+        groups=ablation_groups(cells, compared),
+        reference=RANK_REFERENCE,
+        rank=read_json(rank_ablation_json),
+    )
     render("runs_table.tex.j2", out_dir / "runs_table.tex", runs=runs.to_dict("records"))
     render("resources_table.tex.j2", out_dir / "resources_table.tex", groups=result_groups(cells))
     render(
@@ -137,16 +217,10 @@ def write_tables(
     named = {"StudyTitle": tex_escape(study.get("title", "A PEFT study")), **macros(cells, transfer)}
     render("macros.tex.j2", out_dir / "macros.tex", macros=named)
     render("transfer.tex.j2", out_dir / "transfer.tex", transfer=transfer.to_dict("records"))
-    compared = pd.read_csv(comparisons_csv)
     compared = compared.assign(order=compared.method.map(method_sort_key)).sort_values(
         ["baseline", "dataset", "model", "order"]
     )
-    render(
-        "comparisons.tex.j2",
-        out_dir / "comparisons.tex",
-        rows=compared.to_dict("records"),
-        rank=read_json(rank_ablation_json),
-    )
+    render("comparisons.tex.j2", out_dir / "comparisons.tex", rows=compared.to_dict("records"))
     render(
         "setup.tex.j2",
         out_dir / "setup.tex",
@@ -156,6 +230,7 @@ def write_tables(
         datasets={Path(p).parent.name: read_json(p) for p in manifests},
         methods=sorted(runs.method.unique(), key=method_sort_key),
         arches=MODEL_ARCHS,
+        citations=DATASET_CITATIONS,
         export=dataclasses.asdict(ExportConfig(**config.get("export", {}))),
         n_runs=len(runs),
         hardware=runs[["cpu", "gpu", "threads"]].drop_duplicates().to_dict("records")

@@ -1,0 +1,91 @@
+"""The submission checklist: cells and seeds against the config, artifacts, provenance; a missing
+cell fails unless the study is partial."""
+
+import json
+
+import pandas as pd
+import pytest
+from test_analysis import fake_run
+
+from vitpeft.analysis import aggregate
+from vitpeft.analysis.checklist import MissingCellsError, checklist, write_checklist
+
+STUDY = {"models": ["deit_tiny"], "datasets": ["digits"], "seeds": [0, 1]}
+METHODS = ["full", "lora_r8", "scratch"]
+
+
+def runs_csv(tmp_path, cells):
+    """The run table of ``cells``: method -> the seeds it finished."""
+    paths = [
+        fake_run(tmp_path, method, seed, 70.0 + seed) for method, seeds in cells.items() for seed in seeds
+    ]
+    frame = aggregate.runs_table(paths)
+    aggregate.write_csv(frame, tmp_path / "runs.csv")
+    return tmp_path / "runs.csv"
+
+
+@pytest.fixture
+def artifacts(tmp_path):
+    figure, table = tmp_path / "paper" / "fig.pdf", tmp_path / "paper" / "table.tex"
+    figure.parent.mkdir()
+    figure.write_bytes(b"%PDF-1.4 ...")
+    table.write_text(r"\begin{table}\end{table}")
+    return [figure, table]
+
+
+def test_a_complete_study_passes_and_the_checklist_says_what_was_checked(tmp_path, artifacts):
+    csv = runs_csv(tmp_path, {method: [0, 1] for method in METHODS})
+    result = write_checklist(csv, STUDY, METHODS, artifacts, tmp_path / "checklist.tex", tmp_path / "c.json")
+    assert result["passed"] and result["cells"] == {"expected": 3, "complete": 3}
+    assert json.loads((tmp_path / "c.json").read_text()) == result
+    tex = " ".join((tmp_path / "checklist.tex").read_text().split())
+    assert r"\item[$\checkmark$] \textbf{Cells.} 3 of 3 cells" in tex and "all 2 configured seed(s)" in tex
+    assert r"\texttt{fig.pdf}, \texttt{table.tex}" in tex
+    assert (
+        "6 of 6 runs record git commit, config hash, torch version, timm version, peft version, data checksum"
+        in tex
+    )
+    assert (
+        r"1 commit(s) (\texttt{abc})" in tex
+        and "0 run(s) were trained from a checkout with uncommitted" in tex
+    )
+    assert r"\item[$\times$]" not in tex
+
+
+def test_a_missing_cell_or_seed_fails_naming_it(tmp_path, artifacts):
+    csv = runs_csv(tmp_path, {"full": [0, 1], "lora_r8": [1]})
+    with pytest.raises(MissingCellsError) as failure:
+        write_checklist(csv, STUDY, METHODS, artifacts, tmp_path / "checklist.tex", tmp_path / "c.json")
+    message = str(failure.value)
+    assert "2 of 3 cells of the study are missing or incomplete" in message
+    assert "lora_r8 on digits with deit_tiny (seed 0 missing)" in message
+    assert "scratch on digits with deit_tiny (no run)" in message
+    assert "partial: true" in message
+    assert not (tmp_path / "checklist.tex").exists()
+
+
+def test_a_partial_study_builds_and_lists_what_is_missing(tmp_path, artifacts):
+    csv = runs_csv(tmp_path, {"full": [0, 1], "lora_r8": [1]})
+    study = {**STUDY, "partial": True}
+    result = write_checklist(csv, study, METHODS, artifacts, tmp_path / "checklist.tex", tmp_path / "c.json")
+    assert not result["passed"] and result["cells"] == {"expected": 3, "complete": 1}
+    assert [(c["method"], c["missing_seeds"]) for c in result["incomplete_cells"]] == [
+        ("lora_r8", [0]),
+        ("scratch", [0, 1]),
+    ]
+    tex = " ".join((tmp_path / "checklist.tex").read_text().split())
+    assert r"\item[$\times$] \textbf{Cells.} 1 of 3 cells" in tex
+    assert r"LoRA ($r{=}8$) on \texttt{digits} with \texttt{deit\_tiny}: 1 of 2 seeds (missing: 0)." in tex
+    assert r"From scratch (full) on \texttt{digits} with \texttt{deit\_tiny}: 0 of 2 seeds." in tex
+
+
+def test_missing_artifacts_and_provenance_are_reported(tmp_path, artifacts):
+    runs = pd.read_csv(runs_csv(tmp_path, {method: [0, 1] for method in METHODS}))
+    runs.loc[0, ["config_hash", "timm"]] = None
+    artifacts[0].write_bytes(b"not a pdf")
+    result = checklist(runs, STUDY, METHODS, [*artifacts, tmp_path / "absent.tex"])
+    assert not result["passed"]
+    assert [f["present"] for f in result["artifacts"]] == [False, True, False]
+    assert result["provenance_gaps"] == [
+        {"run_dir": runs.run_dir[0], "missing": ["config hash", "timm version"]}
+    ]

@@ -1,0 +1,16 @@
+"""Rule checklist: check the study's results are complete and write the submission checklist."""
+
+import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
+
+from vitpeft.analysis.checklist import write_checklist
+from vitpeft.io import log_to_file
+
+log_to_file(snakemake.log[0])
+write_checklist(
+    snakemake.input.runs,
+    snakemake.params.study,
+    snakemake.params.methods,
+    [*snakemake.input.figures, *snakemake.input.tables],
+    out_tex=snakemake.output.tex,
+    out_json=snakemake.output.json,
+)
