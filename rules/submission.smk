@@ -8,7 +8,8 @@ rule submission:
         generated=rules.tables.output,
         figures=rules.figures.output,
         tables=rules.stats.output,
-        checklist=rules.checklist.output,
+        checklist_tex=rules.checklist.output.tex,
+        checklist_json=rules.checklist.output.json,
         runs="results/analysis/runs.csv",
         environment=[
             Path(workflow.basedir) / name
