@@ -169,3 +169,35 @@ def test_installed_versions_equal_the_pins():
 
     for name, pinned in pins((REPO / "requirements.txt").read_text().splitlines()).items():
         assert version(name) == pinned, name
+
+
+def test_the_full_study_is_one_flag_away(tmp_path):
+    plan = snakemake("-n", "paper.pdf", "--config", "study=full", workdir=tmp_path).stdout
+    runs = 3 * 3 * 11 * 3  # models x datasets x methods x seeds; no scratch: hub weights
+    assert planned_jobs(plan) == {
+        "download": 3,
+        "prepare_data": 3,
+        "train": runs,
+        "export": runs,
+        "cell": 33,
+        "aggregate": 1,
+        "stats": 1,
+        "figures": 1,
+        "tables": 1,
+        "checklist": 1,
+        "paper": 1,
+    }
+
+
+def test_the_full_study_resolves_hub_models_at_224_px_and_per_dataset_budgets():
+    import copy
+
+    from vitpeft import config as study_config
+
+    config = study_config.load({**copy.deepcopy(DEMO), "study": "full"})
+    run = study_config.resolve_run(config, "deit_small", "tinyimagenet", "full", 2)
+    assert (run.model.img_size, run.model.patch_size, run.model.backbone["source"]) == (224, 16, "timm")
+    assert run.train.epochs == 50 and run.method.lr == 1.25e-4
+    assert study_config.resolve_run(config, "vit_small", "cifar100", "qalora4_r8", 0).train.epochs == 100
+    assert config["models"]["deit_tiny"]["img_size"] == 224  # the demo's 16 px is overridden
+    assert study_config.load(copy.deepcopy(DEMO))["models"]["deit_tiny"]["img_size"] == 16

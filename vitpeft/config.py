@@ -223,18 +223,40 @@ def model_spec(config: dict[str, Any], model: str) -> ModelSpec:
     return ModelSpec(name=model, **config["models"][model])
 
 
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override``, recursively for nested dicts; neither is modified."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = (
+            merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def apply_study_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """Merge the selected study's ``overrides`` into ``config`` in place (e.g. models at 224 px)."""
+    overrides = config.get("studies", {}).get(config.get("study"), {}).get("overrides", {})
+    config.update(merged(config, overrides))
+    return config
+
+
 def resolve_run(config: dict[str, Any], model: str, dataset: str, method: str, seed: int) -> RunConfig:
-    """The complete, validated config of one run of the study."""
+    """The complete, validated config of one run of the study.
+
+    ``by_dataset.<dataset>`` may override the training budget (``train``) and the method
+    hyperparameters (``methods``) for one dataset, e.g. more epochs for a harder one.
+    """
     spec = config["datasets"][dataset]
+    per_dataset = config.get("by_dataset", {}).get(dataset, {})
     augment = dict(spec.get("augment", {}))
     if "scale" in augment:
         augment["scale"] = tuple(augment["scale"])
     return RunConfig(
         model=model_spec(config, model),
         dataset=dataset,
-        method=method_config(method, config.get("methods", {})),
+        method=method_config(method, merged(config.get("methods", {}), per_dataset.get("methods", {}))),
         seed=int(seed),
-        train=TrainConfig(**config["train"]),
+        train=TrainConfig(**merged(config["train"], per_dataset.get("train", {}))),
         augment=AugmentConfig(**augment),
     )
 
@@ -286,13 +308,22 @@ def validate(config: dict[str, Any]) -> None:
             check_kind(spec["kind"])
         except ValueError as err:
             raise ConfigError(f"datasets.{name}.kind: {err}") from err
+    for dataset in config.get("by_dataset", {}):
+        if dataset not in config["datasets"]:
+            raise ConfigError(
+                f"by_dataset: unknown dataset {dataset!r}; the datasets section defines {sorted(config['datasets'])}"
+            )
     for method in study_methods(config):
-        try:
-            method_cfg = method_config(method, config.get("methods", {}))
-            for model in selected["models"]:
-                method_cfg.check_widths(model_spec(config, model).block_widths(), model=model)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{key}.methods: {method!r}: {err}") from err
+        for dataset in selected["datasets"]:
+            hyperparameters = merged(
+                config.get("methods", {}), config.get("by_dataset", {}).get(dataset, {}).get("methods", {})
+            )
+            try:
+                method_cfg = method_config(method, hyperparameters)
+                for model in selected["models"]:
+                    method_cfg.check_widths(model_spec(config, model).block_widths(), model=model)
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f"{key}.methods: {method!r} on {dataset}: {err}") from err
     every = config.get("checkpoint_every", 0)
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise ConfigError(
@@ -305,18 +336,20 @@ def validate(config: dict[str, Any]) -> None:
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from err
     try:
+        TrainConfig(**config["train"])
         for dataset in selected["datasets"]:
             resolve_run(config, selected["models"][0], dataset, selected["methods"][0], 0)
-        TrainConfig(**config["train"])
     except (ValueError, TypeError) as err:
-        raise ConfigError(str(err)) from err
+        raise ConfigError(f"train (or by_dataset.<dataset>.train): {err}") from err
 
 
 def load(config: dict[str, Any]) -> dict[str, Any]:
-    """Validate ``config`` in place against the schema (filling defaults), then semantically."""
+    """Apply the selected study's overrides, then validate ``config`` in place against the schema
+    (filling defaults), then semantically."""
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as validate_schema
 
+    apply_study_overrides(config)
     try:
         validate_schema(config, str(SCHEMA))
     except WorkflowError as err:
