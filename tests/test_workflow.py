@@ -122,3 +122,23 @@ def test_installed_versions_equal_the_pins():
 
     for name, pinned in pins((REPO / "requirements.txt").read_text().splitlines()).items():
         assert version(name) == pinned, name
+
+
+def test_slurm_profile_asks_for_each_training_jobs_resources(tmp_path):
+    plan = snakemake(
+        "-n", "--profile", str(REPO / "profiles" / "slurm"), "paper.pdf", workdir=tmp_path
+    ).stdout
+    blocks = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", plan, re.M)
+    resources = {
+        rule: dict(re.findall(r"(\w+)=([^,\n]+)", re.search(r"resources: (.*)", body)[1]))
+        for rule, body in blocks
+        if rule in ("train", "pretrain")
+    }
+    # deit_tiny's base from config.yaml; pretraining on shapes gets twice the time.
+    assert resources["pretrain"] == {**resources["train"], "runtime": "20"}
+    assert {k: resources["train"][k] for k in ("mem_mb", "runtime", "gpu", "slurm_partition")} == {
+        "mem_mb": "2000",
+        "runtime": "10",
+        "gpu": "0",
+        "slurm_partition": "REPLACE-ME-gpu-partition",
+    }
