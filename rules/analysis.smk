@@ -79,7 +79,8 @@ rule tables:
     conda:
         "../envs/vitpeft.yaml"
     params:
-        config=canonical(config),  # the setup section is written from it: a change rewrites it
+        # the setup section is written from it: a change rewrites it (scheduling keys excepted)
+        config=canonical(study_config.results_view(config)),
     script:
         "../workflow_scripts/tables.py"
 

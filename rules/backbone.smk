@@ -9,9 +9,15 @@ rule pretrain:
         meta="resources/backbones/{model}_{dataset}.json",
     log:
         "results/logs/pretrain/{model}_{dataset}.log",
+    benchmark:
+        "results/benchmarks/pretrain/{model}_{dataset}.tsv"
     conda:
         "../envs/vitpeft.yaml"
     threads: config["pretrain"]["threads"]
+    resources:
+        gpu=job_resource("gpu"),
+        mem_mb=job_resource("mem_mb"),
+        runtime=job_resource("runtime"),
     params:
         run=pretrain_config,
     script:

@@ -83,6 +83,13 @@ def export_inputs(wildcards):
     return {**train_inputs(wildcards), **run_files}
 
 
+def job_resource(name):
+    """A resource of a training or pretrain job, from config ``resources`` (more on a retry)."""
+    return lambda wildcards, attempt: study_config.job_resources(
+        config, wildcards.model, wildcards.dataset, attempt
+    )[name]
+
+
 def run_config(wildcards):
     run = study_config.resolve_run(
         config,

@@ -14,7 +14,10 @@ rule export:
         f"{RUN_DIR}/export.log",
     conda:
         "../envs/vitpeft.yaml"
-    threads: 1
+    threads: config["threads"]
+    resources:
+        mem_mb=job_resource("mem_mb"),
+        runtime=lambda wildcards, attempt: 60 * attempt,  # on CPU: merges, two ONNX exports, test passes
     params:
         export=canonical(config["export"]),
     script:

@@ -11,9 +11,15 @@ rule train:
         checkpoint=f"{RUN_DIR}/checkpoint.safetensors",
     log:
         f"{RUN_DIR}/train.log",
+    benchmark:
+        f"{RUN_DIR}/benchmark.tsv"
     conda:
         "../envs/vitpeft.yaml"
     threads: config["threads"]
+    resources:
+        gpu=job_resource("gpu"),
+        mem_mb=job_resource("mem_mb"),
+        runtime=job_resource("runtime"),
     params:
         run=run_config,
     script:

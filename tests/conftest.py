@@ -1,3 +1,5 @@
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +26,24 @@ def snakemake_command(workdir, configfile, *args) -> list[str]:
         str(configfile),
         *args,
     ]
+
+
+TINY_CONFIG = REPO / "tests" / "tiny_config.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """The tiny study built locally to paper.pdf, once per session: its working directory.
+
+    Tests read it and may plan (``-n``) in it, but must not change it.
+    """
+    if shutil.which("latexmk") is None or shutil.which("pdftotext") is None:
+        pytest.fail("latexmk and pdftotext are required: `make test` installs them")
+    workdir = tmp_path_factory.mktemp("tiny_study")
+    cmd = snakemake_command(workdir, TINY_CONFIG, "--cores", "2", "paper.pdf")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir
 
 
 @pytest.fixture

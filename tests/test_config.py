@@ -1,6 +1,8 @@
 import copy
 
 import pytest
+import yaml
+from conftest import REPO
 
 from vitpeft import config as study_config
 from vitpeft.config import ConfigError, RunConfig
@@ -59,6 +61,22 @@ def test_pretrain_run_uses_pretrain_budget(demo_config):
         (lambda c: c["train"].update(epoch=3), "epoch"),
         (lambda c: c.update(checkpoint_every=-5), "checkpoint_every"),
         (lambda c: c.update(checkpoint_every=2.5), "2.5"),
+        (lambda c: c["resources"].update(gpu=-1), "-1 is less than the minimum of 0"),
+        (
+            lambda c: c["resources"]["models"].update(vit_huge={"mem_mb": 1, "runtime": 1}),
+            "unknown model 'vit_huge'",
+        ),
+        (
+            lambda c: c["resources"]["models"]["deit_tiny"].update(runtime=0),
+            "instance['resources']['models']['deit_tiny']['runtime']",
+        ),
+        (lambda c: c["resources"]["models"]["deit_tiny"].pop("mem_mb"), "'mem_mb' is a required property"),
+        (lambda c: c["resources"]["datasets"].update(cifar11={"runtime": 2}), "unknown dataset 'cifar11'"),
+        (
+            lambda c: c["resources"]["datasets"]["shapes"].update(runtime=-2),
+            "instance['resources']['datasets']['shapes']['runtime']",
+        ),
+        (lambda c: c["resources"]["datasets"]["shapes"].update(mem=2), "'mem'"),
     ],
 )
 def test_bad_config_is_rejected_naming_key_and_value(demo_config, edit, message):
@@ -80,3 +98,41 @@ def test_checkpoint_every_defaults_and_stays_out_of_run_configs(tiny_config, dem
     assert tiny_config["checkpoint_every"] == 500  # the schema's default
     run = study_config.resolve_run(demo_config, "deit_tiny", "digits", "lora_r8", 0).to_dict()
     assert "checkpoint_every" not in str(run)  # changing it must rerun no job
+
+
+def test_job_resources_are_the_models_base_times_the_datasets_factors(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["resources"].update(
+        gpu=1,
+        default={"mem_mb": 3000, "runtime": 45},
+        models={"deit_tiny": {"mem_mb": 2000, "runtime": 10}},
+        datasets={"digits": {"mem_mb": 1.5}, "shapes": {"runtime": 2.05}},
+    )
+    resources = study_config.job_resources
+    assert resources(config, "deit_tiny", "digits") == {"mem_mb": 3000, "runtime": 10, "gpu": 1}
+    assert resources(config, "deit_tiny", "shapes") == {"mem_mb": 2000, "runtime": 21, "gpu": 1}  # 20.5 up
+    assert resources(config, "deit_tiny", "cifar10") == {"mem_mb": 2000, "runtime": 10, "gpu": 1}
+    assert resources(config, "deit_small", "cifar10") == {"mem_mb": 3000, "runtime": 45, "gpu": 1}
+    # A retry asks for more memory and time, never more GPUs.
+    assert resources(config, "deit_tiny", "shapes", attempt=2) == {"mem_mb": 4000, "runtime": 41, "gpu": 1}
+
+
+def test_a_config_without_resources_asks_for_the_schema_defaults_and_no_gpu():
+    config = yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text())
+    del config["resources"]
+    study_config.load(config)
+    assert config["resources"] == {
+        "gpu": 0,
+        "default": {"mem_mb": 4000, "runtime": 60},
+        "models": {},
+        "datasets": {},
+    }
+    assert study_config.job_resources(config, "deit_tiny", "digits") == {
+        "mem_mb": 4000,
+        "runtime": 60,
+        "gpu": 0,
+    }
+
+
+def test_the_demo_is_a_cpu_study(demo_config):
+    assert study_config.job_resources(demo_config, "deit_tiny", "digits")["gpu"] == 0

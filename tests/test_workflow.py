@@ -200,4 +200,25 @@ def test_the_full_study_resolves_hub_models_at_224_px_and_per_dataset_budgets():
     assert run.train.epochs == 50 and run.method.lr == 1.25e-4
     assert study_config.resolve_run(config, "vit_small", "cifar100", "qalora4_r8", 0).train.epochs == 100
     assert config["models"]["deit_tiny"]["img_size"] == 224  # the demo's 16 px is overridden
+    assert study_config.job_resources(config, "deit_small", "tinyimagenet")["gpu"] == 1
     assert study_config.load(copy.deepcopy(DEMO))["models"]["deit_tiny"]["img_size"] == 16
+
+
+def test_slurm_profile_asks_for_each_training_jobs_resources(tmp_path):
+    plan = snakemake(
+        "-n", "--profile", str(REPO / "profiles" / "slurm"), "paper.pdf", workdir=tmp_path
+    ).stdout
+    blocks = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", plan, re.M)
+    resources = {
+        rule: dict(re.findall(r"(\w+)=([^,\n]+)", re.search(r"resources: (.*)", body)[1]))
+        for rule, body in blocks
+        if rule in ("train", "pretrain")
+    }
+    # deit_tiny's base from config.yaml; pretraining on shapes gets twice the time.
+    assert resources["pretrain"] == {**resources["train"], "runtime": "20"}
+    assert {k: resources["train"][k] for k in ("mem_mb", "runtime", "gpu", "slurm_partition")} == {
+        "mem_mb": "2000",
+        "runtime": "10",
+        "gpu": "0",
+        "slurm_partition": "REPLACE-ME-gpu-partition",
+    }

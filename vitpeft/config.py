@@ -11,6 +11,7 @@ This module imports neither torch nor timm, so that Snakemake parses the workflo
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,36 @@ def pretrain_run(config: dict[str, Any], model: str) -> RunConfig:
     return dataclasses.replace(run, train=TrainConfig(**pretrain), method=method)
 
 
+# Keys that say how jobs are scheduled, not what they compute: the paper does not depend on them.
+SCHEDULING_KEYS = ("resources", "checkpoint_every", "threads")
+
+
+def results_view(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without its scheduling keys: what the paper's setup section is written from."""
+    return {k: v for k, v in config.items() if k not in SCHEDULING_KEYS}
+
+
+def job_resources(config: dict[str, Any], model: str, dataset: str, attempt: int = 1) -> dict[str, int]:
+    """What one training or pretrain job of ``model`` on ``dataset`` asks a scheduler for.
+
+    ``resources.models`` gives a model's memory and wall time on a dataset of factor 1
+    (``resources.default`` for a model not listed); ``resources.datasets`` scales them per dataset
+    (factor 1 for a dataset not listed). A retry (``attempt`` 2, 3, ...) asks for that many times
+    more, so a job killed for memory or time by the scheduler can succeed when resubmitted.
+
+    Returns:
+        ``mem_mb`` (MiB) and ``runtime`` (minutes), rounded up, and ``gpu`` (0 for a CPU study).
+    """
+    section = config["resources"]
+    base = section["models"].get(model, section["default"])
+    factors = section["datasets"].get(dataset, {})
+    return {
+        "mem_mb": math.ceil(base["mem_mb"] * factors.get("mem_mb", 1.0) * attempt),
+        "runtime": math.ceil(base["runtime"] * factors.get("runtime", 1.0) * attempt),
+        "gpu": section["gpu"],
+    }
+
+
 def validate(config: dict[str, Any]) -> None:
     """Check what a schema cannot: names parse, references resolve, values are in range.
 
@@ -329,6 +360,12 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"checkpoint_every: must be an integer >= 0 (optimizer steps between resume states, 0 for none), got {every!r}"
         )
+    for section in ("models", "datasets"):
+        for name in config["resources"][section]:
+            if name not in config[section]:
+                raise ConfigError(
+                    f"resources.{section}: unknown {section[:-1]} {name!r}; the {section} section defines {sorted(config[section])}"
+                )
     try:
         export = ExportConfig(**config.get("export", {}))
         for model in selected["models"]:
