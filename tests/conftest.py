@@ -35,7 +35,8 @@ TINY_CONFIG = REPO / "tests" / "tiny_config.yaml"
 def tiny_study(tmp_path_factory):
     """The tiny study built locally to paper.pdf, once per session: its working directory.
 
-    Tests read it and may plan (``-n``) in it, but must not change it.
+    Tests read it and may plan (``-n``) in it, or build further targets (the submission archive),
+    but must not change what is there.
     """
     if shutil.which("latexmk") is None or shutil.which("pdftotext") is None:
         pytest.fail("latexmk and pdftotext are required: `make test` installs them")

@@ -52,7 +52,7 @@ def test_pretrain_run_uses_pretrain_budget(demo_config):
         (lambda c: c.update(by_dataset={"cifar11": {}}), "by_dataset: unknown dataset 'cifar11'"),
         (
             lambda c: c.update(by_dataset={"digits": {"methods": {"lora": {"dropout": 2.0}}}}),
-            "'lora_r2' on digits: lora_r2: dropout must be in [0, 1), got 2.0",
+            "by_dataset.digits.methods: 'lora_r2': lora_r2: dropout must be in [0, 1), got 2.0",
         ),
         (lambda c: c.update(by_dataset={"digits": {"train": {"epochs": 0}}}), "by_dataset.<dataset>.train"),
         (lambda c: c["models"]["deit_tiny"].update(img_size=18), "not a multiple of patch_size"),

@@ -44,15 +44,15 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tiny_study, tmp_path):
     assert f"{metrics['test_top1']:.1f}" in text  # the results table's mean over the one seed
     assert "Tiny end-to-end test of the vitpeft pipeline" in text
     for name in ("accuracy_vs_params", "accuracy_vs_memory", "adalora_ranks", "resources", "rank_ablation"):
-        assert (tmp_path / "results" / "paper" / f"{name}.pdf").read_bytes().startswith(b"%PDF-"), name
-    checklist = json.loads((tmp_path / "results" / "analysis" / "checklist.json").read_text())
+        assert (tiny_study / "results" / "paper" / f"{name}.pdf").read_bytes().startswith(b"%PDF-"), name
+    checklist = json.loads((tiny_study / "results" / "analysis" / "checklist.json").read_text())
     assert checklist["cells"] == {"expected": 7, "complete": 7} and checklist["provenance_gaps"] == []
     assert checklist["passed"] and "Submission checklist" in text
 
     # the submission package bundles the paper with what is behind it: only its own job runs
     result = subprocess.run([*cmd, "results/submission.tar.gz"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-5000:]
-    with tarfile.open(tmp_path / "results" / "submission.tar.gz") as archive:
+    with tarfile.open(tiny_study / "results" / "submission.tar.gz") as archive:
         names = archive.getnames()
     assert {"submission/paper.pdf", "submission/SHA256SUMS", "submission/tables/runs.csv"} <= set(names)
     assert "submission/best_runs/digits/qalora4_r8/deit_tiny/seed0/checkpoint.safetensors" in names

@@ -344,17 +344,21 @@ def validate(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"by_dataset: unknown dataset {dataset!r}; the datasets section defines {sorted(config['datasets'])}"
             )
-    for method in study_methods(config):
-        for dataset in selected["datasets"]:
-            hyperparameters = merged(
-                config.get("methods", {}), config.get("by_dataset", {}).get(dataset, {}).get("methods", {})
+    widths = {model: model_spec(config, model).block_widths() for model in selected["models"]}
+    variants = {f"{key}.methods": config.get("methods", {})}  # the hyperparameters, and per dataset
+    for dataset in selected["datasets"]:
+        if "methods" in config.get("by_dataset", {}).get(dataset, {}):
+            variants[f"by_dataset.{dataset}.methods"] = merged(
+                config.get("methods", {}), config["by_dataset"][dataset]["methods"]
             )
+    for method in study_methods(config):
+        for where, hyperparameters in variants.items():
             try:
                 method_cfg = method_config(method, hyperparameters)
-                for model in selected["models"]:
-                    method_cfg.check_widths(model_spec(config, model).block_widths(), model=model)
+                for model, model_widths in widths.items():
+                    method_cfg.check_widths(model_widths, model=model)
             except (ValueError, TypeError) as err:
-                raise ConfigError(f"{key}.methods: {method!r} on {dataset}: {err}") from err
+                raise ConfigError(f"{where}: {method!r}: {err}") from err
     every = config.get("checkpoint_every", 0)
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise ConfigError(
