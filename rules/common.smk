@@ -5,7 +5,13 @@ from pathlib import Path
 import vitpeft.config as study_config
 from vitpeft.data.sources import ARCHIVES, archive_md5, archive_url
 from vitpeft.io import canonical
-from vitpeft.methods import METHOD_WILDCARD, method_config
+from vitpeft.methods import (
+    METHOD_WILDCARD,
+    INT_EXPORT_FAMILIES,
+    method_config,
+    method_wildcard,
+)
+from vitpeft.methods import METHODS as METHODS_BY_FAMILY
 
 study_config.load(
     config

@@ -5,9 +5,10 @@ Every run leaves two deployable models:
 - **float**: the adapters merged into an fp32 base. LoRA and AdaLoRA through peft's
   ``merge_and_unload``; QLoRA by dequantizing the bitsandbytes base first, then merging (peft would
   re-quantize the merged weights to NF4); QA-LoRA as its exact INT-N merge, dequantized.
-- **int**: the INT-N model a deployment would ship. QA-LoRA's exact merge keeps its codes; every
-  other method takes the naive route, its float merge quantized afterwards to the same bits and
-  group size (``export.requantize_*``). Comparing the two is the study's quantization table.
+- **int**: the INT-N model a deployment would ship. QA-LoRA's exact merge keeps its codes (and is
+  exported as INT-N ONNX); every other method takes the naive route, its float merge quantized
+  afterwards to the same bits and group size (``export.requantize_*``), evaluated in PyTorch.
+  Comparing the two is the study's quantization table.
 
 The checks compare logits on the held-out test split between the unmerged model, the merged one
 and ONNX Runtime, for both exports, and count flipped predictions; a difference beyond tolerance
@@ -29,7 +30,7 @@ from torch import nn
 
 from vitpeft.config import ExportConfig
 from vitpeft.io import atomic_path, write_json
-from vitpeft.methods import parse_method_name
+from vitpeft.methods import INT_EXPORT_FAMILIES, parse_method_name
 from vitpeft.quant import bnb, replace_block_linears
 from vitpeft.quant.groupwise import GroupQuantLinear
 from vitpeft.quant.onnx_int import export_int_onnx, export_onnx, integer_weight_types, session
@@ -136,8 +137,9 @@ def export_run(
 ) -> dict[str, Any]:
     """Merge, save and check one finished run; write ``report.json`` last, into ``out_dir``.
 
-    Writes ``model.safetensors`` + ``model.json`` (the float merge and how to rebuild it),
-    ``model.onnx`` (float) and ``model_int.onnx`` (INT-N codes). Every model is run on the whole
+    Writes ``model.safetensors`` + ``model.json`` (the float merge and how to rebuild it) and
+    ``model.onnx`` (float); for a method whose merge is INT-N (QA-LoRA) also ``model_int.onnx``
+    (the integer codes). The naive route's INT-N model is evaluated in PyTorch only. Every model is run on the whole
     test split, which training never saw: logit gaps, prediction flips and top-1 come from it.
 
     Raises:
@@ -153,11 +155,12 @@ def export_run(
         restored.splits["test"],
     )
     family, fields = parse_method_name(run.method.name)
+    exact_int = family in INT_EXPORT_FAMILIES  # the trained model is INT-N: ship its codes as ONNX
     size = run.train.eval_batch_size
     batches = [preprocess(test.images[i : i + size], train=False) for i in range(0, len(test), size)]
 
     merged = merge(unmerged, run.method.name)
-    if family == "qalora":
+    if exact_int:
         int_model, float_model = merged, dequantized(merged)
         int_format = {"route": "exact merge", "bits": run.method.bits, "group_size": run.method.group_size}
     else:
@@ -170,24 +173,27 @@ def export_run(
         }
     save_merged(float_model, run, out_dir)
     export_onnx(float_model, batches[0][:2], out_dir / "model.onnx")
-    int_format["layers"] = export_int_onnx(int_model, batches[0][:2], out_dir / "model_int.onnx")
-    int_format["onnx_weight_types"] = integer_weight_types(out_dir / "model_int.onnx")
+    files = {"safetensors": out_dir / "model.safetensors", "onnx": out_dir / "model.onnx"}
+    if exact_int:
+        files["int_onnx"] = out_dir / "model_int.onnx"
+        int_format["layers"] = export_int_onnx(int_model, batches[0][:2], files["int_onnx"])
+        int_format["onnx_weight_types"] = integer_weight_types(files["int_onnx"])
 
     logits = {
         "unmerged": _torch_logits(unmerged, batches),
         "merged": _torch_logits(float_model, batches),
-        "onnx": _onnx_logits(out_dir / "model.onnx", batches),
+        "onnx": _onnx_logits(files["onnx"], batches),
         "int": _torch_logits(int_model, batches),
-        "int_onnx": _onnx_logits(out_dir / "model_int.onnx", batches),
     }
     merge_rtol = cfg.int8_kernel_rtol if family == "qlora" and fields["bits"] == 8 else cfg.logit_rtol
     checked = {
         "merged_vs_unmerged": compare(logits["unmerged"], logits["merged"], merge_rtol),
         "onnx_vs_merged": compare(logits["merged"], logits["onnx"], cfg.logit_rtol),
-        "int_onnx_vs_int": compare(logits["int"], logits["int_onnx"], cfg.logit_rtol),
     }
-    if family == "qalora":  # the exact merge: the INT-N model is the trained one
+    if exact_int:  # the INT-N model is the trained one, in PyTorch and in ONNX Runtime
+        logits["int_onnx"] = _onnx_logits(files["int_onnx"], batches)
         checked["int_vs_unmerged"] = compare(logits["unmerged"], logits["int"], cfg.logit_rtol)
+        checked["int_onnx_vs_int"] = compare(logits["int"], logits["int_onnx"], cfg.logit_rtol)
     labels = test.labels.cpu().numpy()
     report = {
         "method": run.method.name,
@@ -199,11 +205,7 @@ def export_run(
         "logits": checked,
         "int_vs_unmerged": logit_gap(logits["unmerged"], logits["int"]),  # what quantization costs
         "test_top1": {k: 100.0 * float((v.argmax(1) == labels).mean()) for k, v in logits.items()},
-        "bytes": {
-            "safetensors": (out_dir / "model.safetensors").stat().st_size,
-            "onnx": (out_dir / "model.onnx").stat().st_size,
-            "int_onnx": (out_dir / "model_int.onnx").stat().st_size,
-        },
+        "bytes": {name: path.stat().st_size for name, path in files.items()},
         "tolerances": asdict(cfg),
     }
     failed = [

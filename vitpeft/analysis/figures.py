@@ -30,11 +30,14 @@ FRONTIER_COLOUR = "#7f7f7f"
 SIGNIFICANCE = 0.05  # Holm-corrected p below which the rank-ablation figure marks a rank
 
 
-def save(fig, out_pdf: str | Path) -> None:
-    """Write a figure as a vector PDF, atomically, and free it."""
+def save(fig, out_pdf: str | Path | None):
+    """Write a figure as a vector PDF, atomically, and free it; without a path, return it (notebooks)."""
+    if out_pdf is None:
+        return fig
     with atomic_path(out_pdf) as tmp:
         fig.savefig(tmp, format="pdf")
     plt.close(fig)
+    return None
 
 
 def placeholder(message: str, out_pdf: str | Path) -> None:
@@ -77,9 +80,7 @@ def ci_bar(row: pd.Series, metric: str = "test_top1"):
     return None if np.isnan(half) else [[half], [half]]
 
 
-def accuracy_vs_cost(
-    cell_stats: pd.DataFrame, cost: str, xlabel: str, out_pdf: str | Path, log: bool
-) -> None:
+def accuracy_vs_cost(cell_stats: pd.DataFrame, cost: str, xlabel: str, out_pdf: str | Path | None, log: bool):
     """Test top-1 (mean and 95% CI over seeds) against a cost column, one panel per dataset x model,
     with the Pareto frontier: the best accuracy reachable at each cost."""
     apply_style()
@@ -121,15 +122,15 @@ def accuracy_vs_cost(
         ax.set_ylabel("test top-1 (%)")
         ax.set_title(f"{model} on {dataset}")
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    save(fig, out_pdf)
+    return save(fig, out_pdf)
 
 
-def accuracy_vs_params(cell_stats: pd.DataFrame, out_pdf: str | Path) -> None:
-    accuracy_vs_cost(cell_stats, "trainable_params", "trainable parameters", out_pdf, log=True)
+def accuracy_vs_params(cell_stats: pd.DataFrame, out_pdf: str | Path | None):
+    return accuracy_vs_cost(cell_stats, "trainable_params", "trainable parameters", out_pdf, log=True)
 
 
-def accuracy_vs_memory(cell_stats: pd.DataFrame, out_pdf: str | Path) -> None:
-    accuracy_vs_cost(cell_stats, "peak_mem_mb", "peak training memory (MiB)", out_pdf, log=False)
+def accuracy_vs_memory(cell_stats: pd.DataFrame, out_pdf: str | Path | None):
+    return accuracy_vs_cost(cell_stats, "peak_mem_mb", "peak training memory (MiB)", out_pdf, log=False)
 
 
 def convergence(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str | Path) -> None:

@@ -38,9 +38,9 @@ def tex_escape(text: Any) -> str:
 
 
 def fmt(value: float, digits: int = 1) -> str:
-    return (
-        "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-    )
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: a mean of -1e-15 prints as 0.0, not -0.0
 
 
 def fmt_count(value: float) -> str:

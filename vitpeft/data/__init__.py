@@ -20,7 +20,7 @@ from vitpeft.data.arrays import stratified_holdout, stratified_split, write_spli
 from vitpeft.data.digits import build_digits
 from vitpeft.data.download import verify_md5
 from vitpeft.data.shapes import build_shapes
-from vitpeft.data.sources import ARCHIVES, DATASET_KINDS, archive_md5, archive_url, check_kind
+from vitpeft.data.sources import ARCHIVES, DATASET_KINDS, archive_md5, archive_url
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def prepare_dataset(
         out_dir: folder that receives ``{train,val,test}.npz`` and ``manifest.json``.
         archive: the downloaded archive, for kinds that come from one; its MD5 is checked again.
     """
-    check_kind(spec["kind"])
+    if spec["kind"] not in DATASETS:
+        raise ValueError(f"unknown dataset kind {spec['kind']!r}; known: {list(DATASETS)}")
     kind = DATASETS[spec["kind"]]
     seed, val_fraction = spec["split_seed"], spec["val_fraction"]
     source: dict[str, Any] = {"split_seed": seed, "val_fraction": val_fraction}

@@ -45,8 +45,16 @@ METHODS: dict[str, MethodEntry] = {
     ),
 }
 
+
+def method_wildcard(families) -> str:
+    """A regex (no named groups, for Snakemake wildcards) of every name these families answer to."""
+    return re.sub(r"\?P<\w+>", "", "|".join(f"(?:{METHODS[f].pattern})" for f in families))
+
+
 # Snakemake's wildcard constraint for {method}: any name some family could answer to.
-METHOD_WILDCARD = re.sub(r"\?P<\w+>", "", "|".join(f"(?:{e.pattern})" for e in METHODS.values()))
+METHOD_WILDCARD = method_wildcard(METHODS)
+# Families whose trained model is itself INT-N, so its export includes an integer ONNX file.
+INT_EXPORT_FAMILIES = ("qalora",)
 
 
 def parse_method_name(name: str) -> tuple[str, dict[str, int]]:
