@@ -40,37 +40,16 @@ UP_TO_CELLS = {
     "export_int": INT_RUNS,
     "cell": CELLS,
 }
+ANALYSIS = {"aggregate": 1, "stats": 1, "figures": 1, "tables": 1, "checklist": 1, "paper": 1}
+UP_TO_PAPER = {**UP_TO_CELLS, **ANALYSIS}
 ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export": SEEDS, "cell": 1}
 
 
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        (
-            "paper.pdf",
-            {
-                **UP_TO_CELLS,
-                "aggregate": 1,
-                "stats": 1,
-                "figures": 1,
-                "tables": 1,
-                "checklist": 1,
-                "paper": 1,
-            },
-        ),
-        (
-            "results/submission.tar.gz",
-            {
-                **UP_TO_CELLS,
-                "aggregate": 1,
-                "stats": 1,
-                "figures": 1,
-                "tables": 1,
-                "checklist": 1,
-                "paper": 1,
-                "submission": 1,
-            },
-        ),
+        ("paper.pdf", UP_TO_PAPER),
+        ("results/submission.tar.gz", {**UP_TO_PAPER, "submission": 1}),
         ("results/lora_r8_digits", ONE_CELL),
         ("results/qlora4_r8_digits", ONE_CELL),
         ("results/adalora_r8_digits", ONE_CELL),
@@ -119,15 +98,7 @@ def test_a_partial_study_builds_its_paper_from_the_finished_cells_only(tmp_path)
     plan = snakemake("-n", "paper.pdf", workdir=tmp_path, configfile=path).stdout
     # Only the finished cell goes into the paper; none of the other cells is planned. (Its runs are
     # not in this empty folder, so Snakemake would rebuild that one cell.)
-    assert planned_jobs(plan) == {
-        **ONE_CELL,
-        "aggregate": 1,
-        "stats": 1,
-        "figures": 1,
-        "tables": 1,
-        "checklist": 1,
-        "paper": 1,
-    }
+    assert planned_jobs(plan) == {**ONE_CELL, **ANALYSIS}
     assert "output: results/lora_r8_digits" in plan
 
 

@@ -11,8 +11,8 @@ Every run leaves two deployable models:
   Comparing the two is the study's quantization table.
 
 The checks compare logits on the held-out test split between the unmerged model, the merged one
-and ONNX Runtime, for both exports, and count flipped predictions; a difference beyond tolerance
-fails the export with the numbers in the message.
+and ONNX Runtime (and, for QA-LoRA, its INT-N model in PyTorch and in ONNX Runtime), and count
+flipped predictions; a difference beyond tolerance fails the export with the numbers in the message.
 """
 
 from __future__ import annotations
