@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from vitpeft.io import atomic_path
-from vitpeft.quant.groupwise import GroupQuantLinear
+from vitpeft.quant.groupwise import GroupQuantLinear, dequantize
 
 OPSET = 21  # the first opset with blocked DequantizeLinear and 4-bit integer types
 
@@ -37,11 +37,10 @@ class _ExportIntLinear(nn.Module):
     def __init__(self, layer: GroupQuantLinear):
         super().__init__()
         self.group_size, self.bits = layer.group_size, layer.bits
+        # plain tensors, not buffers: the exporter must not see them; they replace weight_t afterwards
         self.codes, self.scales = layer.codes.detach(), layer.scales.detach()
-        scaled = (
-            layer.codes.float().reshape(layer.out_features, -1, layer.group_size) * layer.scales[..., None]
-        )
-        self.weight_t = nn.Parameter(scaled.reshape(layer.out_features, layer.in_features).T.contiguous())
+        scaled = dequantize(layer.codes, layer.scales, torch.zeros_like(layer.zeros))  # scale * code
+        self.weight_t = nn.Parameter(scaled.T.contiguous())  # (in, out), as MatMul consumes it
         self.zeros_t = nn.Parameter(layer.zeros.detach().T.contiguous())  # (in / g, out)
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
 
