@@ -21,7 +21,7 @@ from vitpeft.data import arrays
 from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.io import atomic_path, config_hash, provenance, read_json, sha256_file, write_json
 from vitpeft.methods import prepare_model
-from vitpeft.methods.base import MethodContext
+from vitpeft.methods.base import MethodContext, Prepared
 from vitpeft.models import count_parameters, create_model, save_backbone
 from vitpeft.resume import ResumeFile
 from vitpeft.train import History, Split, evaluate, fit, peak_memory_mb, steps_per_epoch
@@ -99,9 +99,15 @@ def resume_file(
     return ResumeFile(path, every, key)
 
 
-def _train(run: RunConfig, data_dir, backbone, threads, desc, resume: ResumeFile) -> Trained:
-    seed_everything(run.seed, threads)
-    device = default_device()
+def _set_up(
+    run: RunConfig, data_dir, backbone, device: torch.device, probe: bool
+) -> tuple[Prepared, dict[str, Split], BatchPreprocessor]:
+    """The run's data on ``device`` and its model as the method prepares it, before any training.
+
+    Args:
+        probe: hand the method a fixed validation batch for its numerical checks (quantization
+            error); not needed to rebuild a finished run.
+    """
     splits = load_splits(data_dir, device)
     num_classes = len(arrays.load_manifest(data_dir)["class_names"])
     model = build_model(run, num_classes, backbone).to(device)
@@ -109,10 +115,17 @@ def _train(run: RunConfig, data_dir, backbone, threads, desc, resume: ResumeFile
     context = MethodContext(
         total_steps=run.train.epochs * steps_per_epoch(len(splits["train"]), run.train),
         device=device,
-        probe_batch=preprocess(splits["val"].images[:PROBE_SIZE], train=False),
+        probe_batch=preprocess(splits["val"].images[:PROBE_SIZE], train=False) if probe else None,
     )
     prepared = prepare_model(model, run.method, context)
     prepared.model.to(device)
+    return prepared, splits, preprocess
+
+
+def _train(run: RunConfig, data_dir, backbone, threads, desc, resume: ResumeFile) -> Trained:
+    seed_everything(run.seed, threads)
+    device = default_device()
+    prepared, splits, preprocess = _set_up(run, data_dir, backbone, device, probe=True)
     params = count_parameters(prepared.model)
     print(f"{desc}: {params['trainable']:,} trainable of {params['total']:,} parameters", file=sys.stderr)
     started = time.perf_counter()
@@ -267,14 +280,8 @@ def load_trained(
     run = RunConfig.from_dict(read_json(run_dir / "config.json"))
     seed_everything(run.seed)
     device = torch.device(device)
-    splits = load_splits(data_dir, device)
-    num_classes = len(arrays.load_manifest(data_dir)["class_names"])
-    model = build_model(run, num_classes, backbone).to(device)
-    preprocess = preprocessor(model, run)
-    context = MethodContext(
-        total_steps=run.train.epochs * steps_per_epoch(len(splits["train"]), run.train), device=device
-    )
-    model = prepare_model(model, run.method, context).model.to(device)
+    prepared, splits, preprocess = _set_up(run, data_dir, backbone, device, probe=False)
+    model = prepared.model
     state = load_file(str(run_dir / "checkpoint.safetensors"), device=str(device))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(state) != trainable:
