@@ -19,7 +19,7 @@ from typing import Any
 from vitpeft.data.sources import check_kind
 from vitpeft.methods import config_from_dict, method_config
 from vitpeft.methods.base import MethodConfig
-from vitpeft.methods.qalora import QALORA_BITS
+from vitpeft.quant import INT_BITS, check_groups
 
 SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
 TRANSFER_BASELINE = "scratch"
@@ -163,20 +163,15 @@ class ExportConfig:
     requantize_group_size: int = 16
 
     def __post_init__(self):
-        if self.requantize_bits not in QALORA_BITS:
+        if self.requantize_bits not in INT_BITS:
             raise ValueError(
-                f"export.requantize_bits must be one of {QALORA_BITS}, got {self.requantize_bits!r}"
+                f"export.requantize_bits must be one of {INT_BITS}, got {self.requantize_bits!r}"
             )
         if not self.requantize_group_size > 0:
             raise ValueError(f"export.requantize_group_size must be > 0, got {self.requantize_group_size!r}")
 
     def check_widths(self, in_features: dict[str, int], model: str) -> None:
-        for path, width in in_features.items():
-            if width % self.requantize_group_size:
-                raise ValueError(
-                    f"export.requantize_group_size {self.requantize_group_size} does not divide "
-                    f"in_features {width} of {model}'s {path}"
-                )
+        check_groups(in_features, self.requantize_group_size, f"export.requantize_group_size on {model}")
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING
 
 from vitpeft.methods.base import MethodContext, Prepared, head_parameter_count
 from vitpeft.methods.lora import LoraConfig, target_layers
+from vitpeft.quant import INT_BITS, check_groups
 
 if TYPE_CHECKING:
     from torch import nn
-
-QALORA_BITS = (2, 3, 4, 8)  # the same set as vitpeft.quant.groupwise.SUPPORTED_BITS (torch-free here)
 
 
 @dataclass(frozen=True)
@@ -37,18 +36,14 @@ class QALoraConfig(LoraConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.bits not in QALORA_BITS:
-            raise ValueError(f"{self.name}: bits must be one of {QALORA_BITS}, got {self.bits!r}")
+        if self.bits not in INT_BITS:
+            raise ValueError(f"{self.name}: bits must be one of {INT_BITS}, got {self.bits!r}")
         if not (isinstance(self.group_size, int) and self.group_size > 0):
             raise ValueError(f"{self.name}: group_size must be a positive integer, got {self.group_size!r}")
 
     def check_widths(self, in_features: dict[str, int], model: str = "model") -> None:
+        check_groups(in_features, self.group_size, f"{self.name} on {model}")
         for path, width in in_features.items():
-            if width % self.group_size:
-                raise ValueError(
-                    f"{self.name} on {model}: group_size {self.group_size} does not divide "
-                    f"in_features {width} of {path}"
-                )
             if path in self.target_modules and self.r > width // self.group_size:
                 raise ValueError(
                     f"{self.name} on {model}: rank {self.r} exceeds the pooled dimension "

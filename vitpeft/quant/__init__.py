@@ -1,13 +1,28 @@
-"""Quantized frozen bases: bitsandbytes layers (QLoRA) and the group-wise INT-N quantizer (QA-LoRA)."""
+"""Quantized frozen bases: bitsandbytes layers (QLoRA) and the group-wise INT-N quantizer (QA-LoRA).
+
+This package's top level imports no torch, so that the config checks below run when the workflow loads.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 QUANTIZABLE = re.compile(r"blocks\.\d+\..+")  # every Linear inside a transformer block; not the head
+INT_BITS = (2, 3, 4, 8)  # code widths of the group-wise quantizer
+
+
+def check_groups(widths: dict[str, int], group_size: int, where: str) -> None:
+    """Raise ``ValueError`` naming the layer and values unless ``group_size`` divides every width."""
+    for path, width in widths.items():
+        if width % group_size:
+            raise ValueError(
+                f"{where}: group_size {group_size} does not divide in_features {width} of {path}"
+            )
 
 
 def replace_block_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module]) -> list[str]:
@@ -15,6 +30,8 @@ def replace_block_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.
 
     The head, norms, patch embedding and tokens stay as they are. Returns the replaced paths.
     """
+    from torch import nn
+
     replaced = []
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):

@@ -17,17 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SUPPORTED_BITS = (2, 3, 4, 8)
+from vitpeft.quant import INT_BITS, check_groups
 
 
 def check_quantization(in_features: int, bits: int, group_size: int, where: str = "layer") -> None:
     """Raise ``ValueError`` naming the values unless ``bits`` is supported and ``g`` divides the width."""
-    if bits not in SUPPORTED_BITS:
-        raise ValueError(f"{where}: bits must be one of {SUPPORTED_BITS}, got {bits!r}")
+    if bits not in INT_BITS:
+        raise ValueError(f"{where}: bits must be one of {INT_BITS}, got {bits!r}")
     if not (isinstance(group_size, int) and group_size > 0):
         raise ValueError(f"{where}: group_size must be a positive integer, got {group_size!r}")
-    if in_features % group_size:
-        raise ValueError(f"{where}: group_size {group_size} does not divide in_features {in_features}")
+    check_groups({"the layer": in_features}, group_size, where)
 
 
 @torch.no_grad()
