@@ -31,7 +31,7 @@ from torch import nn
 from vitpeft.config import ExportConfig
 from vitpeft.io import atomic_path, write_json
 from vitpeft.methods import INT_EXPORT_FAMILIES, parse_method_name
-from vitpeft.quant import bnb, replace_block_linears
+from vitpeft.quant import bnb, replace_block_linears, replace_modules
 from vitpeft.quant.groupwise import GroupQuantLinear
 from vitpeft.quant.onnx_int import export_int_onnx, export_onnx, integer_weight_types, session
 from vitpeft.runs import load_trained
@@ -61,15 +61,15 @@ def _dequantize_then_merge(peft_model: nn.Module) -> None:
     """Replace each bitsandbytes layer, adapted or not, by an fp32 Linear holding W (+ ΔW)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for parent in list(peft_model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, BaseTunerLayer) and bnb.is_bnb_linear(child.get_base_layer()):
-                linear = bnb.to_float_linear(child.get_base_layer())
-                for adapter in child.active_adapters:
-                    linear.weight.data += child.get_delta_weight(adapter).float()
-                setattr(parent, child_name, linear)
-            elif bnb.is_bnb_linear(child):
-                setattr(parent, child_name, bnb.to_float_linear(child))
+    def float_layer(_: str, module: nn.Module) -> nn.Linear | None:
+        if isinstance(module, BaseTunerLayer) and bnb.is_bnb_linear(module.get_base_layer()):
+            linear = bnb.to_float_linear(module.get_base_layer())
+            for adapter in module.active_adapters:
+                linear.weight.data += module.get_delta_weight(adapter).float()
+            return linear
+        return bnb.to_float_linear(module) if bnb.is_bnb_linear(module) else None
+
+    replace_modules(peft_model, float_layer)
 
 
 def requantize(model: nn.Module, bits: int, group_size: int) -> nn.Module:
@@ -82,10 +82,7 @@ def requantize(model: nn.Module, bits: int, group_size: int) -> nn.Module:
 def dequantized(model: nn.Module) -> nn.Module:
     """An INT-N model with its GroupQuantLinear layers turned back into fp32 Linears."""
     model = copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, GroupQuantLinear):
-                setattr(parent, child_name, child.to_linear())
+    replace_modules(model, lambda _, m: m.to_linear() if isinstance(m, GroupQuantLinear) else None)
     return model
 
 

@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from vitpeft.quant import replace_modules
 from vitpeft.quant.groupwise import GroupQuantLinear
 
 
@@ -67,10 +68,4 @@ class QALoraLinear(nn.Module):
 
 def merge_qalora(model: nn.Module) -> list[str]:
     """Replace every :class:`QALoraLinear` in ``model`` by its exact INT-N merge, in place."""
-    merged = []
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, QALoraLinear):
-                setattr(parent, child_name, child.merged())
-                merged.append(f"{parent_name}.{child_name}" if parent_name else child_name)
-    return merged
+    return replace_modules(model, lambda _, m: m.merged() if isinstance(m, QALoraLinear) else None)

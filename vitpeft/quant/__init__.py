@@ -25,6 +25,25 @@ def check_groups(widths: dict[str, int], group_size: int, where: str) -> None:
             )
 
 
+def replace_modules(
+    module: nn.Module, make: Callable[[str, nn.Module], nn.Module | None], prefix: str = ""
+) -> list[str]:
+    """Replace every submodule for which ``make(path, submodule)`` returns a module, in place.
+
+    A replaced submodule's own children are not visited. Returns the replaced paths.
+    """
+    replaced = []
+    for name, child in list(module.named_children()):
+        path = f"{prefix}.{name}" if prefix else name
+        new = make(path, child)
+        if new is None:
+            replaced += replace_modules(child, make, path)
+        else:
+            setattr(module, name, new)
+            replaced.append(path)
+    return replaced
+
+
 def replace_block_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module]) -> list[str]:
     """Replace every plain ``nn.Linear`` inside the transformer blocks by ``make(path, linear)``.
 
@@ -32,13 +51,10 @@ def replace_block_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.
     """
     from torch import nn
 
-    replaced = []
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            path = f"{parent_name}.{child_name}" if parent_name else child_name
-            if type(child) is nn.Linear and QUANTIZABLE.fullmatch(path):
-                setattr(parent, child_name, make(path, child))
-                replaced.append(path)
+    def block_linear(path: str, module: nn.Module) -> nn.Module | None:
+        return make(path, module) if type(module) is nn.Linear and QUANTIZABLE.fullmatch(path) else None
+
+    replaced = replace_modules(model, block_linear)
     if not replaced:
         raise ValueError("no Linear layer inside the transformer blocks to quantize")
     return replaced

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from vitpeft.io import atomic_path
+from vitpeft.quant import replace_modules
 from vitpeft.quant.groupwise import GroupQuantLinear, dequantize
 
 OPSET = 21  # the first opset with blocked DequantizeLinear and 4-bit integer types
@@ -51,13 +52,15 @@ class _ExportIntLinear(nn.Module):
 
 def _stand_in(model: nn.Module) -> tuple[nn.Module, dict[str, _ExportIntLinear]]:
     model = copy.deepcopy(model).cpu().eval()
-    layers = {}
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, GroupQuantLinear):
-                path = f"{parent_name}.{child_name}" if parent_name else child_name
-                layers[path] = _ExportIntLinear(child)
-                setattr(parent, child_name, layers[path])
+    layers: dict[str, _ExportIntLinear] = {}
+
+    def stand_in(path: str, module: nn.Module) -> _ExportIntLinear | None:
+        if isinstance(module, GroupQuantLinear):
+            layers[path] = _ExportIntLinear(module)
+            return layers[path]
+        return None
+
+    replace_modules(model, stand_in)
     if not layers:
         raise ValueError("the model has no GroupQuantLinear layer to export as integers")
     return model, layers
