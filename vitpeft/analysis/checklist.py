@@ -96,6 +96,7 @@ def checklist(
     incomplete = check_cells(coverage, partial)
     gaps = provenance_gaps(runs)
     files = [{"name": Path(p).name, "present": artifact_present(p)} for p in artifacts]
+    artifacts_ok = all(f["present"] for f in files)
     dirty = int(runs["git_dirty"].fillna(False).astype(bool).sum()) if "git_dirty" in runs else 0
     return {
         "partial": partial,
@@ -103,13 +104,13 @@ def checklist(
         "seeds_per_cell": len(study["seeds"]),
         "incomplete_cells": incomplete,
         "artifacts": files,
-        "artifacts_ok": all(f["present"] for f in files),
+        "artifacts_ok": artifacts_ok,
         "runs": len(runs),
         "provenance_fields": list(PROVENANCE_FIELDS.values()),
         "provenance_gaps": gaps,
         "commits": sorted(runs["git_commit"].dropna().unique().tolist()) if "git_commit" in runs else [],
         "dirty_runs": dirty,
-        "passed": not incomplete and not gaps and all(f["present"] for f in files),
+        "passed": not incomplete and not gaps and artifacts_ok,
     }
 
 
