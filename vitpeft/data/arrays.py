@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from vitpeft.io import atomic_path, read_json, sha256_file, write_json
 
@@ -21,6 +20,10 @@ SPLITS = ("train", "val", "test")
 
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted indices ``(keep, holdout)`` with ``fraction`` of every class held out, reproducibly."""
+    # Imported here: scikit-learn takes most of a second to import, and only data preparation needs
+    # it, while every training job and every parse of the Snakefile imports this package.
+    from sklearn.model_selection import train_test_split
+
     index = np.arange(len(labels))
     keep, holdout = train_test_split(index, test_size=fraction, stratify=labels, random_state=seed)
     return np.sort(keep), np.sort(holdout)
