@@ -1,6 +1,19 @@
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 
-from vitpeft.io import atomic_path, atomic_write, canonical, config_hash, read_json, write_json
+from vitpeft.io import (
+    atomic_path,
+    atomic_write,
+    canonical,
+    config_hash,
+    read_json,
+    remove_partial_writes,
+    write_json,
+)
 
 
 def test_atomic_write_keeps_old_content_when_writer_fails(tmp_path):
@@ -18,6 +31,35 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
         tmp.write_bytes(b"partial")
         raise ValueError
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_writer_killed_mid_write_leaves_a_partial_file_that_the_rerun_removes(tmp_path):
+    writer = (
+        "import sys, time\n"
+        "from vitpeft.io import atomic_path, atomic_write\n"
+        "with atomic_write(sys.argv[1] + '/metrics.json') as handle, "
+        "atomic_path(sys.argv[1] + '/model.onnx') as tmp:\n"
+        "    handle.write('{\"half\": ')\n"
+        "    handle.flush()\n"
+        "    tmp.write_bytes(b'partial')\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    kept = [tmp_path / "metrics.csv", tmp_path / ".hidden", tmp_path / "sub"]
+    kept[0].write_text("x")
+    kept[1].write_text("x")
+    kept[2].mkdir()
+    (kept[2] / ".other.partial.abc.tmp").write_text("below the folder: not this job's")
+    process = subprocess.Popen([sys.executable, "-c", writer, str(tmp_path)], stdout=subprocess.PIPE)
+    try:
+        assert process.stdout.readline() == b"writing\n"
+        os.kill(process.pid, signal.SIGKILL)  # no finally, no except: the temp files stay
+    finally:
+        process.wait(timeout=30)
+    left = {p.name for p in tmp_path.iterdir()} - {p.name for p in kept}
+    assert len(left) == 2 and all(name.startswith((".metrics.json.", ".model.onnx.")) for name in left)
+    assert sorted(p.name for p in remove_partial_writes(tmp_path)) == sorted(left)
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
 
 
 def test_config_hash_is_order_independent():

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vitpeft.config import ExportConfig
-from vitpeft.io import atomic_path, write_json
+from vitpeft.io import atomic_path, remove_partial_writes, write_json
 from vitpeft.methods import INT_EXPORT_FAMILIES, parse_method_name
 from vitpeft.quant import bnb, replace_block_linears, replace_modules
 from vitpeft.quant.groupwise import GroupQuantLinear
@@ -144,6 +144,7 @@ def export_run(
     """
     cfg = ExportConfig(**(export or {}))
     out_dir = Path(out_dir)
+    remove_partial_writes(out_dir)
     restored = load_trained(run_dir, data_dir, backbone)
     run, unmerged, preprocess, test = (
         restored.run,

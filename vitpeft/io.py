@@ -31,6 +31,9 @@ def _process_umask() -> int:
 # mkstemp creates 0600 files; results should get the permissions any other file of this user gets.
 FILE_MODE = 0o666 & ~_process_umask()
 
+# Every temporary file of atomic_write and atomic_path is named ".<name>.partial.<random><suffix>".
+PARTIAL_MARK = ".partial."
+
 TRACKED_PACKAGES = ("torch", "torchvision", "timm", "peft", "numpy", "pandas", "snakemake")
 
 
@@ -39,7 +42,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{PARTIAL_MARK}", suffix=".tmp")
     os.chmod(tmp, FILE_MODE)
     try:
         with os.fdopen(fd, mode) as handle:
@@ -58,7 +61,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path for writers that need a file name (torch, numpy, savefig)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{PARTIAL_MARK}", suffix=path.suffix)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -68,6 +71,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a killed writer left in ``folder`` (not below it).
+
+    SIGKILL skips the clean-up in atomic_write and atomic_path. A job calls this on its own output
+    folder before writing, where no other job writes, so a leftover can only be its own.
+    """
+    leftovers = sorted(Path(folder).glob(f".*{PARTIAL_MARK}*"))
+    for leftover in leftovers:
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+    return leftovers
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

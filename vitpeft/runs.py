@@ -19,7 +19,15 @@ from torch import nn
 from vitpeft.config import RunConfig
 from vitpeft.data import arrays
 from vitpeft.data.pipeline import BatchPreprocessor
-from vitpeft.io import atomic_path, config_hash, provenance, read_json, sha256_file, write_json
+from vitpeft.io import (
+    atomic_path,
+    config_hash,
+    provenance,
+    read_json,
+    remove_partial_writes,
+    sha256_file,
+    write_json,
+)
 from vitpeft.methods import prepare_model
 from vitpeft.methods.base import MethodContext, Prepared
 from vitpeft.models import count_parameters, create_model, save_backbone
@@ -173,6 +181,7 @@ def train_run(
     run = RunConfig.from_dict(run_dict)
     out_dir = Path(out_dir)
     desc = f"{run.method.name}/{run.model.name}/{run.dataset}/seed{run.seed}"
+    remove_partial_writes(out_dir)  # a killed attempt's; its resume state, if any, is kept
     resume = resume_file(run_dict, data_dir, backbone, out_dir / RESUME_NAME, checkpoint_every)
     trained = _train(run, data_dir, backbone, threads, desc, resume)
     model, splits, params, history = trained.model, trained.splits, trained.params, trained.history
