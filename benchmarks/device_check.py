@@ -1,13 +1,20 @@
-"""One-command check of every PEFT method on the training device, for machines with a GPU.
+"""One-command check of every PEFT method through our trainer, for machines with a GPU.
 
-For each method it builds the model, applies the method on the device (bitsandbytes quantizes the
-base there), checks the peft layer classes and the trainable count (``prepare_model`` does), runs
-a few AdamW steps under the trainer's precision (bf16 autocast on CUDA), and prints images/s,
-peak memory and model FLOP utilization (FLOPs from torch's FlopCounterMode).
+For each method it builds the model, lets the method prepare it on the device (bitsandbytes
+quantizes the base there; ``prepare_model`` checks the peft layer classes and the trainable count)
+and trains it with ``vitpeft.train.fit``, the trainer every run uses (bf16 autocast and fused
+AdamW on CUDA, ``--compile`` for torch.compile), for a fixed number of steps on random uint8
+images held on the device. A one-step warm-up run goes first (it compiles, and allocates).
+
+Printed per method: images/s of the training steps (the timed run less its validation pass, timed
+apart), peak memory (CUDA max allocated; on CPU the process's peak RSS, which only grows), and
+model FLOP utilization: the FLOPs of one step, counted eagerly by torch's FlopCounterMode (it does
+not see bitsandbytes' own kernels, so the quantized methods' utilization is understated).
 
     python benchmarks/device_check.py                      # deit_small at 224 px, 20 steps per method
     python benchmarks/device_check.py --compile            # the same through torch.compile
-    python benchmarks/device_check.py --img-size 32 --patch-size 4 --steps 2   # a quick CPU smoke run
+    python benchmarks/device_check.py --model deit_tiny --img-size 16 --patch-size 4 --batch-size 8 --steps 2
+                                                           # a quick CPU smoke run
 """
 
 from __future__ import annotations
@@ -19,71 +26,84 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitpeft.config import ModelSpec
+from vitpeft.config import ModelSpec, TrainConfig
+from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.methods import method_config, prepare_model
 from vitpeft.methods.base import MethodContext
 from vitpeft.models import count_parameters, create_model
+from vitpeft.train import Split, evaluate, fit, peak_memory_mb
 
 METHODS = ["full", "linear", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
+CLASSES = 100
 
 
-def check(method: str, args, device: torch.device) -> None:
-    torch.manual_seed(0)
-    model = create_model(ModelSpec(args.model, img_size=args.img_size, patch_size=args.patch_size), 100).to(
-        device
-    )
-    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
-    y = torch.randint(0, 100, (args.batch_size,), device=device)
-    context = MethodContext(total_steps=args.steps + 10, device=device, probe_batch=x[:8])
-    prepared = prepare_model(model, method_config(method), context)
-    model = prepared.model.to(device).train()
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda"
-    )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def random_split(num_images: int, side: int, device: torch.device) -> Split:
+    generator = torch.Generator().manual_seed(num_images)
+    images = torch.randint(0, 256, (num_images, side, side, 3), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, CLASSES, (num_images,), generator=generator)
+    return Split(images.to(device), labels.to(device))
 
-    runner = model
 
-    def step(number: int) -> torch.Tensor:
-        with autocast:
-            loss = F.cross_entropy(runner(x).float(), y)
-            if prepared.extra_loss is not None:
-                loss = loss + prepared.extra_loss()
-        loss.backward()
-        optimizer.step()
-        if prepared.after_step is not None:
-            prepared.after_step(number)
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
+def step_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one forward and backward pass (the optimizer's elementwise work is not counted)."""
     with FlopCounterMode(display=False) as counter:
-        step(1)
-    flops_per_step = counter.get_total_flops()  # counted eagerly: FlopCounterMode sees no compiled graph
-    if args.compile:
-        runner = torch.compile(model)
-        step(1)  # compile outside the timed steps
+        F.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    for number in range(2, args.steps + 2):
-        loss = step(number)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - started
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{method}: loss {loss.item()}")
-    mfu = flops_per_step * args.steps / elapsed / (args.peak_tflops * 1e12)
-    memory = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
-    layer = {
-        type(m).__module__ + "." + type(m).__name__
-        for n, m in model.named_modules()
-        if n.endswith("attn.qkv")
-    }
-    print(
-        f"{method:11s} {args.batch_size * args.steps / elapsed:9.1f} img/s  MFU {100 * mfu:5.1f}%  "
-        f"peak {memory:8.0f} MiB  trainable {count_parameters(model)['trainable']:>10,}  qkv {sorted(layer)[0]}"
+
+
+def check(method: str, args, device: torch.device) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = create_model(ModelSpec(args.model, img_size=args.img_size, patch_size=args.patch_size), CLASSES)
+    model.to(device)
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    preprocess = BatchPreprocessor(args.img_size, mean, std)
+    train = random_split(args.batch_size * args.steps, args.img_size, device)
+    one_batch = Split(train.images[: args.batch_size], train.labels[: args.batch_size])
+    config = method_config(method)
+    probe = preprocess(one_batch.images[:8], train=False)
+    prepared = prepare_model(model, config, MethodContext(args.steps + 1, device, probe_batch=probe))
+    model = prepared.model.to(device)
+    flops = step_flops(model, preprocess(one_batch.images, train=False), one_batch.labels)
+
+    schedule = TrainConfig(
+        epochs=1, batch_size=args.batch_size, eval_batch_size=args.batch_size, compile=args.compile
     )
+
+    def train_on(split: Split, desc: str) -> None:
+        fit(prepared, split, one_batch, preprocess, schedule, config.lr, config.weight_decay, 0, desc)
+
+    train_on(one_batch, f"{method} warm-up")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    synchronize(device)
+    started = time.perf_counter()
+    train_on(train, method)
+    synchronize(device)
+    fit_s = time.perf_counter() - started
+    started = time.perf_counter()
+    evaluate(model, one_batch, preprocess, args.batch_size)  # what fit spent validating
+    synchronize(device)
+    train_s = fit_s - (time.perf_counter() - started)
+    result = {
+        "images_per_s": len(train) / train_s,
+        "mfu": flops * args.steps / train_s / (args.peak_tflops * 1e12),
+        "peak_mem_mb": peak_memory_mb(device),
+        "trainable": count_parameters(model)["trainable"],
+    }
+    layer = next(type(m) for name, m in model.named_modules() if name.endswith("attn.qkv"))
+    print(
+        f"{method:11s} {result['images_per_s']:9.1f} img/s  MFU {100 * result['mfu']:5.1f}%  "
+        f"peak {result['peak_mem_mb']:8.0f} MiB  trainable {result['trainable']:>10,}  "
+        f"qkv {layer.__module__}.{layer.__name__}",
+        flush=True,
+    )
+    return result
 
 
 def main() -> None:
@@ -93,7 +113,7 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--compile", action="store_true", help="time the steps through torch.compile")
+    parser.add_argument("--compile", action="store_true", help="train through torch.compile")
     parser.add_argument(
         "--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)"
     )
@@ -102,7 +122,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(
         f"device {torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}, {args.model} at "
-        f"{args.img_size} px, batch {args.batch_size}, {args.steps} timed steps"
+        f"{args.img_size} px, batch {args.batch_size}, {args.steps} timed steps",
+        flush=True,
     )
     for method in args.methods.split(","):
         check(method, args, device)

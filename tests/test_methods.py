@@ -183,6 +183,15 @@ def test_orthogonal_regularizer_is_zero_for_orthonormal_factors(tiny_model):
     assert adalora.orthogonal_regularizer(model).item() == pytest.approx(0.0, abs=1e-5)
 
 
+def test_bitsandbytes_says_it_casts_8bit_inputs_once_not_every_forward(tiny_model, caplog):
+    prepared = prepare(tiny_model, "qlora8_r4", probe_batch=torch.randn(4, 3, 16, 16))
+    with caplog.at_level("WARNING", logger="bitsandbytes"):
+        for _ in range(3):
+            prepared.model(torch.randn(4, 3, 16, 16)).sum().backward()
+    casts = [r for r in caplog.records if "inputs will be cast" in r.getMessage()]
+    assert len(casts) <= 1  # none if the probe's forward (above) already said it
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 def test_qlora_trains_again_after_an_evaluation(tiny_model, bits):
     prepared = prepare(tiny_model, f"qlora{bits}_r4", probe_batch=torch.randn(4, 3, 16, 16))

@@ -11,6 +11,7 @@ bitsandbytes is imported inside the functions, so CPU-only code that never quant
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import torch
@@ -19,6 +20,29 @@ from torch import nn
 from vitpeft.quant import QUANTIZABLE, replace_block_linears
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class _OncePerMessage(logging.Filter):
+    """Let each distinct message template through once.
+
+    bitsandbytes' 8-bit matmul warns that it casts fp32 inputs to fp16 on every call: once per
+    layer and forward pass, thousands of lines in a job's log around the progress bar.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        first = record.msg not in self.seen
+        self.seen.add(record.msg)
+        return first
+
+
+def _warn_once_per_message(logger_name: str) -> None:
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _OncePerMessage) for f in logger.filters):
+        logger.addFilter(_OncePerMessage())
 
 
 def _quantized_linear(linear: nn.Linear, bits: int, quant_type: str, double_quant: bool, compute_dtype):
@@ -71,6 +95,7 @@ def quantize_linear_layers(
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     dtype = COMPUTE_DTYPES[compute_dtype]
+    _warn_once_per_message("bitsandbytes.autograd._functions")
     swapped = replace_block_linears(
         model, lambda _, linear: _quantized_linear(linear, bits, quant_type, double_quant, dtype)
     )
