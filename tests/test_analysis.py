@@ -433,6 +433,25 @@ def test_pareto_front_keeps_only_points_nothing_cheaper_beats():
     assert figures.pareto_front([1.0, 1.0], [50.0, 55.0]).tolist() == [1]
 
 
+def test_only_a_family_seen_at_several_ranks_gets_rank_labels():
+    methods = ["full", "lora_r2", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
+    assert figures.families_with_several_ranks(methods) == {"lora"}
+    assert figures.families_with_several_ranks(["lora_r8", "qlora4_r8", "qlora4_r16"]) == {"qlora"}
+    cells = pd.DataFrame(
+        {
+            "dataset": "d",
+            "model": "m",
+            "method": methods,
+            "trainable_params": [1e6, 1e4, 4e4, 4e4, 4e4, 6e4, 3e4],
+            "test_top1_mean": [50.0, 40, 45, 44, 43, 42, 41],
+            "test_top1_ci_low": [49.0, 39, 44, 43, 42, 41, 40],
+            "test_top1_ci_high": [51.0, 41, 46, 45, 44, 43, 42],
+        }
+    )
+    fig = figures.accuracy_vs_params(cells, None)
+    assert sorted(text.get_text() for text in fig.axes[0].texts) == ["r=2", "r=8"]
+
+
 def test_rank_grid_averages_final_ranks_over_seeds_per_block_and_module():
     finals = [figures.final_ranks(adalora_records(seed)) for seed in range(3)]
     grid = figures.rank_grid(finals)

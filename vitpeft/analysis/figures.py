@@ -80,12 +80,24 @@ def ci_bar(row: pd.Series, metric: str = "test_top1"):
     return None if np.isnan(half) else [[half], [half]]
 
 
+def families_with_several_ranks(methods) -> set[str]:
+    """Families that appear at more than one rank. A family shares a colour and marker, so only
+    these need their points labelled with the rank."""
+    ranks: dict[str, set[int]] = {}
+    for method in methods:
+        family, fields = parse_method_name(method)
+        if "r" in fields:
+            ranks.setdefault(family, set()).add(fields["r"])
+    return {family for family, seen in ranks.items() if len(seen) > 1}
+
+
 def accuracy_vs_cost(cell_stats: pd.DataFrame, cost: str, xlabel: str, out_pdf: str | Path | None, log: bool):
     """Test top-1 (mean and 95% CI over seeds) against a cost column, one panel per dataset x model,
     with the Pareto frontier: the best accuracy reachable at each cost."""
     apply_style()
     fig, axes = panels(cell_stats)
     for ax, ((dataset, model), group) in axes:
+        several_ranks = families_with_several_ranks(group.method)
         for row in sorted_rows(group):
             ax.errorbar(
                 row[cost],
@@ -97,8 +109,8 @@ def accuracy_vs_cost(cell_stats: pd.DataFrame, cost: str, xlabel: str, out_pdf: 
                 markersize=6,
                 label=method_label(row["method"]),
             )
-            rank = parse_method_name(row["method"])[1].get("r")
-            if rank is not None:  # one family shares a colour and marker, so name the rank
+            if method_family(row["method"]) in several_ranks:
+                rank = parse_method_name(row["method"])[1]["r"]
                 ax.annotate(
                     f"r={rank}", (row[cost], row["test_top1_mean"]), xytext=(4, 3), textcoords="offset points"
                 )
