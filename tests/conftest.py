@@ -14,12 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
-def snakemake_command(workdir, configfile, *args) -> list[str]:
+def snakemake_command(workdir, configfile, *args, snakefile=REPO / "Snakefile") -> list[str]:
     """The repository's workflow run in ``workdir`` with ``configfile``, as a user would call it."""
     return [
         SNAKEMAKE,
         "-s",
-        str(REPO / "Snakefile"),
+        str(snakefile),
         "-d",
         str(workdir),
         "--configfile",

@@ -2,8 +2,10 @@
 
 import json
 import re
+import shutil
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,6 +16,16 @@ from conftest import REPO, TINY_CONFIG, snakemake_command
 def job_stats(plan: str) -> dict[str, str]:
     """The job counts of a dry run's "Job stats" table."""
     return dict(re.findall(r"^(\w+)\s+(\d+)$", plan.split("Job stats:")[1].split("Reasons")[0], re.M))
+
+
+def copy_of_the_workflow(target: Path) -> Path:
+    """The repository's tracked files, copied to ``target`` (not .venv, results, ...)."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in tracked.decode().split("\0"):
+        if name:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, target / name)
+    return target
 
 
 @pytest.mark.e2e
@@ -85,14 +97,21 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tiny_study, tmp_path):
     }
 
     # Changing only the paper's prose reruns only LaTeX. Snakemake compares the checksums of small
-    # inputs, so the file's content must change (a new mtime alone reruns nothing); it is put back.
-    prose = REPO / "paper" / "sections" / "limitations.tex"
-    original = prose.read_text()
-    try:
-        prose.write_text(original + "\n% a prose-only edit\n")
-        plan = subprocess.run([*cmd, "-n", "paper.pdf"], capture_output=True, text=True, timeout=120).stdout
-    finally:
-        prose.write_text(original)
+    # inputs, so the file's content must change (a new mtime alone reruns nothing). The edit is made
+    # in a copy of the workflow, run on a copy of the study: neither the checkout nor the shared
+    # study changes. The copy's paper sources have new paths, so its paper is built once first.
+    workflow = copy_of_the_workflow(tmp_path / "workflow")
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study, study, symlinks=True)
+    from_copy = snakemake_command(study, TINY_CONFIG, snakefile=workflow / "Snakefile")
+    built = subprocess.run(
+        [*from_copy, "--cores", "1", "paper.pdf"], capture_output=True, text=True, timeout=300
+    )
+    assert built.returncode == 0, built.stderr[-5000:]
+    assert re.findall(r"^(?:local)?rule (\w+):", built.stdout + built.stderr, re.M) == ["paper"]
+    prose = workflow / "paper" / "sections" / "limitations.tex"
+    prose.write_text(prose.read_text() + "\n% a prose-only edit\n")
+    plan = subprocess.run([*from_copy, "-n", "paper.pdf"], capture_output=True, text=True, timeout=120).stdout
     assert job_stats(plan) == {"paper": "1", "total": "1"}
 
 
