@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vitpeft.config import ExportConfig
-from vitpeft.io import atomic_path, remove_partial_writes, write_json
+from vitpeft.io import atomic_path, read_json, remove_partial_writes, write_json
 from vitpeft.methods import INT_EXPORT_FAMILIES, parse_method_name
 from vitpeft.quant import bnb, replace_block_linears, replace_modules
 from vitpeft.quant.groupwise import GroupQuantLinear
@@ -248,11 +249,6 @@ def save_merged(model: nn.Module, run, out_dir: Path) -> None:
 
 def load_merged(out_dir: str | Path) -> nn.Module:
     """Rebuild an exported float model from ``model.json`` and ``model.safetensors``."""
-    import timm
-    from safetensors.torch import load_file
-
-    from vitpeft.io import read_json
-
     out_dir = Path(out_dir)
     meta = read_json(out_dir / "model.json")
     model = timm.create_model(meta["timm_arch"], pretrained=False, **meta["create_kwargs"])

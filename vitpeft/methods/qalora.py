@@ -74,7 +74,7 @@ def expected_trainable_params(model: nn.Module, config: QALoraConfig) -> int:
 def prepare(model: nn.Module, config: QALoraConfig, context: MethodContext) -> Prepared:
     from vitpeft.methods.qalora_layer import QALoraLinear
     from vitpeft.quant import bnb, replace_block_linears
-    from vitpeft.quant.groupwise import GroupQuantLinear, relative_weight_error
+    from vitpeft.quant.groupwise import GroupQuantLinear
 
     config.check_widths(block_widths(model), model=type(model).__name__)
     expected = expected_trainable_params(model, config)
@@ -86,7 +86,7 @@ def prepare(model: nn.Module, config: QALoraConfig, context: MethodContext) -> P
 
     def quantized(path: str, linear: nn.Linear) -> nn.Module:
         base = GroupQuantLinear.from_linear(linear, config.bits, config.group_size)
-        errors.append(relative_weight_error(linear, base))
+        errors.append(bnb.relative_error(linear.weight.detach().float(), base.dequantized_weight()))
         return QALoraLinear(base, config.r, config.alpha, config.dropout) if path in targets else base
 
     model.requires_grad_(False)

@@ -138,6 +138,7 @@ def features(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 
 def relative_error(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """‖other − reference‖ / ‖reference‖ (features here; QA-LoRA's weights too)."""
     return ((other - reference).norm() / reference.norm()).item()
 
 

@@ -108,9 +108,3 @@ class GroupQuantLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
             f"group_size={self.group_size}, bias={self.bias is not None}"
         )
-
-
-def relative_weight_error(linear: nn.Linear, quantized: GroupQuantLinear) -> float:
-    """‖W − Ŵ‖ / ‖W‖: how much of a layer's weight the quantization loses."""
-    weight = linear.weight.detach().float()
-    return ((quantized.dequantized_weight() - weight).norm() / weight.norm()).item()
