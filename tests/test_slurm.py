@@ -12,8 +12,10 @@ import pytest
 from conftest import REPO, TINY_CONFIG, snakemake_command
 from slurm_cluster import install_packages, local_cluster
 
+from vitpeft.reproduce import MACHINE_FIELDS
+
 # These record the machine and the moment, not the result.
-NOT_RESULTS = {"train_time_s", "train_images_per_s", "peak_mem_mb", "provenance"}
+NOT_RESULTS = MACHINE_FIELDS | {"provenance"}
 # Two cells keep the test short (each job through SLURM costs seconds of polling): LoRA and QLoRA,
 # which also need the pretrained backbone. All 8 cells of the tiny study took 4.4 min here.
 METHODS = ["lora_r8", "qlora4_r8"]
