@@ -10,6 +10,8 @@ from vitpeft.io import (
     atomic_write,
     canonical,
     config_hash,
+    cpu_name,
+    provenance,
     read_json,
     remove_partial_writes,
     write_json,
@@ -88,3 +90,20 @@ def test_outputs_get_the_usual_file_permissions(tmp_path):
 def test_canonical_sorts_keys_at_every_level():
     value = canonical({"b": {"y": 1, "x": (1, 2)}, "a": 0})
     assert list(value) == ["a", "b"] and list(value["b"]) == ["x", "y"] and value["b"]["x"] == [1, 2]
+
+
+def test_provenance_records_the_cpu_model_and_the_instruction_set_torch_dispatches_to():
+    import torch
+
+    hardware = provenance()["hardware"]
+    assert hardware["cpu"] == cpu_name() and hardware["cpu"].strip()
+    assert hardware["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # What torch used, not what the CPU could do: ATEN_CPU_CAPABILITY forces the portable kernels.
+    forced = subprocess.run(
+        [sys.executable, "-c", "from vitpeft.io import hardware; print(hardware()['cpu_capability'])"],
+        env={**os.environ, "ATEN_CPU_CAPABILITY": "default"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert forced.stdout.strip() == "DEFAULT"

@@ -1,7 +1,7 @@
 import pytest
 
 from vitpeft.io import read_json, write_json
-from vitpeft.reproduce import differences, main, reproduce
+from vitpeft.reproduce import KERNEL_RTOL, differences, main, reproduce, tolerance
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,76 @@ def test_a_cpu_rerun_reproduces_every_metric_exactly(finished_run, capsys):
     assert report["matches"] and report["rtol"] == 0 and report["differences"] == []
     assert report["test_top1"]["rerun"] == read_json(finished_run / "run" / "metrics.json")["test_top1"]
     assert main([str(finished_run / "run"), "--data-dir", str(finished_run / "data")]) == 0
-    assert "reproduced on cpu (exactly)" in capsys.readouterr().out
+    assert "reproduced on cpu (exactly: same CPU model and instruction set, " in capsys.readouterr().out
+
+
+def test_a_rerun_on_another_cpu_is_held_to_the_stated_tolerance(finished_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run / "run", run)
+    provenance = read_json(run / "provenance.json")
+    provenance["hardware"]["cpu"] = "AMD EPYC 7B13"
+    write_json(run / "provenance.json", provenance)
+    metrics = read_json(run / "metrics.json")
+    metrics["test_loss"] *= 1 + KERNEL_RTOL / 2  # as another CPU's kernels might leave it
+    write_json(run / "metrics.json", metrics)
+    assert main([str(run), "--data-dir", str(finished_run / "data")]) == 0
+    out = capsys.readouterr().out
+    assert f"reproduced on cpu (within {KERNEL_RTOL:g} relative: another CPU, AMD EPYC 7B13 with " in out
+
+
+def cpu_record(cpu="Intel(R) Xeon(R) Processor", capability="AVX512", device="cpu"):
+    return {"device": device, "hardware": {"cpu": cpu, "cpu_capability": capability}}
+
+
+@pytest.mark.parametrize(
+    ("original", "here", "rtol", "reason"),
+    [
+        (
+            cpu_record(),
+            cpu_record(),
+            0.0,
+            "same CPU model and instruction set, Intel(R) Xeon(R) Processor with AVX512",
+        ),
+        (
+            cpu_record(),
+            cpu_record(cpu="AMD EPYC 7B13"),
+            KERNEL_RTOL,
+            "another CPU, Intel(R) Xeon(R) Processor with AVX512, then AMD EPYC 7B13 with AVX512",
+        ),
+        (
+            cpu_record(),
+            cpu_record(capability="AVX2"),
+            KERNEL_RTOL,
+            "another CPU, Intel(R) Xeon(R) Processor with AVX512, then Intel(R) Xeon(R) Processor with AVX2",
+        ),
+        # written before the instruction set was recorded: the same CPU cannot be shown
+        (
+            {"device": "cpu", "hardware": {"cpu": "Intel(R) Xeon(R) Processor"}},
+            cpu_record(),
+            KERNEL_RTOL,
+            "another CPU, Intel(R) Xeon(R) Processor with an unrecorded instruction set, then "
+            "Intel(R) Xeon(R) Processor with AVX512",
+        ),
+        (
+            cpu_record(device="cuda"),
+            cpu_record(),
+            KERNEL_RTOL,
+            "on cuda, then cpu; GPU kernels differ from CPU ones and may be nondeterministic",
+        ),
+        (
+            cpu_record(device="cuda:0"),
+            cpu_record(device="cuda"),
+            KERNEL_RTOL,
+            "on cuda, then cuda; GPU kernels differ from CPU ones and may be nondeterministic",
+        ),
+    ],
+)
+def test_exact_only_on_the_same_cpu_model_and_instruction_set(original, here, rtol, reason):
+    allowed = tolerance(original, here)
+    assert (allowed.rtol, allowed.reason) == (rtol, reason)
+    assert str(allowed).startswith("exactly: " if rtol == 0 else f"within {KERNEL_RTOL:g} relative: ")
 
 
 def test_a_changed_number_is_named(finished_run, tmp_path, capsys):

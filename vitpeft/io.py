@@ -141,12 +141,19 @@ def cpu_name() -> str:
 
 
 def hardware() -> dict[str, Any]:
+    """The machine a number was computed on.
+
+    ``cpu`` and ``cpu_capability`` (the instruction set whose kernels torch dispatches to, e.g.
+    AVX2 or AVX512) decide whether two CPU runs can agree exactly: float kernels, and so results,
+    differ between CPU models (see :func:`vitpeft.reproduce.tolerance`).
+    """
     import torch
 
     info: dict[str, Any] = {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
