@@ -83,6 +83,7 @@ def export_inputs(wildcards):
         for name, ext in [
             ("metrics", "json"),
             ("config", "json"),
+            ("provenance", "json"),  # where it trained: exact or tolerant top-1 tie
             ("checkpoint", "safetensors"),
         ]
     }

@@ -161,6 +161,25 @@ def study_tables(tmp_path):
     return tmp_path
 
 
+def test_int_change_is_measured_against_the_rebuilt_model_on_the_exports_device():
+    # Trained on a GPU, exported on CPU: the rebuilt model's top-1 there is not training's number.
+    runs = pd.DataFrame(
+        {
+            "dataset": ["digits", "digits"],
+            "model": ["deit_tiny", "deit_tiny"],
+            "method": ["full", "full"],
+            "seed": [0, 1],
+            "test_top1": [80.0, 82.0],
+            "test_top5": [99.0, 99.0],
+            "val_top1": [79.0, 81.0],
+            "export_top1_unmerged": [79.5, 82.0],
+            "export_top1_int": [78.5, 81.5],
+        }
+    )
+    cell = stats.cell_stats(runs).iloc[0]
+    assert cell["int_change_mean"] == pytest.approx(-0.75)  # (78.5 - 79.5 + 81.5 - 82.0) / 2
+
+
 def test_summarize_cell_rejects_mixed_cells(tmp_path):
     paths = [fake_run(tmp_path, "full", 0, 80.0), fake_run(tmp_path, "linear", 0, 40.0)]
     with pytest.raises(ValueError, match="one method on one dataset"):

@@ -17,10 +17,11 @@ from vitpeft.export import (
     merge,
     requantize,
 )
-from vitpeft.io import read_json
+from vitpeft.io import read_json, write_json
 from vitpeft.methods.qalora_layer import QALoraLinear
 from vitpeft.quant.groupwise import GroupQuantLinear
 from vitpeft.quant.onnx_int import export_int_onnx, export_onnx, integer_weight_types, session
+from vitpeft.reproduce import KERNEL_RTOL
 
 QALORA = {"qalora": {"group_size": 16}}
 
@@ -123,7 +124,11 @@ def test_export_run_writes_checked_exports_and_the_exact_merge_keeps_accuracy(fi
     report = export_run(root / "run", root / "data", root / "backbone.safetensors", out)
     assert read_json(out / "report.json") == report and report["passed"]
     top1 = report["test_top1"]
-    assert top1["unmerged"] == pytest.approx(metrics["test_top1"])  # the rebuilt model is the trained one
+    assert top1["unmerged"] == pytest.approx(metrics["test_top1"])  # 100 * mean, not 100 * count / n
+    tie = report["rebuilt_vs_trained"]
+    assert tie["rebuilt_top1"] == tie["trained_top1"] == metrics["test_top1"]
+    assert tie["rtol"] == 0 and tie["trained_on"] == tie["rebuilt_on"] == "cpu"
+    assert tie["tolerance"].startswith("exactly: same CPU model and instruction set, ")
     assert top1["unmerged"] == top1["merged"] == top1["int"] == top1["onnx"] == top1["int_onnx"]
     assert report["int"]["route"] == "exact merge" and report["int"]["onnx_weight_types"] == {"UINT4": 8}
     assert set(report["logits"]) == {
@@ -154,6 +159,59 @@ def test_export_run_fails_with_the_numbers_when_beyond_tolerance(finished_qalora
     with pytest.raises(ExportMismatch, match=message):
         export_run(root / "run", root / "data", root / "backbone.safetensors", out, {"logit_rtol": 1e-12})
     assert not (out / "report.json").exists()  # no report: the export is not marked complete
+
+
+def copy_of_run(root, tmp_path, metrics=None, provenance=None):
+    """A copy of the finished run's folder, with these fields of metrics.json and provenance.json changed."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    for name, changes in (("metrics.json", metrics), ("provenance.json", provenance)):
+        write_json(run / name, {**read_json(run / name), **(changes or {})})
+    return run
+
+
+def test_export_fails_naming_both_top1_when_the_rebuilt_model_is_not_the_trained_one(
+    finished_qalora_run, tmp_path
+):
+    root, metrics = finished_qalora_run
+    tampered = metrics["test_top1"] + 0.5
+    run = copy_of_run(root, tmp_path, metrics={"test_top1": tampered})
+    message = (
+        f"{run}: the rebuilt unmerged model's test top-1 is {metrics['test_top1']!r}% on cpu, "
+        f"but training recorded {tampered!r}% on cpu (metrics.json); they must agree exactly: same CPU"
+    )
+    with pytest.raises(ExportMismatch, match=re.escape(message)):
+        export_run(run, root / "data", root / "backbone.safetensors", tmp_path / "export")
+    assert not (tmp_path / "export" / "report.json").exists()
+
+
+def test_a_run_trained_on_cuda_passes_within_the_gpu_tolerance_on_cpu(finished_qalora_run, tmp_path):
+    root, metrics = finished_qalora_run
+    on_gpu = metrics["test_top1"] * (1 + KERNEL_RTOL / 2)  # as CUDA's kernels might have left it
+    run = copy_of_run(root, tmp_path, metrics={"test_top1": on_gpu}, provenance={"device": "cuda"})
+    tie = export_run(run, root / "data", root / "backbone.safetensors", tmp_path / "export")[
+        "rebuilt_vs_trained"
+    ]
+    assert metrics["test_top1"] > 0 and (tie["rebuilt_top1"], tie["trained_top1"]) == (
+        metrics["test_top1"],
+        on_gpu,
+    )
+    assert tie["rtol"] == KERNEL_RTOL and (tie["trained_on"], tie["rebuilt_on"]) == ("cuda", "cpu")
+    assert tie["tolerance"].startswith(f"within {KERNEL_RTOL:g} relative: on cuda, then cpu")
+
+
+def test_a_run_trained_on_cuda_fails_beyond_the_gpu_tolerance_on_cpu(finished_qalora_run, tmp_path):
+    root, metrics = finished_qalora_run
+    on_gpu = metrics["test_top1"] * (1 + 2 * KERNEL_RTOL)
+    run = copy_of_run(root, tmp_path, metrics={"test_top1": on_gpu}, provenance={"device": "cuda"})
+    message = (
+        f"test top-1 is {metrics['test_top1']!r}% on cpu, but training recorded {on_gpu!r}% on cuda "
+        f"(metrics.json); they must agree within {KERNEL_RTOL:g} relative: on cuda, then cpu"
+    )
+    with pytest.raises(ExportMismatch, match=re.escape(message)):
+        export_run(run, root / "data", root / "backbone.safetensors", tmp_path / "export")
 
 
 def test_logit_gap_is_relative_to_the_largest_reference_logit():

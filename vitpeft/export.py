@@ -10,14 +10,20 @@ Every run leaves two deployable models:
   afterwards to the same bits and group size (``export.requantize_*``), evaluated in PyTorch.
   Comparing the two is the study's quantization table.
 
-The checks compare logits on the held-out test split between the unmerged model, the merged one
-and ONNX Runtime (and, for QA-LoRA, its INT-N model in PyTorch and in ONNX Runtime), and count
-flipped predictions; a difference beyond tolerance fails the export with the numbers in the message.
+First the rebuilt unmerged model must be the trained one: its test top-1 must equal the
+``test_top1`` of the run's ``metrics.json``, exactly where the export runs as training did (same
+device; on CPU the same CPU model and instruction set), within ``vitpeft.reproduce``'s tolerance
+elsewhere (:func:`vitpeft.reproduce.tolerance`). Every INT-N accuracy change is measured against
+this rebuilt model, on the export's device. The checks then compare logits on the held-out test
+split between the unmerged model, the merged one and ONNX Runtime (and, for QA-LoRA, its INT-N
+model in PyTorch and in ONNX Runtime), and count flipped predictions; a difference beyond tolerance
+fails the export with the numbers in the message.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -30,12 +36,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vitpeft.config import ExportConfig
-from vitpeft.io import atomic_path, read_json, remove_partial_writes, write_json
+from vitpeft.data.pipeline import BatchPreprocessor
+from vitpeft.io import atomic_path, hardware, read_json, remove_partial_writes, write_json
 from vitpeft.methods import INT_EXPORT_FAMILIES, parse_method_name
 from vitpeft.quant import bnb, replace_block_linears, replace_modules
 from vitpeft.quant.groupwise import GroupQuantLinear
 from vitpeft.quant.onnx_int import export_int_onnx, export_onnx, integer_weight_types, session
+from vitpeft.reproduce import tolerance
 from vitpeft.runs import load_trained
+from vitpeft.train import Split, evaluate
 
 
 class ExportMismatch(RuntimeError):
@@ -126,6 +135,39 @@ def _onnx_logits(path: Path, batches: list[torch.Tensor]) -> np.ndarray:
     return np.concatenate([runner.run(None, {"images": x.numpy()})[0] for x in batches])
 
 
+def rebuilt_vs_trained(
+    run_dir: Path, unmerged: nn.Module, test: Split, preprocess: BatchPreprocessor, batch_size: int
+) -> dict[str, Any]:
+    """The rebuilt unmerged model's test top-1 here against the ``test_top1`` training recorded.
+
+    Measured by training's own :func:`vitpeft.train.evaluate`, so that on the same machine the
+    same weights give the same number.
+
+    Raises:
+        ExportMismatch: if the two differ beyond :func:`vitpeft.reproduce.tolerance` of the run's
+            provenance and this machine; the message names both numbers and the run.
+    """
+    trained = read_json(run_dir / "metrics.json")["test_top1"]
+    trained_on = read_json(run_dir / "provenance.json")
+    here = {"device": str(test.images.device), "hardware": hardware()}
+    allowed = tolerance(trained_on, here)
+    rebuilt = evaluate(unmerged, test, preprocess, batch_size)["top1"]
+    if not math.isclose(rebuilt, trained, rel_tol=allowed.rtol, abs_tol=0.0):
+        raise ExportMismatch(
+            f"{run_dir}: the rebuilt unmerged model's test top-1 is {rebuilt!r}% on {here['device']}, "
+            f"but training recorded {trained!r}% on {trained_on.get('device')} (metrics.json); "
+            f"they must agree {allowed}"
+        )
+    return {
+        "rebuilt_top1": rebuilt,
+        "trained_top1": trained,
+        "rtol": allowed.rtol,
+        "tolerance": str(allowed),
+        "trained_on": trained_on.get("device"),
+        "rebuilt_on": here["device"],
+    }
+
+
 def export_run(
     run_dir: str | Path,
     data_dir: str | Path,
@@ -141,7 +183,8 @@ def export_run(
     test split, which training never saw: logit gaps, prediction flips and top-1 come from it.
 
     Raises:
-        ExportMismatch: if a comparison fails; the message has the numbers.
+        ExportMismatch: if the rebuilt model's test top-1 is not the trained one
+            (:func:`rebuilt_vs_trained`), or a comparison fails; the message has the numbers.
     """
     cfg = ExportConfig(**(export or {}))
     out_dir = Path(out_dir)
@@ -156,6 +199,7 @@ def export_run(
     family, fields = parse_method_name(run.method.name)
     exact_int = family in INT_EXPORT_FAMILIES  # the trained model is INT-N: ship its codes as ONNX
     size = run.train.eval_batch_size
+    tie = rebuilt_vs_trained(Path(run_dir), unmerged, test, preprocess, size)  # before any work on it
     batches = [preprocess(test.images[i : i + size], train=False) for i in range(0, len(test), size)]
 
     merged = merge(unmerged, run.method.name)
@@ -200,6 +244,7 @@ def export_run(
         "dataset": run.dataset,
         "seed": run.seed,
         "test_images": len(labels),
+        "rebuilt_vs_trained": tie,
         "int": int_format,
         "logits": checked,
         "int_vs_unmerged": logit_gap(logits["unmerged"], logits["int"]),  # what quantization costs
