@@ -218,8 +218,14 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
 
     # Holm-corrected differences are marked: the linear probe differs from both references here.
     compared = pd.read_csv(study_tables / "comparisons.csv").set_index(["baseline", "method"])
-    assert compared.loc[("full", "linear"), "p_holm"] < 0.05 < compared.loc[("full", "lora_r8"), "p_holm"]
+    assert compared.loc[("full", "linear"), "p_holm"] < 0.05
     assert compared.loc[("lora_r8", "linear"), "p_holm"] < 0.05 < compared.loc[("lora_r8", "full"), "p_holm"]
+    assert ("full", "lora_r8") not in compared.index  # the same pair, tested once
+    caption = " ".join((out / "comparisons.tex").read_text().split())
+    assert (
+        r"Each pair is tested once: Full fine-tuning is compared with LoRA ($r{=}8$) in LoRA ($r{=}8$)'s family only"
+        in caption
+    )
     assert r"Linear probe & 1{,}930 & 2.10 & 42.0$^{\dagger\ddagger}$ $\pm$ 25.4 & 2" in results
     assert r"LoRA ($r{=}8$) & 112{,}522 & 2.10 & 72.8 $\pm$" in results  # not significant: no mark
     assert r"$^{\dagger}$: differs from Full fine-tuning" in results
@@ -314,29 +320,114 @@ def test_comparisons_are_holm_corrected_within_each_family():
     raw = family.p_value.to_numpy()
     holm = np.maximum.accumulate(np.minimum(1, raw * np.arange(len(raw), 0, -1)))
     np.testing.assert_allclose(family.p_holm, holm)
-    assert set(table.baseline) == {"lora_r8", "full"} and len(table) == 6
+    # Each pair once: full vs lora_r8 only in lora_r8's family (full's family: linear, lora_r2).
+    assert set(table.baseline) == {"lora_r8", "full"} and len(table) == 5
     linear = family[family.method == "linear"].iloc[0]
     assert linear.p_holm < 0.001 and linear.effect_dz < -3 and "wilcoxon_p" in table
 
 
-def test_rank_ablation_recovers_a_planted_slope():
-    rng = np.random.default_rng(4)
-    rows = [
+def lora_rows(slopes, offsets, ranks, noise, seeds=3, rng_seed=5):
+    """LoRA runs per (model, dataset) cell: ``offsets[cell] + slopes[cell] * log2(r)`` plus noise."""
+    rng = np.random.default_rng(rng_seed)
+    return [
         {
-            "dataset": "d",
+            "dataset": dataset,
             "model": model,
             "method": f"lora_r{r}",
             "seed": s,
-            "test_top1": 50 + 2.0 * np.log2(r) + (5 if model == "b" else 0) + rng.normal(0, 0.5),
+            "test_top1": 50
+            + offsets[(model, dataset)]
+            + slopes[(model, dataset)] * np.log2(r)
+            + rng.normal(0, noise),
         }
-        for r in (2, 4, 8, 16, 32)
-        for s in range(3)
-        for model in ("a", "b")
+        for (model, dataset), cell_ranks in ranks.items()
+        for r in cell_ranks
+        for s in range(seeds)
     ]
-    rows.append({"dataset": "d", "model": "a", "method": "full", "seed": 0, "test_top1": 99.0})
+
+
+CELLS = [("a", "x"), ("a", "y"), ("b", "x"), ("b", "y")]
+
+
+def test_rank_ablation_compares_ranks_within_each_model_dataset_cell():
+    # A model x dataset interaction (only a on x is easy) that the high ranks happen to sit in:
+    # additive model and dataset effects cannot absorb it, and the slope would take it up.
+    offsets = {("a", "x"): 12.0, ("a", "y"): 0.0, ("b", "x"): 0.0, ("b", "y"): 5.0}
+    ranks = {("a", "x"): (16, 32), ("a", "y"): (2, 4, 8), ("b", "x"): (2, 4, 8, 16, 32), ("b", "y"): (4, 8)}
+    rows = lora_rows(dict.fromkeys(CELLS, 2.0), offsets, ranks, noise=0.3)
+    rows.append({"dataset": "x", "model": "a", "method": "full", "seed": 0, "test_top1": 99.0})
     result = stats.rank_ablation(pd.DataFrame(rows))
-    assert result["n"] == 30 and result["ci_low"] < 2.0 < result["ci_high"]
-    assert result["slope"] == pytest.approx(2.0, abs=0.3) and result["p_value"] < 1e-6
+    assert result["slope"] == pytest.approx(2.0, abs=0.15) and result["ci_low"] < 2.0 < result["ci_high"]
+    assert result["p_value"] < 0.001 and result["n"] == 36 and result["n_cells"] == 4
+
+
+def test_rank_ablation_clusters_errors_by_cell():
+    # The slope differs by cell (1 to 3, mean 2) and each cell is measured precisely: the spread
+    # between cells, four of them, is what the slope is uncertain by, not the runs' own noise.
+    slopes = dict(zip(CELLS, (1.0, 1.5, 2.5, 3.0), strict=True))
+    ranks = dict.fromkeys(CELLS, (2, 4, 8, 16, 32))
+    result = stats.rank_ablation(pd.DataFrame(lora_rows(slopes, dict.fromkeys(CELLS, 0.0), ranks, noise=0.1)))
+    assert result["slope"] == pytest.approx(2.0, abs=0.05)
+    # Independent-error OLS gives about +-0.2 here; the clustered interval is about +-1.5.
+    assert result["ci_low"] < 1.0 and result["ci_high"] > 3.0
+    assert result["cov_type"] == "cluster" and result["n_cells"] == 4 and result["df"] == 3
+
+
+def test_rank_ablation_of_one_cell_uses_robust_errors_and_says_so():
+    rows = lora_rows({("a", "x"): 2.0}, {("a", "x"): 0.0}, {("a", "x"): (2, 4, 8, 16)}, noise=0.5)
+    result = stats.rank_ablation(pd.DataFrame(rows))
+    assert (
+        result["cov_type"] == "HC3" and result["n_cells"] == 1 and result["df"] == 12 - 2
+    )  # 4 ranks x 3 seeds
+    assert result["ci_low"] < 2.0 < result["ci_high"] and result["p_value"] < 0.001
+
+
+def test_identical_paired_differences_stay_in_the_holm_family(tmp_path):
+    rows = []
+    for seed, base in enumerate([70.0, 71.0, 69.0]):
+        accs = {
+            "lora_r8": base,
+            "lora_r4": base + 0.1,  # 0.1 better on every seed (float subtraction: not exactly equal)
+            "lora_r2": base,  # the same on every seed
+            "linear": base - 20 + seed,
+            "full": base + 1 + 0.5 * seed,
+        }
+        rows += [
+            {"dataset": "d", "model": "m", "method": m, "seed": seed, "test_top1": a} for m, a in accs.items()
+        ]
+    table = stats.comparisons(pd.DataFrame(rows)).set_index(["baseline", "method"])
+    r4, r2 = table.loc[("lora_r8", "lora_r4")], table.loc[("lora_r8", "lora_r2")]
+    assert r4.p_value == pytest.approx(0.25) and r4.p_test == "exact sign"  # 2 * 0.5**3
+    assert r2.p_value == 1.0 and r2.p_test == "all zero"
+    assert table.loc[("lora_r8", "linear"), "p_test"] == "paired t"
+    family = table.loc["lora_r8"]
+    assert family.p_holm.notna().all() and len(family) == 4
+    raw = family.p_value.sort_values().to_numpy()
+    holm = np.minimum(1, np.maximum.accumulate(raw * np.arange(4, 0, -1)))
+    np.testing.assert_allclose(family.p_holm.sort_values(), holm)
+    # The table says which test gave each p.
+    text = tables.render(
+        "comparisons.tex.j2", tmp_path / "c.tex", rows=table.reset_index().to_dict("records")
+    )
+    assert r"LoRA ($r{=}4$) & 0.1 [0.1, 0.1] & 0.250$^{s}$ &" in text and "exact two-sided sign" in text
+    assert r"LoRA ($r{=}2$) & 0.0 [0.0, 0.0] & 1.000$^{0}$ &" in text
+
+
+def test_each_pair_is_tested_once_and_marks_both_references():
+    rows = [
+        {"dataset": "d", "model": "m", "method": method, "seed": seed, "test_top1": acc + noise}
+        for seed, noise in enumerate([0.0, 0.4, -0.3, 0.2])
+        for method, acc in {"lora_r8": 70.0, "full": 80.0 + seed, "linear": 40.0 - seed}.items()
+    ]
+    table = stats.comparisons(pd.DataFrame(rows))
+    pairs = [frozenset(p) for p in zip(table.method, table.baseline, strict=True)]
+    assert len(pairs) == len(set(pairs)) == 3
+    full = table[(table.method == "full")].iloc[0]
+    assert full.baseline == "lora_r8" and full.diff_mean > 0 and full.p_holm < 0.05
+    marks = tables.significance_marks(table)
+    assert marks[("d", "m", "full")] == tables.REFERENCE_MARKS["lora_r8"]
+    assert marks[("d", "m", "lora_r8")] == tables.REFERENCE_MARKS["full"]  # from the same test
+    assert marks[("d", "m", "linear")] == "".join(tables.REFERENCE_MARKS.values())
 
 
 def test_every_method_family_has_a_label_colour_marker_and_place():
@@ -425,6 +516,11 @@ def test_ablation_tables_with_every_optional_method(rich_study, tmp_path):
     assert [table_line(ablation, f"{r} &")[0] for r in (2, 4, 8, 16)] == ["2", "4", "8", "1"]
     slope = read_json(rich_study / "rank.json")["slope"]
     assert f"{slope:.2f} points per doubling of the rank" in " ".join(ablation.split())
+    assert (
+        "heteroscedasticity-robust (HC3) standard errors, since one model on one dataset is a single cluster"
+        in (" ".join(ablation.split()))
+    )
+    assert read_json(rich_study / "rank.json")["cov_type"] == "HC3"
 
     # The bits ablation: the same r=8 adapter over fp32, 8-bit, 4-bit NF4 and INT-4 group-wise bases.
     assert table_line(ablation, r"LoRA ($r{=}8$) &").startswith(r"LoRA ($r{=}8$) & 4.00 & 70.5 $\pm$")

@@ -3,11 +3,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms.v2 import functional as TF
 
 from vitpeft.config import AugmentConfig
 from vitpeft.data import arrays, prepare_dataset
 from vitpeft.data.digits import build_digits
-from vitpeft.data.pipeline import BatchPreprocessor
+from vitpeft.data.pipeline import BatchPreprocessor, affine_views
 from vitpeft.data.shapes import SHAPE_CLASSES, build_shapes
 
 
@@ -79,6 +80,87 @@ def test_preprocessor_augments_each_image_differently_and_reproducibly():
     assert first.shape == (4, 3, 16, 16)
     torch.testing.assert_close(first, again)
     assert not torch.allclose(first[0], first[1])
+
+
+def marked_image(side: int, row: int, col: int) -> torch.Tensor:
+    """A (3, side, side) float image: a faint texture and one bright pixel at (row, col)."""
+    image = torch.linspace(0.0, 0.2, side * side).view(1, side, side).expand(3, -1, -1).clone()
+    image[:, row, col] = 1.0
+    return image
+
+
+def brightest(image: torch.Tensor) -> tuple[int, int]:
+    flat = int(image[0].argmax())
+    return divmod(flat, image.shape[-1])
+
+
+# (view side, shift right and down, flip) -> where the pixel at (5, 12) of a 20x20 image lands in a
+# 16x16 output: a view of 0.8 is a 16-pixel crop from (2, 2), which each shift of 0.125 moves 2 px.
+VIEWS = {
+    (0.8, (0.0, 0.0), False): (3, 10),
+    (0.8, (0.125, -0.125), False): (1, 12),
+    (0.8, (-0.25, 0.25), False): (7, 6),
+    (0.8, (0.125, 0.0), True): (3, 7),  # mirrored column 7, cropped to 5, then 2 px right
+}
+
+
+@pytest.mark.parametrize(("view", "shift", "flip"), list(VIEWS))
+def test_affine_views_crop_shift_and_flip_as_torchvision(view, shift, flip):
+    image = marked_image(20, 5, 12)
+    out = affine_views(image[None], 16, torch.tensor([view]), torch.tensor([shift]), torch.tensor([flip]))[0]
+    assert brightest(out) == VIEWS[(view, shift, flip)]
+    # The same view in torchvision: flip, then move the crop window against the shift.
+    source = TF.horizontal_flip(image) if flip else image
+    top, left = 2 - round(shift[1] * 16), 2 - round(shift[0] * 16)
+    padded = TF.pad(source, [4, 4, 4, 4])  # shifts of up to 4 px bring in black, as in affine_views
+    torch.testing.assert_close(out, TF.crop(padded, top + 4, left + 4, 16, 16))
+
+
+@pytest.mark.parametrize(
+    ("view", "shift", "flip"),
+    [(0.7, (0.1, -0.05), False), (1.25, (-0.1, 0.2), True), (1.0, (0.3, 0.0), False)],
+)
+def test_affine_views_equal_torchvision_affine(view, shift, flip):
+    image = marked_image(20, 5, 12)
+    out = affine_views(image[None], 20, torch.tensor([view]), torch.tensor([shift]), torch.tensor([flip]))[0]
+    expected = TF.affine(
+        TF.horizontal_flip(image) if flip else image,
+        angle=0.0,
+        translate=[shift[0] * 20, shift[1] * 20],
+        scale=1 / view,
+        shear=[0.0, 0.0],
+        interpolation=TF.InterpolationMode.BILINEAR,
+    )
+    torch.testing.assert_close(out, expected)
+
+
+def test_augment_scale_below_one_zooms_in_like_resized_crop():
+    image = marked_image(20, 5, 12)
+    batch = (image.permute(1, 2, 0)[None] * 255).round().to(torch.uint8)
+    prep = BatchPreprocessor(32, (0.0,) * 3, (1.0,) * 3, AugmentConfig(scale=(0.64, 0.64)))
+    out = prep(batch, train=True, generator=torch.Generator().manual_seed(0))[0]
+    # An area of 0.64 is the central 16x16 square, resized to 32x32 (inside: the crop's own border
+    # is interpolated with the pixels around it, which resized_crop clamps instead).
+    expected = TF.resized_crop(
+        batch[0].permute(2, 0, 1).float() / 255, 2, 2, 16, 16, [32, 32], antialias=False
+    )
+    torch.testing.assert_close(out[:, 1:-1, 1:-1], expected[:, 1:-1, 1:-1])
+    assert out.min() > 0  # no black border: nothing outside the image is shown
+
+
+def test_augment_translate_reaches_its_fraction_of_the_side():
+    side, translate = 32, 0.25
+    image = torch.zeros(1, side, side, 1, dtype=torch.uint8)
+    image[0, 16, 16] = 255
+    prep = BatchPreprocessor(side, (0.0,) * 3, (1.0,) * 3, AugmentConfig(translate=translate))
+    out = prep(image.expand(512, -1, -1, -1), train=True, generator=torch.Generator().manual_seed(0))[:, 0]
+    # Bilinear sampling keeps the marked pixel's centre of mass, so it measures each shift exactly.
+    mass = out.sum((1, 2))
+    grid = torch.arange(side, dtype=torch.float32) + 0.5
+    moved = torch.stack([(out.sum(1) * grid).sum(1) / mass, (out.sum(2) * grid).sum(1) / mass], 1) - 16.5
+    largest = translate * side  # 8 pixels
+    assert moved.abs().max() <= largest + 1e-4
+    assert (moved.abs().amax(0) > 0.95 * largest).all()  # both axes reach it, not half of it
 
 
 def test_augment_config_rejects_bad_values():

@@ -86,9 +86,16 @@ class ModelSpec:
 class AugmentConfig:
     """Random affine augmentation, drawn independently for every image of a batch.
 
+    Each parameter means what torchvision means by it: the view is RandomResizedCrop's (at aspect
+    ratio 1, centred), then moved as RandomAffine moves it (``vitpeft.data.pipeline.affine_views``).
+
     Attributes:
-        scale: range of the zoom factor (1.0 = the whole image fills the input).
-        translate: largest shift, as a fraction of the image side.
+        scale: range of the view's area, as a fraction of the image's area (RandomResizedCrop's
+            ``scale``), drawn uniformly: below 1 a crop zoomed in to fill the input (0.64 shows
+            the central 80% of the side), above 1 a view wider than the image, which then shrinks
+            onto a black border. (1.0, 1.0) = the whole image fills the input.
+        translate: largest shift of the content along each axis, as a fraction of the side
+            (RandomAffine's ``translate``): 0.125 moves a 32-pixel image by up to 4 pixels.
         hflip: flip left-right with probability 0.5 (wrong for digits and text).
         randaugment: torchvision's RandAugment on every training image (slower: per image).
         mixup_alpha: mix pairs of training images and their labels with a Beta(alpha, alpha)

@@ -8,11 +8,15 @@ import numpy as np
 import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats as scipy_stats
+from statsmodels.stats.descriptivestats import sign_test
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import DescrStatsW
 
 CELL = ["dataset", "model", "method"]
 WILCOXON_MIN_N = 6  # below this the signed-rank test cannot reach p < 0.05 (two-sided)
+# Differences closer than this are one value: accuracies are percentages of whole test images, and
+# float subtraction leaves ~1e-14 noise that would otherwise give a t-test with an absurd t.
+SAME_DIFFERENCE = 1e-9
 COMPARISON_COLUMNS = [
     "dataset",
     "model",
@@ -26,6 +30,7 @@ COMPARISON_COLUMNS = [
     "p_value",
     "t_stat",
     "effect_dz",
+    "p_test",
 ]
 # Per-run numbers that describe cost rather than accuracy; quantization columns exist only for
 # quantized methods and stay NaN elsewhere.
@@ -88,10 +93,11 @@ def cell_stats(runs: pd.DataFrame, metrics=("test_top1", "test_top5", "val_top1"
 def paired_difference(
     runs: pd.DataFrame, method: str, baseline: str, metric: str = "test_top1"
 ) -> pd.DataFrame:
-    """``method`` minus ``baseline`` on matched seeds, per dataset x model, with a paired t-test.
+    """``method`` minus ``baseline`` on matched seeds, per dataset x model, with a paired test.
 
-    With n seeds the test has n - 1 degrees of freedom; at n = 3 it has little power, and a
-    non-significant p-value is not evidence of no difference.
+    With n seeds the t-test has n - 1 degrees of freedom; at n = 3 it has little power, and a
+    non-significant p-value is not evidence of no difference. ``p_test`` names the test behind
+    ``p_value`` (see ``paired_p_value``); one seed gives no test and a NaN p.
     """
     rows = []
     for (dataset, model), group in runs.groupby(["dataset", "model"], sort=True):
@@ -107,11 +113,8 @@ def paired_difference(
             "method": method,
             "baseline": baseline,
             **{f"diff_{k}": v for k, v in mean_ci(diff).items()},
+            **paired_p_value(diff),
         }
-        row["p_value"] = row["effect_dz"] = math.nan
-        if len(diff) > 1 and np.std(diff) > 0:
-            row["t_stat"], row["p_value"], _ = DescrStatsW(diff).ttest_mean(0.0)
-            row["effect_dz"] = diff.mean() / diff.std(ddof=1)  # Cohen's d_z for paired samples
         if len(diff) >= WILCOXON_MIN_N:
             row["wilcoxon_p"] = scipy_stats.wilcoxon(diff).pvalue  # statsmodels has no signed-rank test
         rows.append(row)
@@ -120,16 +123,40 @@ def paired_difference(
     )
 
 
+def paired_p_value(diff: np.ndarray) -> dict[str, float | str]:
+    """The two-sided p-value of paired differences, and the test that gave it (``p_test``).
+
+    - ``paired t``: the differences vary; also gives ``t_stat`` and Cohen's ``effect_dz``.
+    - ``exact sign``: every seed gave the same nonzero difference, so the t statistic is undefined
+      (zero spread); the exact sign test gives 2 * 0.5**n, the smallest p that n seeds can give.
+    - ``all zero``: every difference is zero; nothing differs, p = 1.
+
+    All three keep the comparison in its Holm family, where a NaN would silently drop it. With
+    one seed there is no test (NaN p, empty ``p_test``).
+    """
+    result = {"p_value": math.nan, "t_stat": math.nan, "effect_dz": math.nan, "p_test": ""}
+    if len(diff) < 2:
+        return result
+    if np.allclose(diff, 0.0, rtol=0.0, atol=SAME_DIFFERENCE):
+        return {**result, "p_value": 1.0, "p_test": "all zero"}
+    if np.allclose(diff, diff[0], rtol=0.0, atol=SAME_DIFFERENCE):
+        return {**result, "p_value": float(sign_test(diff, mu0=0.0)[1]), "p_test": "exact sign"}
+    t_stat, p_value, _ = DescrStatsW(diff).ttest_mean(0.0)
+    effect_dz = diff.mean() / diff.std(ddof=1)  # Cohen's d_z for paired samples
+    return {"p_value": p_value, "t_stat": t_stat, "effect_dz": effect_dz, "p_test": "paired t"}
+
+
 def comparisons(runs: pd.DataFrame, baselines=("lora_r8", "full"), metric: str = "test_top1") -> pd.DataFrame:
     """Every method against each baseline on matched seeds, Holm-corrected within each family.
 
     A family is one baseline on one dataset x model: the set of tests a reader scans together.
+    Each pair is tested once: two baselines are compared only in the family of the one listed
+    first (``full`` minus ``lora_r8`` with ``lora_r8``), not again with the signs swapped.
     """
     frames = []
-    for baseline in baselines:
-        if baseline not in set(runs.method):
-            continue
-        for method in sorted(set(runs.method) - {baseline}):
+    present = [b for b in baselines if b in set(runs.method)]
+    for i, baseline in enumerate(present):
+        for method in sorted(set(runs.method) - set(present[: i + 1])):
             frames.append(paired_difference(runs, method, baseline, metric))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMPARISON_COLUMNS)
     table["p_holm"] = math.nan
@@ -142,33 +169,55 @@ def comparisons(runs: pd.DataFrame, baselines=("lora_r8", "full"), metric: str =
     return table
 
 
-def rank_ablation(runs: pd.DataFrame, family: str = "lora", metric: str = "test_top1") -> dict[str, float]:
-    """OLS of accuracy on log2(rank) over the ``lora_r{r}`` runs, with model and dataset effects
-    when the study has more than one of either. Returns the slope (points per doubling of r)."""
+def rank_ablation(
+    runs: pd.DataFrame, family: str = "lora", metric: str = "test_top1"
+) -> dict[str, float | str]:
+    """OLS of accuracy on log2(rank) over the ``lora_r{r}`` runs, within cells.
+
+    Every model x dataset cell gets its own intercept (a fixed effect), so the slope (points per
+    doubling of r) compares ranks only within a cell. Runs of one cell share a backbone and data,
+    so their errors are not independent: with several cells the standard errors are clustered by
+    cell (t with cells - 1 degrees of freedom, statsmodels' small-sample correction). One cell is
+    a single cluster, where that estimator is undefined; there the runs (one per seed and rank)
+    get heteroscedasticity-robust HC3 errors. ``cov_type`` and ``n_cells`` record which was used.
+    """
     from vitpeft.methods import parse_method_name
 
     parsed = runs.method.map(parse_method_name)
     subset = runs[parsed.map(lambda p: p[0] == family)].assign(
-        log2_rank=parsed.map(lambda p: math.log2(p[1].get("r", 1)))
+        log2_rank=parsed.map(lambda p: math.log2(p[1].get("r", 1))),
+        cell=runs.model.astype(str) + " on " + runs.dataset.astype(str),
     )
-    if subset.log2_rank.nunique() < 2 or len(subset) < 3:
+    n_cells = subset.cell.nunique()
+    result = {"n": len(subset), "n_cells": n_cells}
+    # The slope is seen only within a cell, so some cell needs two ranks.
+    if len(subset) < 3 or not (subset.groupby("cell").log2_rank.nunique() > 1).any():
+        nan = math.nan
         return {
-            "n": len(subset),
-            "slope": math.nan,
-            "ci_low": math.nan,
-            "ci_high": math.nan,
-            "p_value": math.nan,
+            **result,
+            "slope": nan,
+            "ci_low": nan,
+            "ci_high": nan,
+            "p_value": nan,
+            "cov_type": "",
+            "df": nan,
         }
-    terms = ["log2_rank"] + [f"C({c})" for c in ("model", "dataset") if subset[c].nunique() > 1]
-    fit = smf.ols(f"{metric} ~ {' + '.join(terms)}", data=subset).fit()
+    formula = f"{metric} ~ log2_rank" + (" + C(cell)" if n_cells > 1 else "")
+    if n_cells > 1:
+        groups = pd.factorize(subset.cell)[0]
+        fit = smf.ols(formula, data=subset).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+    else:
+        fit = smf.ols(formula, data=subset).fit(cov_type="HC3", use_t=True)
     low, high = fit.conf_int().loc["log2_rank"]
     return {
-        "n": len(subset),
+        **result,
         "slope": fit.params["log2_rank"],
         "ci_low": low,
         "ci_high": high,
         "p_value": fit.pvalues["log2_rank"],
         "r_squared": fit.rsquared,
+        "cov_type": fit.cov_type,
+        "df": float(getattr(fit, "df_resid_inference", fit.df_resid)),  # of the t behind CI and p
     }
 
 

@@ -86,12 +86,18 @@ def ci_half(row: pd.Series | dict, metric: str = "test_top1") -> float:
 def significance_marks(compared: pd.DataFrame) -> dict[tuple[str, str, str], str]:
     """LaTeX superscripts per (dataset, model, method): the mark of each reference in
     ``REFERENCE_MARKS`` (in that order) whose paired difference from the method survives Holm
-    correction."""
-    significant = compared[compared.baseline.isin(REFERENCE_MARKS) & (compared.p_holm < SIGNIFICANCE)]
-    marks = {}
-    for key, group in significant.groupby(["dataset", "model", "method"]):
-        marks[key] = "".join(mark for ref, mark in REFERENCE_MARKS.items() if ref in set(group.baseline))
-    return marks
+    correction. Two references are tested against each other once (``stats.comparisons``), and
+    that test marks both of them."""
+    significant = compared[compared.p_holm < SIGNIFICANCE]
+    differs = {}  # (dataset, model, method) -> the references it differs from
+    for r in significant.itertuples():
+        for method, other in ((r.method, r.baseline), (r.baseline, r.method)):
+            if other in REFERENCE_MARKS:
+                differs.setdefault((r.dataset, r.model, method), set()).add(other)
+    return {
+        key: "".join(mark for ref, mark in REFERENCE_MARKS.items() if ref in refs)
+        for key, refs in differs.items()
+    }
 
 
 def result_groups(cells: pd.DataFrame, marks: dict[tuple[str, str, str], str] | None = None) -> list[dict]:

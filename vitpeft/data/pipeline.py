@@ -54,22 +54,49 @@ class BatchPreprocessor:
         return a.scale != (1.0, 1.0) or a.translate > 0 or a.hflip
 
     def _random_affine(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Draw each image's view (``AugmentConfig`` gives the meaning) and apply it with ``affine_views``."""
         b = x.shape[0]
 
-        def uniform(low: float, high: float) -> torch.Tensor:
-            return torch.rand(b, generator=generator) * (high - low) + low
+        def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
+            return torch.rand(b, *shape, generator=generator) * (high - low) + low
 
-        # theta maps output coordinates to input coordinates, so a zoom-in of s divides by s.
-        zoom = 1.0 / uniform(*self.augment.scale)
-        flip = torch.ones(b)
+        area = uniform(*self.augment.scale)  # uniform in area, as RandomResizedCrop draws it
+        flip = torch.zeros(b, dtype=torch.bool)
         if self.augment.hflip:
-            flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
-        t = self.augment.translate * 2.0  # grid coordinates span [-1, 1]
-        theta = torch.zeros(b, 2, 3)
-        theta[:, 0, 0] = zoom * flip
-        theta[:, 1, 1] = zoom
-        theta[:, 0, 2] = uniform(-t / 2, t / 2)
-        theta[:, 1, 2] = uniform(-t / 2, t / 2)
-        theta = theta.to(x.device)
-        grid = F.affine_grid(theta, [b, 3, self.img_size, self.img_size], align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            flip = torch.rand(b, generator=generator) < 0.5
+        shift = uniform(-self.augment.translate, self.augment.translate, 2)  # as RandomAffine, unrounded
+        return affine_views(x, self.img_size, area.sqrt(), shift, flip)
+
+
+def affine_views(
+    x: torch.Tensor, size: int, view: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Resample every image of a batch through its own square view, in one ``grid_sample``.
+
+    Image ``i`` becomes what torchvision's ``v2.functional.affine(image, angle=0, scale=1 / view[i],
+    translate=shift[i] * side, shear=0)`` gives after an optional ``horizontal_flip``, resized to
+    ``size``: zoomed about its centre so that a square of ``view[i]`` times its side fills the
+    output, then moved by ``shift[i]`` of the output's side. Outside the image is black.
+
+    Args:
+        x: float images ``(B, C, H, W)``.
+        size: the output's side in pixels.
+        view: ``(B,)`` side of the region shown, as a fraction of the image's side: below 1 a
+            centred crop zoomed in (``resized_crop``), above 1 the image shrunk onto a black border.
+        shift: ``(B, 2)`` how far the content moves right and down, as a fraction of the side.
+        flip: ``(B,)`` bool, mirror the image left-right before the rest.
+
+    Returns:
+        ``(B, C, size, size)`` float images.
+    """
+    b = x.shape[0]
+    mirror = torch.ones(b) if flip is None else 1.0 - 2.0 * flip.float()
+    # theta maps output to input coordinates, both spanning [-1, 1] (2 units per side), so it undoes
+    # the shift first (2 * shift), then the zoom (view), then the flip (mirror).
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = mirror * view
+    theta[:, 1, 1] = view
+    theta[:, 0, 2] = -2.0 * mirror * view * shift[:, 0]
+    theta[:, 1, 2] = -2.0 * view * shift[:, 1]
+    grid = F.affine_grid(theta.to(x.device), [b, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
