@@ -23,20 +23,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from vitpeft.config import (
-    MODEL_DEPTHS,
-    MODEL_WIDTHS,
-    ModelSpec,
-    RunConfig,
-    pretrain_run,
-    resolve_run,
-    study,
-    study_methods,
-)
+from vitpeft import config as study_config
+from vitpeft.config import ModelSpec, RunConfig, pretrain_run, resolve_run, study, study_methods
 from vitpeft.data.sources import split_sizes
 from vitpeft.methods.adalora import AdaLoraConfig
 from vitpeft.methods.base import MethodConfig
-from vitpeft.methods.full import FullConfig
 from vitpeft.methods.linear import LinearConfig
 from vitpeft.methods.lora import LoraConfig
 from vitpeft.methods.qalora import QALoraConfig
@@ -67,9 +58,11 @@ class Trained:
 
 
 def trained_weights(method: MethodConfig) -> Trained:
-    """What ``method`` trains, by its config's family."""
-    if isinstance(method, FullConfig):
-        return Trained(backbone=True)
+    """What ``method`` trains, by its config's family.
+
+    A family not known here is costed as full fine-tuning: an upper bound, so that its jobs ask
+    for enough time.
+    """
     if isinstance(method, LinearConfig):
         return Trained()
     if isinstance(method, LoraConfig):
@@ -77,7 +70,7 @@ def trained_weights(method: MethodConfig) -> Trained:
         rank = method.init_r if isinstance(method, AdaLoraConfig) else method.r
         pooling = method.group_size if isinstance(method, QALoraConfig) else 1
         return Trained(adapters={path: (rank, pooling) for path in method.target_modules})
-    raise NotImplementedError(f"{method.name}: no FLOP count for {type(method).__name__}")
+    return Trained(backbone=True)  # FullConfig (and ScratchConfig), or a family not known here
 
 
 class _Tally:
@@ -105,8 +98,8 @@ def image_flops(model: ModelSpec, method: MethodConfig, num_classes: int) -> Pas
     change the matrix products.
     """
     kwargs = model.kwargs
-    width = kwargs.get("embed_dim", MODEL_WIDTHS[model.name])
-    depth = kwargs.get("depth", MODEL_DEPTHS[model.name])
+    width = kwargs.get("embed_dim", study_config.MODEL_WIDTHS[model.name])
+    depth = kwargs.get("depth", study_config.MODEL_DEPTHS[model.name])
     hidden = int(width * kwargs.get("mlp_ratio", 4.0))
     patches = (model.img_size // model.patch_size) ** 2
     tokens = patches + int(kwargs.get("class_token", True)) + kwargs.get("reg_tokens", 0)
