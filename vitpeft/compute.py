@@ -5,7 +5,8 @@ Convention: a multiply-add counts as 2 FLOPs, and only matrix products are count
 embedding, every Linear layer, attention's ``q k^T`` and ``attention @ v``, the head), as
 ``torch.utils.flop_counter.FlopCounterMode`` counts them. Norms, softmax, GELU, residual adds,
 dequantization, data augmentation and the optimizer step are left out: a few percent of a ViT's
-work at 224 px, and what the assumed throughput (``compute.gpu_tflops``) has to absorb.
+FLOPs at 224 px, though more of its time, which the assumed sustained throughput
+(``compute.gpu_tflops``) has to absorb.
 
 A backward pass costs, for each product the gradient flows through, one forward's worth for the
 gradient of each operand that needs one: its input when something trained lies before it, its
