@@ -107,8 +107,8 @@ def test_a_config_without_resources_asks_for_the_schema_defaults_and_no_gpu():
     study_config.load(config)
     assert config["resources"] == {
         "gpu": 0,
-        "runtime_margin": 3,
-        "min_runtime": 10,
+        "runtime_margin": 2.5,
+        "min_runtime": 8,
         "default": {"mem_mb": 4000, "runtime": 60},
         "models": {},
         "datasets": {},

@@ -282,22 +282,14 @@ def results_view(config: dict[str, Any]) -> dict[str, Any]:
 def check_compute(config: dict[str, Any]) -> None:
     """The throughput that turns FLOPs into GPU-hours, and how runtime requests follow from them."""
     compute, resources = config.get("compute", {}), config["resources"]
-    for key, value, valid, rule in [
-        (
-            "compute.gpu_tflops",
-            compute.get("gpu_tflops"),
-            lambda v: v > 0,
-            "> 0 (sustained TFLOP/s of one GPU)",
-        ),
-        (
-            "resources.runtime_margin",
-            resources.get("runtime_margin"),
-            lambda v: v >= 1,
-            ">= 1 (request / estimate)",
-        ),
-        ("resources.min_runtime", resources.get("min_runtime"), lambda v: v >= 1, ">= 1 (minutes)"),
-    ]:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not valid(value):
+    checks = {  # key: (value, least value, the rule in words); zero is never valid
+        "compute.gpu_tflops": (compute.get("gpu_tflops"), 0, "> 0 (sustained TFLOP/s of one GPU)"),
+        "resources.runtime_margin": (resources.get("runtime_margin"), 1, ">= 1 (request / estimate)"),
+        "resources.min_runtime": (resources.get("min_runtime"), 1, ">= 1 (minutes)"),
+    }
+    for key, (value, least, rule) in checks.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or value < least or value == 0:
             raise ConfigError(f"{key}: must be a number {rule}, got {value!r}")
 
 
