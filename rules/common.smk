@@ -20,7 +20,8 @@ study_config.load(
     config
 )  # schema + semantic checks; fails before any job with the key named
 # The study's estimated compute and what its jobs ask a scheduler for, before anything runs.
-print(compute.summary(config), file=sys.stderr)
+STUDY_COMPUTE = compute.estimate_study(config)
+print(compute.summary(config, STUDY_COMPUTE), file=sys.stderr)
 
 STUDY = study_config.study(config)
 METHODS = study_config.study_methods(config)

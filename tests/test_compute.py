@@ -170,6 +170,6 @@ def test_a_cpu_study_asks_for_its_models_base_times_its_datasets_factors(demo_co
 
 def test_the_summary_states_gpu_hours_and_requests_or_that_the_study_runs_on_cpu(full_study, demo_config):
     estimate = compute.estimate_study(full_study)
-    line = compute.summary(full_study)
+    line = compute.summary(full_study, estimate)
     assert f"{estimate.gpu_hours:.3g} GPU-hours" in line and "runtime requests add up to" in line
-    assert "runs on CPU" in compute.summary(demo_config)
+    assert "runs on CPU" in compute.summary(demo_config, compute.estimate_study(demo_config))

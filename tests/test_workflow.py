@@ -163,7 +163,8 @@ def test_the_full_study_is_one_flag_away(tmp_path):
     result = snakemake("-n", "paper.pdf", "--config", "study=full", workdir=tmp_path)
     plan = result.stdout
     # The estimated compute and the runtime requests, once, as the workflow loads.
-    line = compute.summary(study_config.load({**copy.deepcopy(DEMO), "study": "full"}))
+    full = study_config.load({**copy.deepcopy(DEMO), "study": "full"})
+    line = compute.summary(full, compute.estimate_study(full))
     assert "GPU-hours" in line and result.stderr.count(line) == 1
     runs = 3 * 3 * 11 * 3  # models x datasets x methods x seeds; no scratch: hub weights
     int_runs = 3 * 3 * 1 * 3  # qalora4_r8

@@ -237,9 +237,9 @@ def requested_gpu_hours(config: dict[str, Any]) -> float:
     return sum(job["runtime"] * job["gpu"] for job in jobs) / 60.0
 
 
-def summary(config: dict[str, Any]) -> str:
-    """One line for the workflow's log: the study's estimated compute and what its jobs request."""
-    estimate = estimate_study(config)
+def summary(config: dict[str, Any], estimate: StudyEstimate) -> str:
+    """One line for the workflow's log: the study's estimated compute (:func:`estimate_study`)
+    and what its jobs request."""
     line = (
         f"vitpeft: the {config['study']} study's {estimate.jobs} training jobs need an estimated "
         f"{estimate.flops:.3g} FLOPs, {estimate.gpu_hours:.3g} GPU-hours at a sustained "
