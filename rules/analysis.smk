@@ -81,6 +81,7 @@ rule tables:
     params:
         # the setup section is written from it: a change rewrites it (scheduling keys excepted)
         config=canonical(study_config.results_view(config)),
+        compute=dataclasses.asdict(STUDY_COMPUTE),
     script:
         "../workflow_scripts/tables.py"
 

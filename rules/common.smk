@@ -1,8 +1,11 @@
 # Config validation, wildcard constraints and the input functions of every stage.
+import dataclasses
 import re
+import sys
 from pathlib import Path
 
 import vitpeft.config as study_config
+from vitpeft import compute
 from vitpeft.data.sources import ARCHIVES, archive_md5, archive_url
 from vitpeft.io import canonical
 from vitpeft.methods import (
@@ -16,6 +19,9 @@ from vitpeft.methods import METHODS as METHODS_BY_FAMILY
 study_config.load(
     config
 )  # schema + semantic checks; fails before any job with the key named
+# The study's estimated compute and what its jobs ask a scheduler for, before anything runs.
+STUDY_COMPUTE = compute.estimate_study(config)
+print(compute.summary(config, STUDY_COMPUTE), file=sys.stderr)
 
 STUDY = study_config.study(config)
 METHODS = study_config.study_methods(config)
@@ -90,26 +96,33 @@ def export_inputs(wildcards):
     return {**train_inputs(wildcards), **run_files}
 
 
-def job_resource(name):
-    """A resource of a training or pretrain job, from config ``resources`` (more on a retry)."""
-    return lambda wildcards, attempt: study_config.job_resources(
-        config, wildcards.model, wildcards.dataset, attempt
-    )[name]
-
-
-def run_config(wildcards):
-    run = study_config.resolve_run(
+def training_run(wildcards):
+    return study_config.resolve_run(
         config,
         wildcards.model,
         wildcards.dataset,
         wildcards.method,
         int(wildcards.seed),
     )
-    return canonical(run.to_dict())
+
+
+def pretraining_run(wildcards):
+    return study_config.pretrain_run(config, wildcards.model)
+
+
+def job_resource(name, run_of=training_run):
+    """A resource of the job whose run ``run_of(wildcards)`` gives (more on a retry)."""
+    return lambda wildcards, attempt: compute.job_resources(
+        config, run_of(wildcards), attempt
+    )[name]
+
+
+def run_config(wildcards):
+    return canonical(training_run(wildcards).to_dict())
 
 
 def pretrain_config(wildcards):
-    return canonical(study_config.pretrain_run(config, wildcards.model).to_dict())
+    return canonical(pretraining_run(wildcards).to_dict())
 
 
 def dataset_spec(wildcards):

@@ -257,7 +257,7 @@ def pdf_text(path) -> str:
     return subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
 
 
-def render_tables(root, out, title="T"):
+def render_tables(root, out, title="T", compute=None):
     """Every generated LaTeX part from the stats in ``root``, for a one-dataset, two-seed config."""
     manifest = {
         "source": {"name": "digits", "split_seed": 0},
@@ -291,8 +291,22 @@ def render_tables(root, out, title="T"):
         [],
         [root / "data" / "digits" / "manifest.json"],
         out,
+        compute=compute,
     )
     return out
+
+
+def test_the_setup_states_the_estimated_compute_and_the_time_the_runs_took(study_tables, tmp_path):
+    estimate = {"jobs": 8, "flops": 4.0e13, "gpu_tflops": 250, "gpu_hours": 4.0e13 / 250e12 / 3600}
+    out = render_tables(study_tables, tmp_path / "paper", compute=estimate)
+    setup = " ".join((out / "setup.tex").read_text().split())  # lines joined, as LaTeX reads them
+    assert r"8 training jobs take an estimated 4\ensuremath{\times 10^{13}} FLOPs" in setup
+    assert r"4.44\ensuremath{\times 10^{-5}} GPU-hours at an assumed sustained 250\,TFLOP/s" in setup
+    # 8 runs of 12.5 s each: 100 s, so 0.4 TFLOP/s
+    assert r"0.0278 device-hours in all, so they sustained 0.4\,TFLOP/s" in setup
+    # Until every job of the estimate has reported, no sustained rate.
+    partial = render_tables(study_tables, tmp_path / "partial", compute={**estimate, "jobs": 9})
+    assert "device-hours in all." in (partial / "setup.tex").read_text()
 
 
 def test_style_names_and_colours():

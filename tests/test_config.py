@@ -4,6 +4,7 @@ import pytest
 import yaml
 from conftest import REPO
 
+from vitpeft import compute
 from vitpeft import config as study_config
 from vitpeft.config import ConfigError, RunConfig
 
@@ -100,39 +101,49 @@ def test_checkpoint_every_defaults_and_stays_out_of_run_configs(tiny_config, dem
     assert "checkpoint_every" not in str(run)  # changing it must rerun no job
 
 
-def test_job_resources_are_the_models_base_times_the_datasets_factors(demo_config):
-    config = copy.deepcopy(demo_config)
-    config["resources"].update(
-        gpu=1,
-        default={"mem_mb": 3000, "runtime": 45},
-        models={"deit_tiny": {"mem_mb": 2000, "runtime": 10}},
-        datasets={"digits": {"mem_mb": 1.5}, "shapes": {"runtime": 2.05}},
-    )
-    resources = study_config.job_resources
-    assert resources(config, "deit_tiny", "digits") == {"mem_mb": 3000, "runtime": 10, "gpu": 1}
-    assert resources(config, "deit_tiny", "shapes") == {"mem_mb": 2000, "runtime": 21, "gpu": 1}  # 20.5 up
-    assert resources(config, "deit_tiny", "cifar10") == {"mem_mb": 2000, "runtime": 10, "gpu": 1}
-    assert resources(config, "deit_small", "cifar10") == {"mem_mb": 3000, "runtime": 45, "gpu": 1}
-    # A retry asks for more memory and time, never more GPUs.
-    assert resources(config, "deit_tiny", "shapes", attempt=2) == {"mem_mb": 4000, "runtime": 41, "gpu": 1}
-
-
 def test_a_config_without_resources_asks_for_the_schema_defaults_and_no_gpu():
     config = yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text())
     del config["resources"]
     study_config.load(config)
     assert config["resources"] == {
         "gpu": 0,
+        "runtime_margin": 2.5,
+        "min_runtime": 8,
         "default": {"mem_mb": 4000, "runtime": 60},
         "models": {},
         "datasets": {},
     }
-    assert study_config.job_resources(config, "deit_tiny", "digits") == {
-        "mem_mb": 4000,
-        "runtime": 60,
-        "gpu": 0,
-    }
+    run = study_config.resolve_run(config, "deit_tiny", "digits", "lora_r8", 0)
+    assert compute.job_resources(config, run) == {"mem_mb": 4000, "runtime": 60, "gpu": 0}
+    assert config["compute"] == {"gpu_tflops": 250}
 
 
 def test_the_demo_is_a_cpu_study(demo_config):
-    assert study_config.job_resources(demo_config, "deit_tiny", "digits")["gpu"] == 0
+    run = study_config.resolve_run(demo_config, "deit_tiny", "digits", "full", 0)
+    assert compute.job_resources(demo_config, run)["gpu"] == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("gpu_tflops", 0, "compute.gpu_tflops: must be a number > 0"),
+        ("gpu_tflops", -250, "compute.gpu_tflops: must be a number > 0"),
+        ("gpu_tflops", "fast", "compute.gpu_tflops: must be a number > 0"),
+        ("gpu_tflops", True, "compute.gpu_tflops: must be a number > 0"),
+        ("runtime_margin", 0.5, "resources.runtime_margin: must be a number >= 1"),
+        ("runtime_margin", -3, "resources.runtime_margin: must be a number >= 1"),
+        ("min_runtime", 0, "resources.min_runtime: must be a number >= 1"),
+    ],
+)
+def test_a_throughput_or_runtime_margin_out_of_range_is_refused_naming_the_key(
+    demo_config, key, value, message
+):
+    section = "compute" if key == "gpu_tflops" else "resources"
+    bad = copy.deepcopy(demo_config)
+    bad[section][key] = value
+    with pytest.raises(ConfigError, match=f"{message}.*got {value!r}"):
+        study_config.validate(bad)
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    raw.setdefault(section, {})[key] = value
+    with pytest.raises(ConfigError, match=key):  # the schema refuses it first when the workflow loads
+        study_config.load(raw)

@@ -5,6 +5,11 @@ import re
 import pytest
 from conftest import REPO
 
+from vitpeft import compute
+from vitpeft.config import ModelSpec
+from vitpeft.data.sources import split_sizes
+from vitpeft.methods import method_config
+
 
 def run_guide(name: str) -> dict:
     text = (REPO / "docs" / name).read_text()
@@ -20,11 +25,14 @@ def run_guide(name: str) -> dict:
 def registries(monkeypatch):
     """The registries the guides add to, restored afterwards."""
     from vitpeft import config, data, methods
+    from vitpeft.data import sources
 
     monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
     monkeypatch.setattr(config, "MODEL_ARCHS", dict(config.MODEL_ARCHS))
     monkeypatch.setattr(config, "MODEL_WIDTHS", dict(config.MODEL_WIDTHS))
+    monkeypatch.setattr(config, "MODEL_DEPTHS", dict(config.MODEL_DEPTHS))
     monkeypatch.setattr(data, "DATASETS", dict(data.DATASETS))
+    monkeypatch.setattr(sources, "KIND_SIZES", dict(sources.KIND_SIZES))
 
 
 def test_add_a_method_guide(registries):
@@ -39,10 +47,17 @@ def test_add_a_method_guide(registries):
 def test_add_a_model_guide(registries):
     guide = run_guide("add_a_model.md")
     assert guide["model"].default_cfg["architecture"] == "vit_tiny_patch16_224"
+    # Its depth entry lets the study's compute be estimated: ViT-Tiny has DeiT-tiny's shape.
+    deit_tiny = ModelSpec("deit_tiny", img_size=32, patch_size=8, kwargs={"depth": 2})
+    full = method_config("full")
+    assert compute.image_flops(guide["spec"], full, 10) == compute.image_flops(deit_tiny, full, 10)
 
 
 def test_add_a_dataset_guide(registries):
     guide = run_guide("add_a_dataset.md")
     counts = guide["manifest"]["counts_per_class"]
     assert sum(map(sum, counts.values())) == 400 and len(counts["test"]) == 2
+    # Its sizes entry gives the study's compute estimate the split sizes the pipeline makes.
+    sizes = split_sizes(guide["spec"])
+    assert sizes == {**{split: sum(c) for split, c in counts.items()}, "classes": 2}
     assert abs(counts["train"][0] - counts["train"][1]) <= 0.2 * sum(counts["train"])

@@ -155,7 +155,17 @@ def test_installed_versions_equal_the_pins():
 
 
 def test_the_full_study_is_one_flag_away(tmp_path):
-    plan = snakemake("-n", "paper.pdf", "--config", "study=full", workdir=tmp_path).stdout
+    import copy
+
+    from vitpeft import compute
+    from vitpeft import config as study_config
+
+    result = snakemake("-n", "paper.pdf", "--config", "study=full", workdir=tmp_path)
+    plan = result.stdout
+    # The estimated compute and the runtime requests, once, as the workflow loads.
+    full = study_config.load({**copy.deepcopy(DEMO), "study": "full"})
+    line = compute.summary(full, compute.estimate_study(full))
+    assert "GPU-hours" in line and result.stderr.count(line) == 1
     runs = 3 * 3 * 11 * 3  # models x datasets x methods x seeds; no scratch: hub weights
     int_runs = 3 * 3 * 1 * 3  # qalora4_r8
     assert planned_jobs(plan) == {
@@ -177,6 +187,7 @@ def test_the_full_study_is_one_flag_away(tmp_path):
 def test_the_full_study_resolves_hub_models_at_224_px_and_per_dataset_budgets():
     import copy
 
+    from vitpeft import compute
     from vitpeft import config as study_config
 
     config = study_config.load({**copy.deepcopy(DEMO), "study": "full"})
@@ -185,7 +196,7 @@ def test_the_full_study_resolves_hub_models_at_224_px_and_per_dataset_budgets():
     assert run.train.epochs == 50 and run.method.lr == 1.25e-4
     assert study_config.resolve_run(config, "vit_small", "cifar100", "qalora4_r8", 0).train.epochs == 100
     assert config["models"]["deit_tiny"]["img_size"] == 224  # the demo's 16 px is overridden
-    assert study_config.job_resources(config, "deit_small", "tinyimagenet")["gpu"] == 1
+    assert compute.job_resources(config, run)["gpu"] == 1
     assert study_config.load(copy.deepcopy(DEMO))["models"]["deit_tiny"]["img_size"] == 16
 
 

@@ -11,7 +11,6 @@ This module imports neither torch nor timm, so that Snakemake parses the workflo
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ MODEL_ARCHS = {
 # Embedding width of each architecture; its blocks' Linear layers take this width, and fc2 takes
 # width * mlp_ratio. Known here, without torch, so that methods can check shapes at config time.
 MODEL_WIDTHS = {"deit_tiny": 192, "deit_small": 384, "vit_small": 384}
+MODEL_DEPTHS = {"deit_tiny": 12, "deit_small": 12, "vit_small": 12}  # transformer blocks
 BACKBONE_SOURCES = ("pretrain", "timm", "file")
 
 
@@ -286,25 +286,18 @@ def results_view(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in SCHEDULING_KEYS}
 
 
-def job_resources(config: dict[str, Any], model: str, dataset: str, attempt: int = 1) -> dict[str, int]:
-    """What one training or pretrain job of ``model`` on ``dataset`` asks a scheduler for.
-
-    ``resources.models`` gives a model's memory and wall time on a dataset of factor 1
-    (``resources.default`` for a model not listed); ``resources.datasets`` scales them per dataset
-    (factor 1 for a dataset not listed). A retry (``attempt`` 2, 3, ...) asks for that many times
-    more, so a job killed for memory or time by the scheduler can succeed when resubmitted.
-
-    Returns:
-        ``mem_mb`` (MiB) and ``runtime`` (minutes), rounded up, and ``gpu`` (0 for a CPU study).
-    """
-    section = config["resources"]
-    base = section["models"].get(model, section["default"])
-    factors = section["datasets"].get(dataset, {})
-    return {
-        "mem_mb": math.ceil(base["mem_mb"] * factors.get("mem_mb", 1.0) * attempt),
-        "runtime": math.ceil(base["runtime"] * factors.get("runtime", 1.0) * attempt),
-        "gpu": section["gpu"],
+def check_compute(config: dict[str, Any]) -> None:
+    """The throughput that turns FLOPs into GPU-hours, and how runtime requests follow from them."""
+    compute, resources = config.get("compute", {}), config["resources"]
+    checks = {  # key: (value, least value, the rule in words); zero is never valid
+        "compute.gpu_tflops": (compute.get("gpu_tflops"), 0, "> 0 (sustained TFLOP/s of one GPU)"),
+        "resources.runtime_margin": (resources.get("runtime_margin"), 1, ">= 1 (request / estimate)"),
+        "resources.min_runtime": (resources.get("min_runtime"), 1, ">= 1 (minutes)"),
     }
+    for key, (value, least, rule) in checks.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or value < least or value == 0:
+            raise ConfigError(f"{key}: must be a number {rule}, got {value!r}")
 
 
 def validate(config: dict[str, Any]) -> None:
@@ -361,6 +354,7 @@ def validate(config: dict[str, Any]) -> None:
                     method_cfg.check_widths(model_widths, model=model)
             except (ValueError, TypeError) as err:
                 raise ConfigError(f"{where}: {method!r}: {err}") from err
+    check_compute(config)
     every = config.get("checkpoint_every", 0)
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise ConfigError(

@@ -15,6 +15,7 @@ write_tables(
     snakemake.input.comparisons,
     snakemake.input.rank_ablation,
     config=snakemake.params.config,
+    compute=snakemake.params.compute,
     backbone_metas=snakemake.input.backbones,
     manifests=snakemake.input.manifests,
     out_dir=Path(snakemake.output[0]).parent,

@@ -51,6 +51,22 @@ def fmt_mib(value: float) -> str:
     return "--" if value is None or math.isnan(value) else f"{value / 2**20:.2f}"
 
 
+def fmt_general(value: float) -> str:
+    """Three significant digits, a power of ten in LaTeX where needed: 22.7, 2.04\\ensuremath{\\times 10^{19}}."""
+    mantissa, _, exponent = f"{value:.3g}".partition("e")
+    return rf"{mantissa}\ensuremath{{\times 10^{{{int(exponent)}}}}}" if exponent else mantissa
+
+
+def compute_used(
+    runs: pd.DataFrame, backbones: list[dict[str, Any]], estimate: dict[str, Any]
+) -> dict[str, Any]:
+    """Device-hours that the reported training jobs took, and, once every job of the estimate has
+    reported, the FLOP/s they sustained (the estimated FLOPs over the measured time)."""
+    seconds = float(runs.train_time_s.sum()) + sum(b["train_time_s"] for b in backbones)
+    complete = len(runs) + len(backbones) == estimate["jobs"] and seconds > 0
+    return {"hours": seconds / 3600.0, "tflops": estimate["flops"] / seconds / 1e12 if complete else None}
+
+
 def environment() -> jinja2.Environment:
     # LaTeX is full of braces and percent signs, so the templates use << >> and <% %> instead.
     env = jinja2.Environment(
@@ -67,7 +83,12 @@ def environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters.update(
-        mib=fmt_mib, tex=tex_escape, fmt=fmt, count=fmt_count, method=lambda m: method_label(m, latex=True)
+        mib=fmt_mib,
+        tex=tex_escape,
+        fmt=fmt,
+        count=fmt_count,
+        general=fmt_general,
+        method=lambda m: method_label(m, latex=True),
     )
     return env
 
@@ -189,8 +210,14 @@ def write_tables(
     backbone_metas: list[str | Path],
     manifests: list[str | Path],
     out_dir: str | Path,
+    compute: dict[str, Any] | None = None,
 ) -> None:
-    """Render every generated LaTeX part of the paper into ``out_dir``, for the config's selected study."""
+    """Render every generated LaTeX part of the paper into ``out_dir``, for the config's selected study.
+
+    Args:
+        compute: the study's estimated compute (:class:`vitpeft.compute.StudyEstimate` as a dict),
+            stated in the setup section with the time the runs took.
+    """
     out_dir = Path(out_dir)
     study = config["studies"][config["study"]]
     runs = pd.read_csv(runs_csv)
@@ -227,12 +254,15 @@ def write_tables(
         ["baseline", "dataset", "model", "order"]
     )
     render("comparisons.tex.j2", out_dir / "comparisons.tex", rows=compared.to_dict("records"))
+    backbones = [read_json(p) for p in backbone_metas]
     render(
         "setup.tex.j2",
         out_dir / "setup.tex",
         study=study,
         config=config,
-        backbones=[read_json(p) for p in backbone_metas],
+        backbones=backbones,
+        compute=compute,
+        used=compute_used(runs, backbones, compute) if compute else None,
         datasets={Path(p).parent.name: read_json(p) for p in manifests},
         methods=sorted(runs.method.unique(), key=method_sort_key),
         arches=MODEL_ARCHS,

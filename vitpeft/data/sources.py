@@ -3,7 +3,12 @@ can validate its config and plan downloads without loading the data stack."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
+from typing import Any
+
+from vitpeft.data.shapes import SHAPE_CLASSES
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,62 @@ ARCHIVES: dict[str, Archive] = {
     ),
 }
 DATASET_KINDS = ("sklearn_digits", "synthetic_shapes", *ARCHIVES)
+
+
+@dataclass(frozen=True)
+class KindSize:
+    """What a dataset kind holds before the pipeline splits it (known without the data, so that a
+    study's compute can be estimated when the workflow loads).
+
+    Attributes:
+        classes: number of classes.
+        train, test: images of the official train and test splits; for a kind without official
+            splits, ``train`` is the whole pool and ``test`` is None.
+        size_option: the builder option that sets the pool's size, if any (it then replaces ``train``).
+    """
+
+    classes: int
+    train: int
+    test: int | None = None
+    size_option: str | None = None
+
+
+KIND_SIZES: dict[str, KindSize] = {
+    "sklearn_digits": KindSize(classes=10, train=1797),
+    "synthetic_shapes": KindSize(classes=len(SHAPE_CLASSES), train=6400, size_option="num_images"),
+    "cifar10": KindSize(classes=10, train=50_000, test=10_000),
+    "cifar100": KindSize(classes=100, train=50_000, test=10_000),
+    "tinyimagenet": KindSize(classes=200, train=100_000, test=10_000),  # test: its official val
+}
+
+
+def kind_size(spec: dict[str, Any]) -> KindSize:
+    """The sizes of one ``datasets:`` entry's kind, its pool sized by its options where they say."""
+    size = KIND_SIZES[spec["kind"]]
+    options = spec.get("options", {})
+    if size.size_option in options:
+        return dataclasses.replace(size, train=options[size.size_option])
+    return size
+
+
+def held_out(n: int, fraction: float) -> int:
+    """Images that a stratified hold-out of ``fraction`` takes from ``n`` (scikit-learn rounds up)."""
+    return math.ceil(fraction * n)
+
+
+def split_sizes(spec: dict[str, Any]) -> dict[str, int]:
+    """Images per split of one ``datasets:`` entry, as :func:`vitpeft.data.prepare_dataset` makes
+    them, known without the data: validation (and, for a pool, test) held out by ``val_fraction``
+    and ``test_fraction``. Also ``classes``."""
+    size = kind_size(spec)
+    if size.test is None:  # a pool: test first, then validation from the rest
+        test = held_out(size.train, spec["test_fraction"])
+        rest = size.train - test
+        val = held_out(rest, spec["val_fraction"] / (1.0 - spec["test_fraction"]))
+    else:
+        test, rest = size.test, size.train
+        val = held_out(rest, spec["val_fraction"])
+    return {"train": rest - val, "val": val, "test": test, "classes": size.classes}
 
 
 def check_kind(kind: str) -> None:

@@ -1,0 +1,175 @@
+import copy
+import dataclasses
+
+import pytest
+import yaml
+from conftest import REPO, prepare
+
+from vitpeft import compute
+from vitpeft import config as study_config
+from vitpeft.config import ModelSpec
+from vitpeft.data.sources import split_sizes
+
+
+def counted_flops(model, images):
+    """FLOPs that torch's own counter sees in a forward pass, and in the backward pass after it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as forward:
+        logits = model(images)
+    with FlopCounterMode(display=False) as backward:
+        logits.sum().backward()
+    return forward.get_total_flops(), backward.get_total_flops()
+
+
+@pytest.mark.parametrize(
+    ("name", "img_size", "patch_size", "kwargs", "method", "hyperparameters"),
+    [
+        ("deit_tiny", 224, 16, {}, "full", None),
+        ("deit_tiny", 224, 16, {}, "linear", None),
+        ("deit_tiny", 224, 16, {}, "lora_r8", None),
+        ("deit_small", 224, 16, {"depth": 3}, "lora_r4", None),
+        ("vit_small", 224, 16, {"depth": 2}, "full", None),
+        # an adapter only from each block's MLP on: block 0's attention gets no backward
+        ("deit_tiny", 64, 8, {"depth": 3}, "lora_r8", {"lora": {"target_modules": ["mlp.fc1", "mlp.fc2"]}}),
+        (
+            "deit_tiny",
+            32,
+            4,
+            {"depth": 2, "embed_dim": 96, "mlp_ratio": 2.0, "num_heads": 3},
+            "adalora_r8",
+            None,
+        ),
+        ("deit_tiny", 32, 4, {"depth": 2}, "qalora4_r8", None),
+    ],
+)
+def test_flops_per_image_agree_with_torchs_flop_counter(
+    name, img_size, patch_size, kwargs, method, hyperparameters
+):
+    import torch
+
+    from vitpeft.methods import method_config
+    from vitpeft.models import create_model
+
+    spec = ModelSpec(name, img_size=img_size, patch_size=patch_size, kwargs=kwargs)
+    torch.manual_seed(0)
+    model = create_model(spec, num_classes=100)
+    for module in model.modules():  # explicit q k^T and attention @ v, which the counter sees on CPU
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    model = prepare(model, method, hyperparameters).model.train()
+    forward, backward = counted_flops(model, torch.randn(1, 3, img_size, img_size))
+
+    estimate = compute.image_flops(spec, method_config(method, hyperparameters), num_classes=100)
+    assert estimate.forward == pytest.approx(forward, rel=1e-9)  # the same products, counted alike
+    assert estimate.backward == pytest.approx(backward, rel=1e-9)
+
+
+def test_backward_costs_follow_what_each_method_trains():
+    from vitpeft.methods import method_config
+
+    spec = ModelSpec("deit_small")
+    flops = {m: compute.image_flops(spec, method_config(m), 10) for m in ("full", "linear", "lora_r8")}
+    # Full: two gradients per product but one for the patch embedding (the images need none).
+    assert 1.9 < flops["full"].backward / flops["full"].forward < 2.0
+    assert flops["linear"].backward == 2 * 384 * 10  # the head's weight gradient, nothing more
+    # LoRA: activation gradients (both operands of attention's products), adapters' weights
+    assert 1.0 < flops["lora_r8"].backward / flops["lora_r8"].forward < 1.1
+
+
+def test_split_sizes_are_those_of_the_prepared_datasets(tmp_path):
+    from vitpeft.data import prepare_dataset
+
+    config = yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text())
+    study_config.load(config)
+    for name, spec in config["datasets"].items():
+        manifest = prepare_dataset(spec, tmp_path / name)
+        sizes = split_sizes(spec)
+        assert {split: sum(counts) for split, counts in manifest["counts_per_class"].items()} == {
+            split: sizes[split] for split in ("train", "val", "test")
+        }
+        assert sizes["classes"] == len(manifest["class_names"])
+
+
+def test_split_sizes_of_the_official_archives_hold_out_validation_from_train():
+    assert split_sizes({"kind": "cifar10", "val_fraction": 0.1}) == {
+        "train": 45_000,
+        "val": 5_000,
+        "test": 10_000,
+        "classes": 10,
+    }
+    assert split_sizes({"kind": "tinyimagenet", "val_fraction": 0.1})["train"] == 90_000
+
+
+def test_a_run_trains_every_epoch_validates_after_each_and_tests_once(demo_config):
+    run = study_config.resolve_run(demo_config, "deit_tiny", "digits", "lora_r8", 0)
+    image = compute.image_flops(run.model, run.method, 10)
+    splits = {"train": 100, "val": 10, "test": 7, "classes": 10}
+    longer = dataclasses.replace(run, train=dataclasses.replace(run.train, epochs=run.train.epochs + 1))
+    per_epoch = 100 * (image.forward + image.backward) + 10 * image.forward
+    assert compute.run_flops(longer, splits) - compute.run_flops(run, splits) == pytest.approx(per_epoch)
+    assert compute.run_flops(run, splits) == pytest.approx(run.train.epochs * per_epoch + 7 * image.forward)
+
+
+@pytest.fixture
+def full_study(demo_config):
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    return study_config.load({**raw, "study": "full"})
+
+
+def test_a_gpu_jobs_runtime_request_is_its_estimate_with_the_margin_and_the_floor(full_study):
+    margin, floor = full_study["resources"]["runtime_margin"], full_study["resources"]["min_runtime"]
+    for method in ("full", "lora_r8", "qlora4_r8", "adalora_r8", "qalora4_r8", "linear"):
+        run = study_config.resolve_run(full_study, "deit_small", "cifar10", method, 0)
+        minutes = 60 * compute.gpu_hours(full_study, compute.estimated_flops(full_study, run))
+        request = compute.job_resources(full_study, run)
+        assert max(floor, margin * minutes) <= request["runtime"] < max(floor, margin * minutes) + 1
+        assert minutes < request["runtime"] <= 3 * minutes  # a deit_small CIFAR-10 run: within 3x
+        assert request["gpu"] == 1 and request["mem_mb"] == 24000  # memory as the config gives it
+        assert compute.job_resources(full_study, run, attempt=2)["runtime"] in (
+            2 * request["runtime"] - 1,
+            2 * request["runtime"],
+        )
+    tiny_probe = study_config.resolve_run(full_study, "deit_tiny", "cifar10", "linear", 0)
+    assert compute.job_resources(full_study, tiny_probe)["runtime"] == floor  # a minute's compute
+
+
+def test_the_full_studys_requests_follow_its_estimate(full_study):
+    estimate = compute.estimate_study(full_study)
+    assert estimate.jobs == 3 * 3 * 11 * 3
+    requested = compute.requested_gpu_hours(full_study)
+    floor_hours = estimate.jobs * full_study["resources"]["min_runtime"] / 60
+    margin = full_study["resources"]["runtime_margin"]
+    assert estimate.gpu_hours < requested <= margin * estimate.gpu_hours + floor_hours + estimate.jobs / 60
+    # The old fixed requests (2 to 4 hours per job) came to 990 GPU-hours.
+    assert requested < 990 / 5
+
+
+def test_a_cpu_study_asks_for_its_models_base_times_its_datasets_factors(demo_config):
+    config = copy.deepcopy(demo_config)
+    config["models"]["deit_small"] = {"img_size": 16, "patch_size": 4, "backbone": {"source": "timm"}}
+    config["resources"].update(
+        default={"mem_mb": 3000, "runtime": 45},
+        models={"deit_tiny": {"mem_mb": 2000, "runtime": 10}, "deit_small": {"mem_mb": 2500}},
+        datasets={"digits": {"mem_mb": 1.5}, "shapes": {"runtime": 2.05}},
+    )
+
+    def resources(model, dataset, attempt=1):
+        run = study_config.resolve_run(config, model, dataset, "lora_r8", 0)
+        return compute.job_resources(config, run, attempt)
+
+    assert resources("deit_tiny", "digits") == {"mem_mb": 3000, "runtime": 10, "gpu": 0}
+    assert resources("deit_tiny", "shapes") == {"mem_mb": 2000, "runtime": 21, "gpu": 0}  # 20.5 up
+    assert resources("deit_tiny", "cifar10") == {"mem_mb": 2000, "runtime": 10, "gpu": 0}
+    assert resources("deit_small", "cifar10") == {"mem_mb": 2500, "runtime": 45, "gpu": 0}  # default's time
+    # A retry asks for more memory and time, never more GPUs.
+    assert resources("deit_tiny", "shapes", attempt=2) == {"mem_mb": 4000, "runtime": 41, "gpu": 0}
+    pretrain = compute.job_resources(config, study_config.pretrain_run(config, "deit_tiny"))
+    assert pretrain == {"mem_mb": 2000, "runtime": 21, "gpu": 0}
+
+
+def test_the_summary_states_gpu_hours_and_requests_or_that_the_study_runs_on_cpu(full_study, demo_config):
+    estimate = compute.estimate_study(full_study)
+    line = compute.summary(full_study, estimate)
+    assert f"{estimate.gpu_hours:.3g} GPU-hours" in line and "runtime requests add up to" in line
+    assert "runs on CPU" in compute.summary(demo_config, compute.estimate_study(demo_config))

@@ -1,0 +1,257 @@
+"""The study's compute, known before it runs: training FLOPs per run, their sum, and the SLURM
+runtime request of each training job derived from them.
+
+Convention: a multiply-add counts as 2 FLOPs, and only matrix products are counted (the patch
+embedding, every Linear layer, attention's ``q k^T`` and ``attention @ v``, the head), as
+``torch.utils.flop_counter.FlopCounterMode`` counts them. Norms, softmax, GELU, residual adds,
+dequantization, data augmentation and the optimizer step are left out: a few percent of a ViT's
+FLOPs at 224 px, though more of its time, which the assumed sustained throughput
+(``compute.gpu_tflops``) has to absorb.
+
+A backward pass costs, for each product the gradient flows through, one forward's worth for the
+gradient of each operand that needs one: its input when something trained lies before it, its
+weight when that weight is trained. So full fine-tuning costs about twice the forward pass
+backwards, a linear probe only its head's weight gradient (no backward through the frozen trunk),
+and LoRA-like methods the activation gradients through the trunk (from their first adapter on)
+plus the weight gradients of their adapters and head.
+
+This module imports neither torch nor timm: Snakemake imports it when it parses the workflow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from vitpeft import config as study_config
+from vitpeft.config import ModelSpec, RunConfig, pretrain_run, resolve_run, study, study_methods
+from vitpeft.data.sources import split_sizes
+from vitpeft.methods.adalora import AdaLoraConfig
+from vitpeft.methods.base import MethodConfig
+from vitpeft.methods.linear import LinearConfig
+from vitpeft.methods.lora import LoraConfig
+from vitpeft.methods.qalora import QALoraConfig
+
+TERA = 1e12
+
+
+@dataclass(frozen=True)
+class PassFlops:
+    """FLOPs of one image through the model: its forward pass and its backward pass."""
+
+    forward: float
+    backward: float
+
+
+@dataclass(frozen=True)
+class Trained:
+    """Which weights a method trains besides the head.
+
+    Attributes:
+        backbone: every weight of the backbone (full fine-tuning, training from scratch).
+        adapters: block-relative Linear path -> (rank, input pooling) of its low-rank adapter;
+            the adapter maps ``in_features / pooling -> rank -> out_features``.
+    """
+
+    backbone: bool = False
+    adapters: dict[str, tuple[int, int]] | None = None
+
+
+def trained_weights(method: MethodConfig) -> Trained:
+    """What ``method`` trains, by its config's family.
+
+    A family not known here is costed as full fine-tuning: an upper bound, so that its jobs ask
+    for enough time.
+    """
+    if isinstance(method, LinearConfig):
+        return Trained()
+    if isinstance(method, LoraConfig):
+        # AdaLoRA masks pruned ranks rather than shrinking its matrices: it computes at init_r.
+        rank = method.init_r if isinstance(method, AdaLoraConfig) else method.r
+        pooling = method.group_size if isinstance(method, QALoraConfig) else 1
+        return Trained(adapters={path: (rank, pooling) for path in method.target_modules})
+    return Trained(backbone=True)  # FullConfig (and ScratchConfig), or a family not known here
+
+
+class _Tally:
+    """Forward and backward FLOPs per image, added one matrix product at a time."""
+
+    def __init__(self) -> None:
+        self.forward = 0.0
+        self.backward = 0.0
+
+    def product(self, flops: float, gradients: int) -> None:
+        """A product of ``flops`` forward FLOPs; each of ``gradients`` operand gradients costs as much."""
+        self.forward += flops
+        self.backward += gradients * flops
+
+    def linear(self, rows: int, n_in: int, n_out: int, weight_trained: bool, input_grad: bool) -> None:
+        self.product(2.0 * rows * n_in * n_out, int(weight_trained) + int(input_grad))
+
+
+def image_flops(model: ModelSpec, method: MethodConfig, num_classes: int) -> PassFlops:
+    """Forward and backward FLOPs of one training image through a timm ViT under ``method``.
+
+    The architecture is timm's (:data:`vitpeft.config.MODEL_ARCHS`) at the spec's input and patch
+    size, with the ``embed_dim``, ``depth``, ``mlp_ratio``, ``in_chans``, ``class_token`` and
+    ``reg_tokens`` of ``model.kwargs`` where given; other keyword arguments are taken not to
+    change the matrix products.
+    """
+    kwargs = model.kwargs
+    width = kwargs.get("embed_dim", study_config.MODEL_WIDTHS[model.name])
+    depth = kwargs.get("depth", study_config.MODEL_DEPTHS[model.name])
+    hidden = int(width * kwargs.get("mlp_ratio", 4.0))
+    patches = (model.img_size // model.patch_size) ** 2
+    tokens = patches + int(kwargs.get("class_token", True)) + kwargs.get("reg_tokens", 0)
+    trained = trained_weights(method)
+    adapters = trained.adapters or {}
+    full = trained.backbone
+    tally = _Tally()
+    # The patch embedding (a strided convolution): the images need no gradient.
+    tally.linear(patches, kwargs.get("in_chans", 3) * model.patch_size**2, width, full, input_grad=False)
+    stream_grad = full  # whether the residual stream depends on a trained weight
+
+    def layer(path: str, n_in: int, n_out: int, input_grad: bool) -> bool:
+        """One block Linear and its adapter, if any; whether its output carries a gradient."""
+        tally.linear(tokens, n_in, n_out, full, input_grad)
+        if path not in adapters:
+            return input_grad or full
+        rank, pooling = adapters[path]
+        tally.linear(tokens, n_in // pooling, rank, True, input_grad)  # A
+        tally.linear(tokens, rank, n_out, True, True)  # B, whose input (A's output) depends on A
+        return True
+
+    for _ in range(depth):
+        qkv_grad = layer("attn.qkv", width, 3 * width, stream_grad)
+        for _ in ("q k^T", "attention @ v"):  # summed over heads: tokens x tokens x width
+            tally.product(2.0 * tokens * tokens * width, 2 * int(qkv_grad))
+        stream_grad = layer("attn.proj", width, width, qkv_grad) or stream_grad
+        hidden_grad = layer("mlp.fc1", width, hidden, stream_grad)
+        stream_grad = layer("mlp.fc2", hidden, width, hidden_grad) or stream_grad
+    tally.linear(1, width, num_classes, True, stream_grad)  # the head, on the pooled token
+    return PassFlops(tally.forward, tally.backward)
+
+
+def run_flops(run: RunConfig, splits: dict[str, int]) -> float:
+    """FLOPs of one training job: ``epochs`` passes over the training split (forward and
+    backward), a forward pass over the validation split after each epoch, and one over the test
+    split at the end.
+
+    Args:
+        splits: images per split and ``classes``, as :func:`vitpeft.data.sources.split_sizes` gives.
+    """
+    image = image_flops(run.model, run.method, splits["classes"])
+    per_epoch = splits["train"] * (image.forward + image.backward) + splits["val"] * image.forward
+    return run.train.epochs * per_epoch + splits["test"] * image.forward
+
+
+def estimated_flops(config: dict[str, Any], run: RunConfig) -> float:
+    """:func:`run_flops` of ``run``, its split sizes derived from the config's dataset entry."""
+    return run_flops(run, split_sizes(config["datasets"][run.dataset]))
+
+
+def study_runs(config: dict[str, Any]) -> list[RunConfig]:
+    """Every training job of the selected study: its runs, then its backbone pretraining jobs."""
+    selected = study(config)
+    runs = [
+        resolve_run(config, model, dataset, method, seed)
+        for model in selected["models"]
+        for dataset in selected["datasets"]
+        for method in study_methods(config)
+        for seed in selected["seeds"]
+    ]
+    pretrained = [m for m in selected["models"] if config["models"][m]["backbone"]["source"] == "pretrain"]
+    return runs + [pretrain_run(config, model) for model in pretrained]
+
+
+def gpu_hours(config: dict[str, Any], flops: float) -> float:
+    """Hours that ``flops`` take on one GPU at the config's sustained ``compute.gpu_tflops``."""
+    return flops / (config["compute"]["gpu_tflops"] * TERA) / 3600.0
+
+
+def runtime_minutes(config: dict[str, Any], run: RunConfig, attempt: int = 1) -> int:
+    """A GPU training job's wall-time request: its estimate times ``resources.runtime_margin``,
+    at least ``resources.min_runtime`` minutes (start-up, data loading, scheduler), times
+    ``attempt``; rounded up."""
+    section = config["resources"]
+    estimate = 60.0 * gpu_hours(config, estimated_flops(config, run))
+    return math.ceil(max(section["min_runtime"], section["runtime_margin"] * estimate) * attempt)
+
+
+def job_resources(config: dict[str, Any], run: RunConfig, attempt: int = 1) -> dict[str, int]:
+    """What one training or pretrain job asks a scheduler for.
+
+    ``resources.models`` gives a model's memory (and, for a CPU study, wall time) on a dataset of
+    factor 1 (``resources.default`` for a model not listed); ``resources.datasets`` scales them per
+    dataset (factor 1 for a dataset not listed). A GPU study (``resources.gpu`` > 0) asks for the
+    wall time of :func:`runtime_minutes` instead, derived from the run's FLOPs. A retry
+    (``attempt`` 2, 3, ...) asks for that many times more memory and time, so a job killed by
+    the scheduler can succeed when resubmitted (it resumes from its last saved state).
+
+    Returns:
+        ``mem_mb`` (MiB) and ``runtime`` (minutes), rounded up, and ``gpu`` (0 for a CPU study).
+    """
+    section = config["resources"]
+    base = section["models"].get(run.model.name, section["default"])
+    factors = section["datasets"].get(run.dataset, {})
+    if section["gpu"] > 0:
+        runtime = runtime_minutes(config, run, attempt)
+    else:
+        minutes = base.get("runtime", section["default"]["runtime"])
+        runtime = math.ceil(minutes * factors.get("runtime", 1.0) * attempt)
+    return {
+        "mem_mb": math.ceil(base["mem_mb"] * factors.get("mem_mb", 1.0) * attempt),
+        "runtime": runtime,
+        "gpu": section["gpu"],
+    }
+
+
+@dataclass(frozen=True)
+class StudyEstimate:
+    """The selected study's training compute, estimated from its config.
+
+    Attributes:
+        jobs: training and pretrain jobs.
+        flops: their summed FLOPs (:func:`run_flops`).
+        gpu_tflops: the assumed sustained throughput of one GPU, TFLOP/s (``compute.gpu_tflops``).
+        gpu_hours: those FLOPs at that throughput.
+    """
+
+    jobs: int
+    flops: float
+    gpu_tflops: float
+    gpu_hours: float
+
+
+def estimate_study(config: dict[str, Any]) -> StudyEstimate:
+    """Sum :func:`run_flops` over every training job of the study."""
+    runs = study_runs(config)
+    flops = sum(estimated_flops(config, run) for run in runs)
+    return StudyEstimate(len(runs), flops, config["compute"]["gpu_tflops"], gpu_hours(config, flops))
+
+
+def requested_gpu_hours(config: dict[str, Any]) -> float:
+    """The study's training jobs' runtime requests times their GPUs, summed: what a cluster books."""
+    jobs = (job_resources(config, run) for run in study_runs(config))
+    return sum(job["runtime"] * job["gpu"] for job in jobs) / 60.0
+
+
+def summary(config: dict[str, Any], estimate: StudyEstimate) -> str:
+    """One line for the workflow's log: the study's estimated compute (:func:`estimate_study`)
+    and what its jobs request."""
+    line = (
+        f"vitpeft: the {config['study']} study's {estimate.jobs} training jobs need an estimated "
+        f"{estimate.flops:.3g} FLOPs, {estimate.gpu_hours:.3g} GPU-hours at a sustained "
+        f"{estimate.gpu_tflops:g} TFLOP/s per GPU (compute.gpu_tflops)"
+    )
+    resources = config["resources"]
+    if resources["gpu"] > 0:
+        return (
+            f"{line}; their SLURM runtime requests add up to {requested_gpu_hours(config):.3g} GPU-hours "
+            f"(resources.runtime_margin {resources['runtime_margin']:g}, "
+            f"at least resources.min_runtime {resources['min_runtime']} min per job)"
+        )
+    return (
+        f"{line}; it runs on CPU (resources.gpu: 0), its runtime requests are the measured ones of resources"
+    )
