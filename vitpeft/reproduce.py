@@ -18,7 +18,9 @@ from typing import Any
 
 from vitpeft.io import read_json, sha256_file
 
-MACHINE_FIELDS = frozenset({"train_time_s", "train_images_per_s", "peak_mem_mb"})
+MACHINE_FIELDS = frozenset(
+    {"train_time_s", "train_images_per_s", "peak_mem_mb", "train_peak_mem_mb", "eval_peak_mem_mb"}
+)
 GPU_RTOL = 0.02
 
 
