@@ -7,9 +7,10 @@ AdamW on CUDA, ``--compile`` for torch.compile), for a fixed number of steps on 
 images held on the device. A one-step warm-up run goes first (it compiles, and allocates).
 
 Printed per method: images/s of the training steps (the timed run less its validation pass, timed
-apart), peak memory (CUDA max allocated; on CPU the process's peak RSS, which only grows), and
-model FLOP utilization: the FLOPs of one step, counted eagerly by torch's FlopCounterMode (it does
-not see bitsandbytes' own kernels, so the quantized methods' utilization is understated).
+apart), peak memory of the training steps (``vitpeft.memory``: CUDA max allocated; on CPU the
+resident set), and model FLOP utilization: the FLOPs of one step, counted eagerly by torch's
+FlopCounterMode (it does not see bitsandbytes' own kernels, so the quantized methods' utilization
+is understated).
 
     python benchmarks/device_check.py                      # deit_small at 224 px, 20 steps per method
     python benchmarks/device_check.py --compile            # the same through torch.compile
@@ -28,10 +29,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitpeft.config import ModelSpec, TrainConfig
 from vitpeft.data.pipeline import BatchPreprocessor
+from vitpeft.memory import PhasePeaks
 from vitpeft.methods import method_config, prepare_model
 from vitpeft.methods.base import MethodContext
 from vitpeft.models import count_parameters, create_model
-from vitpeft.train import Split, evaluate, fit, peak_memory_mb
+from vitpeft.train import Split, evaluate, fit
 
 METHODS = ["full", "linear", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
 CLASSES = 100
@@ -75,15 +77,25 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
         epochs=1, batch_size=args.batch_size, eval_batch_size=args.batch_size, compile=args.compile
     )
 
-    def train_on(split: Split, desc: str) -> None:
-        fit(prepared, split, one_batch, preprocess, schedule, config.lr, config.weight_decay, 0, desc)
+    def train_on(split: Split, desc: str, memory: PhasePeaks | None = None) -> None:
+        fit(
+            prepared,
+            split,
+            one_batch,
+            preprocess,
+            schedule,
+            config.lr,
+            config.weight_decay,
+            0,
+            desc,
+            memory=memory,
+        )
 
     train_on(one_batch, f"{method} warm-up")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    memory = PhasePeaks(device)
     synchronize(device)
     started = time.perf_counter()
-    train_on(train, method)
+    train_on(train, method, memory)
     synchronize(device)
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
@@ -93,13 +105,13 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
     result = {
         "images_per_s": len(train) / train_s,
         "mfu": flops * args.steps / train_s / (args.peak_tflops * 1e12),
-        "peak_mem_mb": peak_memory_mb(device),
+        "train_peak_mem_mb": memory.peaks["train"],
         "trainable": count_parameters(model)["trainable"],
     }
     layer = next(type(m) for name, m in model.named_modules() if name.endswith("attn.qkv"))
     print(
         f"{method:11s} {result['images_per_s']:9.1f} img/s  MFU {100 * result['mfu']:5.1f}%  "
-        f"peak {result['peak_mem_mb']:8.0f} MiB  trainable {result['trainable']:>10,}  "
+        f"train peak {result['train_peak_mem_mb']:8.0f} MiB  trainable {result['trainable']:>10,}  "
         f"qkv {layer.__module__}.{layer.__name__}",
         flush=True,
     )

@@ -11,10 +11,10 @@ states and once saving one every ``--every`` steps (default: every step, so that
 save stands out of the noise); the cost of one save and its share at the config's
 ``checkpoint_every`` follow from the two. Goal: trainer / bare >= 0.97.
 
-Memory: two training steps of ``full``, ``lora_r8`` and ``qlora4_r8`` (DeiT-tiny at 224 px, or
-``--memory-model``), each in a fresh subprocess, since a process's peak resident set size (what
-``peak_mem_mb`` records on CPU) only grows. Printed: the peak, and the peak above the process's
-size before the model is built.
+Memory: two training steps of ``full``, ``lora_r8``, ``qlora4_r8`` and ``qalora4_r8`` (DeiT-tiny
+at 224 px, or ``--memory-model``), each in a fresh subprocess, so that none inherits another's
+allocations. Printed: the peak resident set of the training steps (``train_peak_mem_mb``, see
+``vitpeft.memory``), and that peak above the process's peak before the model is built.
 
     python benchmarks/trainer_vs_bare_loop.py [--threads 1] [--rounds 3] [--steps 20] [--every 1]
                                               [--memory-model deit_tiny]
@@ -38,11 +38,12 @@ import torch.nn.functional as F
 
 from vitpeft.config import AugmentConfig, ModelSpec, TrainConfig
 from vitpeft.data.pipeline import BatchPreprocessor
+from vitpeft.memory import PhasePeaks
 from vitpeft.methods import method_config, prepare_model
 from vitpeft.methods.base import MethodContext
 from vitpeft.models import create_model
 from vitpeft.resume import ResumeFile
-from vitpeft.train import Split, fit, peak_memory_mb
+from vitpeft.train import Split, fit
 
 BATCH, EPOCHS, CHECKPOINT_EVERY = 32, 2, 500  # CHECKPOINT_EVERY: config.yaml's value
 DEMO = ModelSpec("deit_tiny", img_size=16, patch_size=4)
@@ -135,37 +136,39 @@ def speed(args) -> None:
 
 
 def memory_child(method: str, model_name: str, threads: int) -> None:
-    """Two training steps of ``method`` at 224 px; prints the process's memory as JSON."""
+    """Two training steps of ``method`` at 224 px; prints their peak memory as JSON."""
     torch.set_num_threads(threads)
     train, val = splits(2 * 16, 32)
-    before = peak_memory_mb(torch.device("cpu"))
+    memory = PhasePeaks(torch.device("cpu"))
+    before = memory.process_peak_mb()
     torch.manual_seed(0)
     model = create_model(ModelSpec(model_name), num_classes=10)
     context = MethodContext(total_steps=2, device=torch.device("cpu"))
     prepared = prepare_model(model, method_config(method), context)
     cfg = TrainConfig(epochs=1, batch_size=16, eval_batch_size=16)
     preprocess = BatchPreprocessor(224, (0.5,) * 3, (0.5,) * 3)
+    val = Split(val.images[:16], val.labels[:16])
     with contextlib.redirect_stderr(io.StringIO()):
-        fit(prepared, train, Split(val.images[:16], val.labels[:16]), preprocess, cfg, 1e-3, 0.0, seed=0)
-    print(json.dumps({"before_mb": before, "peak_mb": peak_memory_mb(torch.device("cpu"))}))
+        fit(prepared, train, val, preprocess, cfg, 1e-3, 0.0, seed=0, memory=memory)
+    print(json.dumps({"before_mb": before, "peak_mb": memory.peaks["train"]}))
 
 
 def memory(args) -> None:
     peaks = {}
-    for method in ("full", "lora_r8", "qlora4_r8"):
+    for method in ("full", "lora_r8", "qlora4_r8", "qalora4_r8"):
         cmd = [sys.executable, __file__, "--memory-child", method, "--memory-model", args.memory_model]
         cmd += ["--threads", str(args.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         peaks[method] = json.loads(out.strip().splitlines()[-1])
     print(
-        f"memory: peak RSS of 2 training steps of {args.memory_model} at 224 px, batch 16, one process each"
+        f"memory: peak RSS while training, 2 steps of {args.memory_model} at 224 px, batch 16, a process each"
     )
     for method, mem in peaks.items():
         growth = mem["peak_mb"] - mem["before_mb"]
         print(
             f"  {method:10s} peak {mem['peak_mb']:7.0f} MB   above the process before the model {growth:7.0f} MB"
         )
-    for a, b in (("lora_r8", "full"), ("qlora4_r8", "lora_r8")):
+    for a, b in (("lora_r8", "full"), ("qlora4_r8", "lora_r8"), ("qalora4_r8", "lora_r8")):
         pa, pb = peaks[a], peaks[b]
         ratio = pa["peak_mb"] / pb["peak_mb"]
         growth = (pa["peak_mb"] - pa["before_mb"]) / (pb["peak_mb"] - pb["before_mb"])

@@ -90,6 +90,8 @@ def fake_run(root, method, seed, acc, **extra):
             "trainable_params": 1930 if method == "linear" else 112522,
             "total_params": 5353546,
             "trainable_pct": 2.1,
+            "train_peak_mem_mb": 700.0,
+            "eval_peak_mem_mb": 800.0,
             "peak_mem_mb": 900.0,
             "train_time_s": 12.5,
             "epochs": 2,
@@ -198,6 +200,8 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
     assert r"\textbf{81.0} $\pm$ 12.7" in results  # t(0.975, 1) * 1.414 / sqrt(2) = 12.7
     assert "LoRA ($r{=}8$)" in results and r"deit\_tiny" in results
     assert "75.50" in (out / "runs_table.tex").read_text()
+    resources = (out / "resources_table.tex").read_text()  # training memory, not the process's peak
+    assert r"Full fine-tuning & 112{,}522 & 700 & 12.5 &" in resources and "Train. mem." in resources
     macros = (out / "macros.tex").read_text()
     assert r"\newcommand{\FullDigitsDeitTinyTopOne}{81.0}" in macros
     assert r"\newcommand{\StudyTitle}{T\_1 \& co}" in macros
@@ -239,6 +243,7 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
     for path in paths.values():
         assert path.read_bytes().startswith(b"%PDF-")
     assert "No AdaLoRA run in this study." in pdf_text(paths["out_adalora"])
+    assert "peak memory while training" in pdf_text(paths["out_memory"])
     assert "no rank ablation" in pdf_text(paths["out_rank"])
 
 

@@ -42,6 +42,7 @@ def test_device_check_trains_every_method_through_the_trainer():
 def test_trainer_and_loader_benchmarks_print_their_ratios():
     out = run_script("trainer_vs_bare_loop.py", "--rounds", "1", "--steps", "2")
     assert re.search(r"lora_r8 / full: peak \d+\.\d+", out) and "qlora4_r8 / lora_r8" in out
+    assert re.search(r"qalora4_r8 / lora_r8: peak \d+\.\d+", out)
     assert re.search(
         r"ratio\s+\d+\.\d+x", run_script("loader_vs_training.py", "--batch-size", "4", "--steps", "1")
     )

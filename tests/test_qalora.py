@@ -3,6 +3,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import prepare
 from torch import nn
 
@@ -67,6 +68,65 @@ def test_qalora_layer_gradients_match_finite_differences():
         return torch.func.functional_call(layer, {"lora_A.weight": a, "lora_B.weight": b}, (x,))
 
     assert torch.autograd.gradcheck(forward, (x, a, b))
+
+
+def saved_for_backward(forward) -> list[torch.Tensor]:
+    """Every tensor that autograd keeps for backward while ``forward()`` runs."""
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        forward()
+    return saved
+
+
+def test_qalora_layer_keeps_no_float_copy_of_the_base_weight_for_backward():
+    layer = tiny_qalora_layer()
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    saved = saved_for_backward(lambda: layer(x))
+    weight_shape = (layer.base.out_features, layer.base.in_features)
+    assert not [t for t in saved if t.is_floating_point() and t.shape == weight_shape]
+    # of the base, backward keeps its stored codes (and scales, zeros): references, not copies
+    base = [t for t in saved if t.shape == weight_shape]
+    assert base and all(t.data_ptr() == layer.base.codes.data_ptr() for t in base)
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_qalora_layer_gradients_equal_those_through_a_float_weight(autocast):
+    layer = tiny_qalora_layer()
+    x = torch.randn(3, 7, 16)
+    upstream = torch.randn(3, 7, 5)
+
+    def through_a_float_weight(x):  # autograd through the dequantized weight, as before the recompute
+        base = F.linear(x, layer.base.dequantized_weight(), layer.base.bias)
+        return base + layer.lora_B(layer.lora_A(layer.pool(x))) * layer.scaling
+
+    results = []
+    for forward in (layer, through_a_float_weight):
+        layer.zero_grad()
+        x_in = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = forward(x_in)
+        (y.float() * upstream).sum().backward()
+        results.append((y, x_in.grad, layer.lora_A.weight.grad, layer.lora_B.weight.grad))
+    tolerance = {"rtol": 1.6e-2, "atol": 1e-3} if autocast else {}
+    for recomputed, kept in zip(*results, strict=True):
+        torch.testing.assert_close(recomputed, kept, **tolerance)  # dtypes too: grad_x in x's fp32
+
+
+def test_group_quant_linear_gradients_match_finite_differences():
+    torch.manual_seed(0)
+    layer = GroupQuantLinear.from_linear(nn.Linear(16, 5), bits=4, group_size=4).double()
+    x = torch.randn(2, 3, 16, dtype=torch.float64, requires_grad=True)
+    bias = layer.bias.detach().clone().requires_grad_(True)  # frozen in every method; checked anyway
+
+    def forward(x, bias):
+        return torch.func.functional_call(layer, {"bias": bias}, (x,))
+
+    assert torch.autograd.gradcheck(forward, (x, bias))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

@@ -81,6 +81,8 @@ def test_train_run_writes_every_required_output(tmp_path, tiny_config):
         "total_params",
         "train_time_s",
         "peak_mem_mb",
+        "train_peak_mem_mb",
+        "eval_peak_mem_mb",
         "epochs",
         "seed",
         "method",
@@ -91,6 +93,9 @@ def test_train_run_writes_every_required_output(tmp_path, tiny_config):
     assert required <= set(on_disk)
     assert 0.0 <= on_disk["test_top1"] <= on_disk["test_top5"] <= 100.0
     assert len(on_disk["curves"]["val_top1"]) == on_disk["epochs"] == 1
+    # the process's peak covers setup and both phases; each phase's peak is its own
+    assert 0 < on_disk["train_peak_mem_mb"] <= on_disk["peak_mem_mb"]
+    assert 0 < on_disk["eval_peak_mem_mb"] <= on_disk["peak_mem_mb"]
     saved = RunConfig.from_dict(read_json(tmp_path / "run" / "config.json"))
     assert saved == RunConfig.from_dict(run)
     provenance = read_json(tmp_path / "run" / "provenance.json")

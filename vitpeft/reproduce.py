@@ -22,7 +22,9 @@ from typing import Any
 
 from vitpeft.io import read_json, sha256_file
 
-MACHINE_FIELDS = frozenset({"train_time_s", "train_images_per_s", "peak_mem_mb"})
+MACHINE_FIELDS = frozenset(
+    {"train_time_s", "train_images_per_s", "peak_mem_mb", "train_peak_mem_mb", "eval_peak_mem_mb"}
+)
 # Where float kernels differ. Measured on the demo (deit_tiny on digits, its pretrained backbone,
 # one thread), with torch forced to AVX2 or to its portable kernels instead of AVX512: LoRA r=8
 # moved no number by more than 0.02%; full fine-tuning moved its test top-1 from 56.67 to 56.94

@@ -28,11 +28,12 @@ from vitpeft.io import (
     sha256_file,
     write_json,
 )
+from vitpeft.memory import PhasePeaks
 from vitpeft.methods import prepare_model
 from vitpeft.methods.base import MethodContext, Prepared
 from vitpeft.models import count_parameters, create_model, save_backbone
 from vitpeft.resume import ResumeFile
-from vitpeft.train import History, Split, evaluate, fit, peak_memory_mb, steps_per_epoch
+from vitpeft.train import History, Split, evaluate, fit, steps_per_epoch
 
 PROBE_SIZE = 64  # validation images in the fixed batch for numerical checks (quantization error)
 RESUME_NAME = "resume.pt"  # beside a run's outputs, not one of them (see vitpeft.resume)
@@ -91,6 +92,7 @@ class Trained:
     history: History
     train_time_s: float
     device: torch.device
+    memory: PhasePeaks  # the phases "train" and "eval" of this attempt; the test pass goes on it
 
 
 def resume_file(
@@ -133,6 +135,7 @@ def _set_up(
 def _train(run: RunConfig, data_dir, backbone, threads, desc, resume: ResumeFile) -> Trained:
     seed_everything(run.seed, threads)
     device = default_device()
+    memory = PhasePeaks(device)
     prepared, splits, preprocess = _set_up(run, data_dir, backbone, device, probe=True)
     params = count_parameters(prepared.model)
     print(f"{desc}: {params['trainable']:,} trainable of {params['total']:,} parameters", file=sys.stderr)
@@ -148,6 +151,7 @@ def _train(run: RunConfig, data_dir, backbone, threads, desc, resume: ResumeFile
         run.seed,
         desc=desc,
         resume=resume,
+        memory=memory,
     )
     return Trained(
         prepared.model,
@@ -158,6 +162,7 @@ def _train(run: RunConfig, data_dir, backbone, threads, desc, resume: ResumeFile
         history,
         resume.time_before_s + time.perf_counter() - started,
         device,
+        memory,
     )
 
 
@@ -186,7 +191,8 @@ def train_run(
     trained = _train(run, data_dir, backbone, threads, desc, resume)
     model, splits, params, history = trained.model, trained.splits, trained.params, trained.history
     train_time, device = trained.train_time_s, trained.device
-    test = evaluate(model, splits["test"], trained.preprocess, run.train.eval_batch_size)
+    with trained.memory.phase("eval"):
+        test = evaluate(model, splits["test"], trained.preprocess, run.train.eval_batch_size)
     metrics = {
         "method": run.method.name,
         "model": run.model.name,
@@ -203,7 +209,10 @@ def train_run(
         "params_by_type": params["by_type"],
         "train_time_s": train_time,
         "train_images_per_s": run.train.epochs * len(splits["train"]) / train_time,
-        "peak_mem_mb": peak_memory_mb(device),  # of the last attempt, when a run was resumed
+        # Memory is of the last attempt when a run was resumed; see vitpeft.memory.
+        "train_peak_mem_mb": trained.memory.peaks["train"],
+        "eval_peak_mem_mb": trained.memory.peaks["eval"],
+        "peak_mem_mb": trained.memory.process_peak_mb(),  # setup, training and evaluation
         "micro_batch_size": history.micro_batch_size[-1],
         "accumulation_steps": math.ceil(run.train.batch_size / history.micro_batch_size[-1]),
         "oom_backoffs": sum(history.oom_backoffs),

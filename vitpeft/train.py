@@ -4,9 +4,9 @@ a resume state every few steps, and a smaller micro-batch (same batch) when memo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from vitpeft.config import TrainConfig
 from vitpeft.data.pipeline import BatchPreprocessor
+from vitpeft.memory import PhasePeaks
 from vitpeft.methods.base import Prepared
 from vitpeft.resume import ResumeFile, capture_rng, load_trainable_state, restore_rng, trainable_state
 
@@ -141,6 +142,7 @@ def fit(
     seed: int,
     desc: str = "train",
     resume: ResumeFile | None = None,
+    memory: PhasePeaks | None = None,
 ) -> History:
     """Train ``method.model`` in place for ``cfg.epochs`` epochs; validate after each one.
 
@@ -151,6 +153,9 @@ def fit(
 
     With ``resume``, the state is saved every ``resume.every`` optimizer steps, and a saved state
     of the same run is loaded first: training goes on from it as if it had never stopped.
+
+    With ``memory``, the peak of the training steps is recorded as its phase ``"train"`` and that
+    of the per-epoch validation as ``"eval"``.
 
     Raises:
         FloatingPointError: the loss is NaN or infinite; training stops there.
@@ -169,6 +174,7 @@ def fit(
     fit_started = time.perf_counter()
     at = Position(epoch=1, micro_size=math.ceil(cfg.batch_size / cfg.accumulation_steps))
     saved = resume.load() if resume is not None else None
+    phase = memory.phase if memory is not None else lambda _: contextlib.nullcontext()
     if saved is not None:
         at, history = _restore(saved, method, optimizer, scheduler, generator)
         print(
@@ -210,46 +216,50 @@ def fit(
             mininterval=5.0,
             ascii=True,
         )
-        for step in bar:
-            batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            before = capture_rng(generator)
-            while True:
-                optimizer.zero_grad(set_to_none=True)
-                try:
-                    loss_sum = forward_backward(batch, at.micro_size)
-                    break
-                except torch.OutOfMemoryError:
-                    if at.micro_size == 1:
-                        raise
-                # Retried outside the except block, so the failed attempt's tensors are freed.
-                at.micro_size, at.oom_backoffs = math.ceil(at.micro_size / 2), at.oom_backoffs + 1
-                restore_rng(before, generator)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                print(
-                    f"{desc}: out of memory; micro-batch now {at.micro_size} images, "
-                    f"{math.ceil(cfg.batch_size / at.micro_size)} per step of {cfg.batch_size}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            at.step, at.global_step = step + 1, at.global_step + 1
-            at.loss_sum, at.seen = at.loss_sum + loss_sum, at.seen + len(batch)
-            if method.after_step is not None:
-                method.after_step(at.global_step)  # before the next zero_grad: AdaLoRA reads the gradients
-            if resume is not None and resume.due(at.global_step):
-                resume.save(
-                    _snapshot(at, history, method, optimizer, scheduler, generator),
-                    train_time_s=resume.time_before_s + time.perf_counter() - fit_started,
-                )
-            rate = (at.seen - seen_before) / (time.perf_counter() - started)
-            # refresh=False: let mininterval throttle the bar, or logs get a line per step.
-            bar.set_postfix(loss=f"{at.loss_sum / at.seen:.3f}", img_s=f"{rate:.0f}", refresh=False)
+        with phase("train"):
+            for step in bar:
+                batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                before = capture_rng(generator)
+                while True:
+                    optimizer.zero_grad(set_to_none=True)
+                    try:
+                        loss_sum = forward_backward(batch, at.micro_size)
+                        break
+                    except torch.OutOfMemoryError:
+                        if at.micro_size == 1:
+                            raise
+                    # Retried outside the except block, so the failed attempt's tensors are freed.
+                    at.micro_size, at.oom_backoffs = math.ceil(at.micro_size / 2), at.oom_backoffs + 1
+                    restore_rng(before, generator)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    print(
+                        f"{desc}: out of memory; micro-batch now {at.micro_size} images, "
+                        f"{math.ceil(cfg.batch_size / at.micro_size)} per step of {cfg.batch_size}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                at.step, at.global_step = step + 1, at.global_step + 1
+                at.loss_sum, at.seen = at.loss_sum + loss_sum, at.seen + len(batch)
+                if method.after_step is not None:
+                    method.after_step(
+                        at.global_step
+                    )  # before the next zero_grad: AdaLoRA reads the gradients
+                if resume is not None and resume.due(at.global_step):
+                    resume.save(
+                        _snapshot(at, history, method, optimizer, scheduler, generator),
+                        train_time_s=resume.time_before_s + time.perf_counter() - fit_started,
+                    )
+                rate = (at.seen - seen_before) / (time.perf_counter() - started)
+                # refresh=False: let mininterval throttle the bar, or logs get a line per step.
+                bar.set_postfix(loss=f"{at.loss_sum / at.seen:.3f}", img_s=f"{rate:.0f}", refresh=False)
         bar.close()
-        metrics = evaluate(model, val, preprocess, cfg.eval_batch_size)
+        with phase("eval"):
+            metrics = evaluate(model, val, preprocess, cfg.eval_batch_size)
         history.epoch.append(at.epoch)
         history.train_loss.append(at.loss_sum / at.seen)
         history.val_top1.append(metrics["top1"])
@@ -291,10 +301,3 @@ def _restore(saved, method, optimizer, scheduler, generator) -> tuple[Position, 
     scheduler.load_state_dict(saved["scheduler"])
     restore_rng(saved["rng"], generator)
     return Position(**saved["position"]), History(**saved["history"])
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA max allocated on a GPU; the process's peak resident set size on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -142,7 +142,9 @@ def accuracy_vs_params(cell_stats: pd.DataFrame, out_pdf: str | Path | None):
 
 
 def accuracy_vs_memory(cell_stats: pd.DataFrame, out_pdf: str | Path | None):
-    return accuracy_vs_cost(cell_stats, "peak_mem_mb", "peak training memory (MiB)", out_pdf, log=False)
+    return accuracy_vs_cost(
+        cell_stats, "train_peak_mem_mb", "peak memory while training (MiB)", out_pdf, log=False
+    )
 
 
 def convergence(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str | Path) -> None:
@@ -210,7 +212,7 @@ def adalora_ranks(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str | Pa
 
 
 RESOURCES = [
-    ("peak_mem_mb", "peak memory (MiB)", False),
+    ("train_peak_mem_mb", "peak memory while training (MiB)", False),
     ("train_time_s", "training time (s)", False),
     ("trainable_params", "trainable parameters", True),
 ]

@@ -38,6 +38,8 @@ RESOURCE_COLUMNS = (
     "trainable_params",
     "total_params",
     "trainable_pct",
+    "train_peak_mem_mb",
+    "eval_peak_mem_mb",
     "peak_mem_mb",
     "train_time_s",
     "base_linear_bytes_fp32",

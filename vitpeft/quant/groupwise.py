@@ -58,6 +58,8 @@ class GroupQuantLinear(nn.Module):
 
     The codes are a frozen ``uint8`` parameter (one code per weight, so parameter counts stay
     logical); ``packed_bytes`` counts them at ``bits`` each, as a deployment would store them.
+    The float weight exists only inside a forward or backward pass (:class:`DequantizedLinear`),
+    so training holds no float copy of it.
     """
 
     def __init__(self, in_features: int, out_features: int, bits: int, group_size: int, bias: bool = True):
@@ -96,7 +98,7 @@ class GroupQuantLinear(nn.Module):
         return linear.to(self.codes.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized_weight().to(x.dtype), None if self.bias is None else self.bias)
+        return DequantizedLinear.apply(x, self.codes, self.scales, self.zeros, self.bias)
 
     def packed_bytes(self) -> int:
         """Bytes of the weight at ``bits`` per code, plus the fp32 scales and zeros."""
@@ -108,3 +110,45 @@ class GroupQuantLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
             f"group_size={self.group_size}, bias={self.bias is not None}"
         )
+
+
+def dequantize_to(
+    dtype: torch.dtype, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
+) -> torch.Tensor:
+    """The dequantized weight in ``dtype``, computed at the precision of ``dtype`` or of the scales,
+    whichever is higher (fp16 scales with fp32 inputs: fp32; fp32 scales under bf16: fp32, then
+    rounded once)."""
+    precise = torch.promote_types(dtype, scales.dtype)
+    return dequantize(codes, scales.to(precise), zeros.to(precise)).to(dtype)
+
+
+class DequantizedLinear(torch.autograd.Function):
+    """``x W^T + b`` with ``W = dequantize(codes, scales, zeros)`` made on the fly, and made again
+    for backward instead of being kept.
+
+    A plain ``F.linear(x, dequantize(...))`` leaves autograd holding each layer's float copy of
+    ``W`` (out, in) until backward, so a quantized base would train in the memory of a float one.
+    Here backward keeps only references to the stored codes, scales and zeros, and recomputes
+    ``W`` to get ``grad_x = grad_y W``. The frozen codes, scales and zeros get no gradient, so
+    ``x`` is not kept either (it would only serve a gradient of ``W``). Dtypes follow ``x`` and autocast as ``F.linear``
+    would: the product is in the dtype autocast picks, and ``grad_x`` comes back in ``x``'s.
+    """
+
+    @staticmethod
+    def forward(ctx, x, codes, scales, zeros, bias):
+        y = F.linear(x, dequantize_to(x.dtype, codes, scales, zeros), bias)  # W is freed on return
+        ctx.save_for_backward(codes, scales, zeros)
+        ctx.x_dtype, ctx.product_dtype = x.dtype, y.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        codes, scales, zeros = ctx.saved_tensors
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            weight = dequantize_to(ctx.product_dtype, codes, scales, zeros)
+            grad_x = (grad_y.to(ctx.product_dtype) @ weight).to(ctx.x_dtype)
+        if ctx.needs_input_grad[4]:  # a bias made trainable; frozen in every method here
+            grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0).to(ctx.bias_dtype)
+        return grad_x, None, None, None, grad_bias
