@@ -94,6 +94,7 @@ def fake_run(root, method, seed, acc, **extra):
             "eval_peak_mem_mb": 800.0,
             "peak_mem_mb": 900.0,
             "train_time_s": 12.5,
+            "base_bits_per_weight": 32.0,
             "epochs": 2,
             "config_hash": "0123456789abcdef",
             "data_manifest_sha256": "f" * 64,
@@ -209,7 +210,7 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
     quantized = (out / "quantization_table.tex").read_text()
     # full: trained 80, 82; INT-N 80, 80: mean 80.0, change 0 and -2 -> -1.0 [-13.7, 11.7]
     assert (
-        r"Full fine-tuning & 112{,}522 & 81.0 & 80.0 (4, 16) & -1.0 {\scriptsize [-13.7, 11.7]} & 3.00 & 1.00"
+        r"Full fine-tuning & 112{,}522 & 32.00 & 81.0 & 80.0 (4, 16) & -1.0 {\scriptsize [-13.7, 11.7]} & 3.00 & 1.00"
         in quantized
     )
     assert r"\newcommand{\FullDigitsDeitTinyIntChange}{-1.0}" in macros
@@ -469,15 +470,23 @@ RICH_STUDY = {  # per method: test top-1 per seed, and the metrics only that met
     "lora_r16": ([71.0, 73.0, 71.5], {}),
     "qlora8_r8": (
         [69.0, 71.5, 70.0],
-        {"base_linear_bytes_fp32": 4 * MIB, "base_linear_bytes_quantized": MIB},
+        {"base_linear_bytes_fp32": 4 * MIB, "base_linear_bytes_quantized": MIB, "base_bits_per_weight": 8.0},
     ),
     "qlora4_r8": (
         [67.0, 69.0, 68.5],
-        {"base_linear_bytes_fp32": 4 * MIB, "base_linear_bytes_quantized": MIB / 2},
+        {
+            "base_linear_bytes_fp32": 4 * MIB,
+            "base_linear_bytes_quantized": MIB / 2,
+            "base_bits_per_weight": 4.0,
+        },
     ),
     "qalora4_r8": (
         [68.0, 69.5, 69.0],
-        {"base_linear_bytes_fp32": 4 * MIB, "base_linear_bytes_quantized": 0.75 * MIB},
+        {
+            "base_linear_bytes_fp32": 4 * MIB,
+            "base_linear_bytes_quantized": 0.75 * MIB,
+            "base_bits_per_weight": 6.0,
+        },
     ),
     "adalora_r8": ([69.5, 70.5, 70.0], {}),
 }
@@ -550,6 +559,12 @@ def test_ablation_tables_with_every_optional_method(rich_study, tmp_path):
     assert table_line(ablation, "QLoRA 8-bit").startswith(r"QLoRA 8-bit ($r{=}8$) & 1.00 &")
     assert table_line(ablation, "QA-LoRA 4-bit").startswith(r"QA-LoRA 4-bit ($r{=}8$) & 0.75 &")
     assert "AdaLoRA" not in ablation  # its rank is allocated, not set: it is in neither ablation
+
+    # The resources table: each base's stored bytes and bits per weight, 32 for an fp32 base.
+    resources = (out / "resources_table.tex").read_text()
+    assert "& 0.75 of 4.00 & 6.00 &" in table_line(resources, "QA-LoRA 4-bit")
+    assert "& 1.00 of 4.00 & 8.00 &" in table_line(resources, "QLoRA 8-bit")
+    assert "& -- & 32.00 & --" in table_line(resources, r"LoRA ($r{=}8$) &")
 
     paths = make_all_figures(rich_study, tmp_path / "figures")
     for path in paths.values():

@@ -7,6 +7,7 @@ import torch
 from conftest import prepare
 from torch import nn
 
+from vitpeft.config import ExportConfig
 from vitpeft.export import (
     ExportMismatch,
     compare,
@@ -41,7 +42,7 @@ def trained_like(model):
         ("adalora_r4", nn.Linear, 1e-5),
         ("qlora4_r4", nn.Linear, 1e-5),
         ("qlora8_r4", nn.Linear, 0.05),  # LLM.int8() quantizes the unmerged model's activations
-        ("qalora4_r8", GroupQuantLinear, 1e-5),
+        ("qalora4_r8", GroupQuantLinear, ExportConfig().fp16_zero_rtol),  # the zeros, merged, in fp16
         ("full", nn.Linear, 0.0),
     ],
 )
@@ -137,9 +138,13 @@ def test_export_run_writes_checked_exports_and_the_exact_merge_keeps_accuracy(fi
         "int_onnx_vs_int",
         "int_vs_unmerged",
     }
-    assert all(
-        c["passed"] and c["max_rel"] < 1e-4 and c["prediction_flips"] == 0 for c in report["logits"].values()
-    )
+    # The stated tolerances: the merge rounds the shifted zeros to fp16, which may flip a near tie
+    # (never a decisive prediction); the exports of a model compute what it computes.
+    merge_checks = {"merged_vs_unmerged", "int_vs_unmerged"}
+    for name, check in report["logits"].items():
+        stated = ExportConfig().fp16_zero_rtol if name in merge_checks else ExportConfig().logit_rtol
+        assert check["passed"] and check["rtol"] == stated and check["max_rel"] <= stated
+        assert check["decisive_flips"] == 0 and (name in merge_checks or check["prediction_flips"] == 0)
     assert report["bytes"]["int_onnx"] < 0.5 * report["bytes"]["onnx"]
     # model.json + model.safetensors rebuild the float merge without vitpeft's method code
     rebuilt = load_merged(out)

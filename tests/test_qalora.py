@@ -8,6 +8,7 @@ from conftest import prepare
 from torch import nn
 
 from vitpeft import config as study_config
+from vitpeft.config import ExportConfig
 from vitpeft.methods import method_config
 from vitpeft.methods.qalora_layer import QALoraLinear, merge_qalora
 from vitpeft.models import count_parameters
@@ -21,16 +22,21 @@ def test_quantizer_codes_range_and_error_bound(bits):
     weight[0, :8] = 0.5  # a constant group: scale falls back, every code is 0, value kept exactly
     codes, scales, zeros = quantize(weight, bits, group_size=8)
     assert codes.dtype == torch.uint8 and codes.shape == weight.shape
-    assert scales.shape == zeros.shape == (6, 4)
+    assert scales.shape == zeros.shape == (6, 4) and scales.dtype == zeros.dtype == torch.float16
     assert int(codes.max()) <= 2**bits - 1
     restored = dequantize(codes, scales, zeros)
-    step = scales.repeat_interleave(8, dim=1)
+    assert restored.dtype == torch.float32
+    step = scales.float().repeat_interleave(8, dim=1)
     assert ((restored - weight).abs() <= step / 2 + 1e-6).all()  # round-to-nearest: half a step
     assert torch.equal(restored[0, :8], weight[0, :8]) and (codes[0, :8] == 0).all()
-    # min-max: each group's extremes are representable exactly (up to float rounding)
-    groups = weight.reshape(6, 4, 8)
-    torch.testing.assert_close(restored.reshape(6, 4, 8).amin(-1), groups.amin(-1))
-    torch.testing.assert_close(restored.reshape(6, 4, 8).amax(-1), groups.amax(-1))
+    # min-max in fp16: the zero is the largest fp16 at or below the group's minimum, and the scale
+    # the smallest fp16 whose grid still reaches the maximum
+    low, high = weight.reshape(6, 4, 8).amin(-1), weight.reshape(6, 4, 8).amax(-1)
+    levels, varied = 2**bits - 1, high > low
+    up, down = torch.full_like(zeros, torch.inf), torch.full_like(zeros, -torch.inf)
+    assert (zeros.float() <= low).all() and (torch.nextafter(zeros, up).float() > low).all()
+    assert (zeros.float() + levels * scales.float() >= high)[varied].all()
+    assert (zeros.float() + levels * torch.nextafter(scales, down).float() < high)[varied].all()
 
 
 def test_quantizer_rejects_bad_bits_and_groups():
@@ -156,8 +162,9 @@ def test_prepare_quantizes_every_block_linear_and_counts_the_formula(tiny_model)
     formula = depth * 8 * ((12 + 576) + (12 + 192)) + (192 + 1) * 10
     assert prepared.expected_trainable == formula == count_parameters(model)["trainable"]
     report = prepared.report
-    ratio = report["base_linear_bytes_quantized"] / report["base_linear_bytes_fp32"]
-    assert ratio == pytest.approx(4 / 32 + 2 / 16, rel=1e-3)  # codes at 4 bits + fp32 scale, zero per 16
+    # codes at 4 bits, plus an fp16 scale and an fp16 zero per 16 weights: 4 + 32 / 16 bits
+    assert report["base_bits_per_weight"] == 6.0
+    assert report["base_linear_bytes_quantized"] == report["base_linear_bytes_fp32"] * 6 / 32
     assert 0 < report["quant_weight_rel_error_mean"] <= report["quant_weight_rel_error_max"] < 0.2
     assert 0 < report["quant_feature_rel_error"] < 0.25
 
@@ -173,9 +180,20 @@ def test_merged_model_is_pure_int_codes_with_the_same_logits(tiny_model):
     merged_model = copy.deepcopy(model)
     assert len(merge_qalora(merged_model)) == 2 * len(model.blocks)
     assert not any(isinstance(m, QALoraLinear) for m in merged_model.modules())
+    # stored as the base was: fp16 zeros, each the nearest fp16 to the exact sum
+    qkv, merged_qkv = model.blocks[0].attn.qkv, merged_model.blocks[0].attn.qkv
+    exact = qkv.base.zeros.float() + qkv.zero_update()
+    assert merged_qkv.zeros.dtype == torch.float16 and torch.equal(merged_qkv.zeros, exact.half())
     merged = merged_model(x)
-    assert ((merged - unmerged).abs().max() / unmerged.abs().max()).item() < 1e-5
+    gap = ((merged - unmerged).abs().max() / unmerged.abs().max()).item()
+    assert gap <= ExportConfig().fp16_zero_rtol  # the tolerance the export checks the merge with
     assert torch.equal(merged.argmax(1), unmerged.argmax(1))
+    # the folding itself is exact: with zeros held in fp64 nothing is rounded away
+    model.double()
+    wide = copy.deepcopy(model)
+    merge_qalora(wide)
+    unmerged, merged = model(x.double()), wide(x.double())
+    assert ((merged - unmerged).abs().max() / unmerged.abs().max()).item() < 1e-12
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,7 @@ RESOURCE_COLUMNS = (
     "train_time_s",
     "base_linear_bytes_fp32",
     "base_linear_bytes_quantized",
+    "base_bits_per_weight",
     "quant_feature_rel_error",
     "export_int_bits",
     "export_int_group_size",

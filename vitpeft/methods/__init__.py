@@ -53,6 +53,7 @@ def method_wildcard(families) -> str:
 
 # Snakemake's wildcard constraint for {method}: any name some family could answer to.
 METHOD_WILDCARD = method_wildcard(METHODS)
+FP32_BITS = 32.0  # bits per weight of a base that is not quantized
 # Families whose trained model is itself INT-N, so its export includes an integer ONNX file.
 INT_EXPORT_FAMILIES = ("qalora",)
 
@@ -98,6 +99,8 @@ def prepare_model(model: nn.Module, config: MethodConfig, context: MethodContext
     """
     family, _ = parse_method_name(config.name)
     prepared = METHODS[family].prepare(model, config, context)
+    # A method that does not quantize trains over the fp32 base: 32 bits per base weight.
+    prepared.report.setdefault("base_bits_per_weight", FP32_BITS)
     trainable = sum(p.numel() for p in prepared.model.parameters() if p.requires_grad)
     if prepared.expected_trainable is not None and trainable != prepared.expected_trainable:
         raise RuntimeError(

@@ -54,7 +54,7 @@ class MethodContext:
 
     Attributes:
         total_steps: optimizer steps of the whole schedule (AdaLoRA's budget schedule needs it).
-        device: where the model will train (bitsandbytes quantizes when weights move there).
+        device: where the model will train (a quantized base is quantized there, as it is built).
         probe_batch: a fixed, preprocessed batch for numerical checks such as quantization error.
     """
 

@@ -95,12 +95,9 @@ def prepare(model: nn.Module, config: QALoraConfig, context: MethodContext) -> P
         if ".lora_A." in name or ".lora_B." in name:
             param.requires_grad_(True)
     model.get_classifier().requires_grad_(True)
+    packed = sum(m.packed_bytes() for m in model.modules() if isinstance(m, GroupQuantLinear))
     report = {
-        "quantized_layers": len(swapped),
-        "base_linear_bytes_fp32": bytes_fp32,
-        "base_linear_bytes_quantized": sum(
-            m.packed_bytes() for m in model.modules() if isinstance(m, GroupQuantLinear)
-        ),
+        **bnb.storage_report(len(swapped), bytes_fp32, packed),
         "quant_weight_rel_error_mean": sum(errors) / len(errors),
         "quant_weight_rel_error_max": max(errors),
     }

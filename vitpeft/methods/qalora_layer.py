@@ -5,7 +5,8 @@ group of ``g`` input features (:class:`~vitpeft.quant.groupwise.GroupQuantLinear
 sees the input averaged over each group: ``A: in/g -> r``, ``B: r -> out``. Its contribution to
 output ``o`` is then ``Σ_l (s · B A)[o, l] · mean_{j ∈ group l} x_j``, which is exactly a change
 of every zero by ``s · (B A)[o, l] / g``. So the merge rewrites the zeros and leaves the codes and
-scales alone: the merged model is as quantized as the one that was trained.
+scales alone: the merged model is as quantized as the one that was trained. The new zeros are
+stored in fp16 like the old ones, so the merge is exact up to that one rounding per zero.
 
 peft's ``use_qalora`` exists only for GPTQ layers and has no merge, hence this module.
 """
@@ -62,6 +63,8 @@ class QALoraLinear(nn.Module):
     def merged(self) -> GroupQuantLinear:
         """A new frozen INT-N layer that computes what this layer computes: same codes and scales."""
         merged = copy.deepcopy(self.base)
+        # Summed in the adapter's precision, then rounded once to how the zeros are stored (fp16):
+        # the merged model is what is stored.
         merged.zeros.add_(self.zero_update())
         return merged
 

@@ -57,11 +57,7 @@ def prepare(model: nn.Module, config: QLoraConfig, context: MethodContext) -> Pr
     quantized = bnb.quantize_linear_layers(
         model, config.bits, context.device, config.quant_type, config.double_quant, config.compute_dtype
     )
-    report = {
-        "quantized_layers": len(quantized),
-        "base_linear_bytes_fp32": bytes_fp32,
-        "base_linear_bytes_quantized": bnb.base_linear_bytes(model),
-    }
+    report = bnb.storage_report(len(quantized), bytes_fp32, bnb.base_linear_bytes(model))
     if reference is not None:
         report["quant_feature_rel_error"] = bnb.relative_error(
             reference, bnb.features(model, context.probe_batch)

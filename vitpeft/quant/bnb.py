@@ -1,8 +1,10 @@
 """Replace a timm ViT's frozen Linear layers by bitsandbytes 8-bit or 4-bit layers.
 
 timm models are not transformers models, so ``BitsAndBytesConfig`` does not apply: we swap the
-modules ourselves. bitsandbytes quantizes a layer's weights when they move to a device, so the
-model is moved to the training device here. peft only picks its bitsandbytes-aware LoRA layers
+modules ourselves. bitsandbytes would quantize a layer's weights lazily, when they move to a
+device, but ``Int8Params`` only does so on a move *from the CPU*: a model already on the GPU would
+keep fp32 weights until its first forward pass. So each layer is quantized explicitly, on the
+training device, as it is swapped in. peft only picks its bitsandbytes-aware LoRA layers
 when the model carries ``is_loaded_in_8bit`` / ``is_loaded_in_4bit``; without that flag it would
 wrap the packed weights in plain LoRA and merging would corrupt them, so we set it.
 
@@ -45,10 +47,13 @@ def _warn_once_per_message(logger_name: str) -> None:
         logger.addFilter(_OncePerMessage())
 
 
-def _quantized_linear(linear: nn.Linear, bits: int, quant_type: str, double_quant: bool, compute_dtype):
+def _quantized_linear(
+    linear: nn.Linear, bits: int, quant_type: str, double_quant: bool, compute_dtype, device: torch.device
+):
+    """A frozen bitsandbytes layer holding ``linear``'s weight already quantized on ``device``."""
     import bitsandbytes as bnb
 
-    weight = linear.weight.data.detach().clone()
+    weight = linear.weight.detach().to(device)
     if bits == 8:
         # threshold=0 turns off LLM.int8()'s outlier decomposition: all of W is int8.
         layer = bnb.nn.Linear8bitLt(
@@ -58,7 +63,11 @@ def _quantized_linear(linear: nn.Linear, bits: int, quant_type: str, double_quan
             has_fp16_weights=False,
             threshold=0.0,
         )
-        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+        # What Int8Params does on a move from the CPU: int8 rows and one absmax scale per row.
+        codes, row_scales, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16).contiguous())
+        layer.weight = bnb.nn.Int8Params(
+            codes, requires_grad=False, has_fp16_weights=False, CB=codes, SCB=row_scales
+        )
     else:
         layer = bnb.nn.Linear4bit(
             linear.in_features,
@@ -68,15 +77,24 @@ def _quantized_linear(linear: nn.Linear, bits: int, quant_type: str, double_quan
             quant_type=quant_type,
             compress_statistics=double_quant,
         )
+        packed, state = bnb.functional.quantize_4bit(
+            weight.contiguous(), compress_statistics=double_quant, quant_type=quant_type
+        )
         layer.weight = bnb.nn.Params4bit(
-            weight, requires_grad=False, quant_type=quant_type, compress_statistics=double_quant
+            packed,
+            requires_grad=False,
+            quant_state=state,
+            blocksize=state.blocksize,
+            compress_statistics=double_quant,
+            quant_type=quant_type,
+            bnb_quantized=True,
         )
         # On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit weights in place at the first
         # eval-mode forward and never packs them back; training after an evaluation then fails
         # inside autograd. We train and evaluate in turns, so keep the trainable layout.
         layer.support_avx512bf16_for_cpu = False
     if linear.bias is not None:
-        layer.bias = nn.Parameter(linear.bias.data.detach().clone(), requires_grad=False)
+        layer.bias = nn.Parameter(linear.bias.detach().to(device).clone(), requires_grad=False)
     return layer
 
 
@@ -90,16 +108,17 @@ def quantize_linear_layers(
 ) -> list[str]:
     """Swap every Linear inside the transformer blocks for a frozen bitsandbytes layer, in place.
 
-    The head, norms, patch embedding and tokens stay in full precision. Returns the swapped paths.
+    The new layers sit on ``device``, already quantized: their storage can be measured, and a
+    forward pass runs, without any further move. The head, norms, patch embedding and tokens stay
+    in full precision. Returns the swapped paths.
     """
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     dtype = COMPUTE_DTYPES[compute_dtype]
     _warn_once_per_message("bitsandbytes.autograd._functions")
     swapped = replace_block_linears(
-        model, lambda _, linear: _quantized_linear(linear, bits, quant_type, double_quant, dtype)
+        model, lambda _, linear: _quantized_linear(linear, bits, quant_type, double_quant, dtype, device)
     )
-    model.to(device)  # bitsandbytes quantizes here
     setattr(model, f"is_loaded_in_{bits}bit", True)
     return swapped
 
@@ -109,10 +128,16 @@ def _tensor_bytes(tensor: torch.Tensor | None) -> int:
 
 
 def weight_bytes(module: nn.Module) -> int:
-    """Bytes that hold a layer's weight: fp32 values, or int8/packed 4-bit codes plus their scales."""
+    """Bytes that hold a layer's weight as stored: fp32 values, or int8 / packed 4-bit codes plus
+    everything needed to decode them (row scales; block absmax, code book and nested state)."""
     weight = module.weight
     total = _tensor_bytes(weight)
-    total += _tensor_bytes(getattr(weight, "SCB", None))  # 8-bit: one scale per output row
+    # 8-bit: one scale per output row. The first forward pass moves it from the weight to the
+    # layer's matmul state, so look there too: the count must not depend on when that ran.
+    row_scales = getattr(weight, "SCB", None)
+    if row_scales is None:
+        row_scales = getattr(getattr(module, "state", None), "SCB", None)
+    total += _tensor_bytes(row_scales)
     state = getattr(weight, "quant_state", None)  # 4-bit: block absmax, code book, nested state
     while state is not None:
         total += _tensor_bytes(state.absmax) + _tensor_bytes(getattr(state, "code", None))
@@ -128,6 +153,20 @@ def base_linear_bytes(model: nn.Module) -> int:
         for name, module in model.named_modules()
         if QUANTIZABLE.fullmatch(name) and hasattr(module, "weight") and isinstance(module, nn.Linear)
     )
+
+
+def storage_report(layers: int, bytes_fp32: int, bytes_quantized: int) -> dict[str, int | float]:
+    """What a quantized base stores, for ``metrics.json``.
+
+    ``base_bits_per_weight`` is 8 × the bytes stored (codes and every statistic) ÷ the number of
+    weights; that number is ``bytes_fp32 / 4``, the same layers' weights counted in fp32.
+    """
+    return {
+        "quantized_layers": layers,
+        "base_linear_bytes_fp32": bytes_fp32,
+        "base_linear_bytes_quantized": bytes_quantized,
+        "base_bits_per_weight": 8 * bytes_quantized / (bytes_fp32 / 4),
+    }
 
 
 @torch.no_grad()

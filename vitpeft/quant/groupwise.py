@@ -2,7 +2,8 @@
 
 Each output row is cut into groups of ``g`` consecutive input features; a group has one scale and
 one zero, and its weights become integer codes: ``w ≈ scale * code + zero`` with
-``code ∈ [0, 2**bits - 1]``. The zero is QA-LoRA's additive form (Xu et al., 2023, arXiv
+``code ∈ [0, 2**bits - 1]``. Scales and zeros are stored in fp16, as the QA-LoRA paper stores
+them, so a layer holds ``bits + 32 / g`` bits per weight (6 for INT4 at g = 16), not ``bits + 64 / g``. The zero is QA-LoRA's additive form (Xu et al., 2023, arXiv
 2309.14717, β in W̃ = α·Ŵ + β), not an integer offset, so that an adapter acting on the
 group-pooled input can be folded into it exactly (see :mod:`vitpeft.methods.qalora_layer`).
 
@@ -29,28 +30,50 @@ def check_quantization(in_features: int, bits: int, group_size: int, where: str 
     check_groups({"the layer": in_features}, group_size, where)
 
 
+STATS_DTYPE = torch.float16  # scales and zeros, one of each per group
+
+
+def _half_toward(values: torch.Tensor, bound: float) -> torch.Tensor:
+    """``values`` in fp16, rounded toward ``bound`` (``-inf`` or ``inf``) instead of to nearest."""
+    half = values.to(STATS_DTYPE)
+    overshoots = half.float() > values if bound < 0 else half.float() < values
+    return torch.where(overshoots, torch.nextafter(half, torch.full_like(half, bound)), half)
+
+
 @torch.no_grad()
 def quantize(weight: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, ...]:
     """Min-max quantize ``weight`` (out, in) per group of ``group_size`` input features.
 
+    The fp16 zero is the group's minimum rounded down and the fp16 scale is rounded up, so the
+    stored grid still spans the group and every weight lies within half a step of its code's value.
+
     Returns:
-        codes (out, in) uint8, scales (out, in // g) and zeros (out, in // g), float32.
+        codes (out, in) uint8, scales (out, in // g) and zeros (out, in // g), float16.
     """
     out_features, in_features = weight.shape
     check_quantization(in_features, bits, group_size)
     groups = weight.detach().float().reshape(out_features, in_features // group_size, group_size)
-    low, high = groups.amin(-1), groups.amax(-1)
-    scales = (high - low) / (2**bits - 1)
+    largest = groups.abs().max().item()
+    if largest > torch.finfo(STATS_DTYPE).max / 2:
+        raise ValueError(f"weights up to {largest:g} do not fit the fp16 zeros and scales")
+    levels = 2**bits - 1
+    zeros = _half_toward(groups.amin(-1), -torch.inf)
+    scales = _half_toward((groups.amax(-1) - zeros.float()) / levels, torch.inf)
     scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # a constant group: every code 0
-    codes = torch.round((groups - low[..., None]) / scales[..., None]).clamp_(0, 2**bits - 1)
-    return codes.to(torch.uint8).reshape(out_features, in_features), scales, low
+    codes = torch.round((groups - zeros.float()[..., None]) / scales.float()[..., None]).clamp_(0, levels)
+    return codes.to(torch.uint8).reshape(out_features, in_features), scales, zeros
 
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
-    """``scale * code + zero`` per group: the float weight (out, in) that the codes stand for."""
+    """``scale * code + zero`` per group: the float weight (out, in) that the codes stand for.
+
+    Computed in fp32 (or the statistics' dtype if wider), whatever precision they are stored in.
+    """
     out_features, in_features = codes.shape
-    groups = codes.reshape(out_features, scales.shape[1], -1).to(scales.dtype)
-    return (groups * scales[..., None] + zeros[..., None]).reshape(out_features, in_features)
+    dtype = torch.promote_types(scales.dtype, torch.float32)
+    groups = codes.reshape(out_features, scales.shape[1], -1).to(dtype)
+    weight = groups * scales.to(dtype)[..., None] + zeros.to(dtype)[..., None]
+    return weight.reshape(out_features, in_features)
 
 
 class GroupQuantLinear(nn.Module):
@@ -71,8 +94,8 @@ class GroupQuantLinear(nn.Module):
         self.codes = nn.Parameter(
             torch.zeros(out_features, in_features, dtype=torch.uint8), requires_grad=False
         )
-        self.register_buffer("scales", torch.ones(out_features, groups))
-        self.register_buffer("zeros", torch.zeros(out_features, groups))
+        self.register_buffer("scales", torch.ones(out_features, groups, dtype=STATS_DTYPE))
+        self.register_buffer("zeros", torch.zeros(out_features, groups, dtype=STATS_DTYPE))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
     @classmethod
@@ -101,9 +124,10 @@ class GroupQuantLinear(nn.Module):
         return DequantizedLinear.apply(x, self.codes, self.scales, self.zeros, self.bias)
 
     def packed_bytes(self) -> int:
-        """Bytes of the weight at ``bits`` per code, plus the fp32 scales and zeros."""
+        """Bytes of the weight at ``bits`` per code, plus the scales and zeros as they are held."""
         code_bytes = -(-self.codes.numel() * self.bits // 8)
-        return code_bytes + 4 * (self.scales.numel() + self.zeros.numel())
+        stats = (self.scales, self.zeros)
+        return code_bytes + sum(t.numel() * t.element_size() for t in stats)
 
     def extra_repr(self) -> str:
         return (

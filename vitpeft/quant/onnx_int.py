@@ -9,7 +9,9 @@ where ``sum_g`` sums each group of ``g`` input features. The first product's wei
 a float initializer with a known name; afterwards that initializer is replaced by a blocked
 ``DequantizeLinear`` (opset 21) of UINT4 or UINT8 codes with one scale per group, so the file holds
 the codes, not floats. The zeros stay float: after a QA-LoRA merge they are no longer integers,
-and they are one value per group, not per weight.
+and they are one value per group, not per weight. Scales and zeros are written as fp32 holding
+their fp16 values exactly: with an fp16 scale, ``DequantizeLinear`` would round every
+``scale × code`` to fp16 and hand the fp32 ``MatMul`` fp16 weights.
 
 ONNX Runtime fuses ``DequantizeLinear`` + ``MatMul`` into ``MatMulNBits``, which by default
 computes with int8-quantized activations (accuracy level 4). :func:`session` asks for fp32
@@ -42,7 +44,7 @@ class _ExportIntLinear(nn.Module):
         self.codes, self.scales = layer.codes.detach(), layer.scales.detach()
         scaled = dequantize(layer.codes, layer.scales, torch.zeros_like(layer.zeros))  # scale * code
         self.weight_t = nn.Parameter(scaled.T.contiguous())  # (in, out), as MatMul consumes it
-        self.zeros_t = nn.Parameter(layer.zeros.detach().T.contiguous())  # (in / g, out)
+        self.zeros_t = nn.Parameter(layer.zeros.detach().float().T.contiguous())  # (in / g, out)
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
