@@ -116,25 +116,24 @@ def dataset_spec(wildcards):
     return canonical(config["datasets"][wildcards.dataset])
 
 
-def cell_run_files(method, dataset, name):
-    """The file ``name`` (e.g. ``metrics.json``) of every run of a cell: all models x seeds."""
-    return expand(
-        f"{RUN_DIR}/{name}",
-        dataset=dataset,
-        method=method,
-        model=STUDY["models"],
-        seed=STUDY["seeds"],
-    )
+def cell_run_dirs(method, dataset):
+    """The folder of every run of a cell: all models x seeds."""
+    # str.format, not expand: called for every cell by several rules, and expand is much slower
+    return [
+        RUN_DIR.format(dataset=dataset, method=method, model=model, seed=seed)
+        for model in STUDY["models"]
+        for seed in STUDY["seeds"]
+    ]
 
 
 def cell_runs(wildcards):
-    """What the cell rule reads of each run: its metrics, provenance and export report."""
-    method, dataset = wildcards.method, wildcards.dataset
+    """Each run of a cell: the metrics, provenance and export report that the cell reads."""
+    runs = cell_run_dirs(wildcards.method, wildcards.dataset)
     return {
-        "metrics": cell_run_files(method, dataset, "metrics.json"),
+        "metrics": [f"{run}/metrics.json" for run in runs],
         # read beside each metrics.json (vitpeft.analysis.aggregate.run_row)
-        "provenance": cell_run_files(method, dataset, "provenance.json"),
-        "exports": cell_run_files(method, dataset, "export/report.json"),
+        "provenance": [f"{run}/provenance.json" for run in runs],
+        "exports": [f"{run}/export/report.json" for run in runs],
     }
 
 
@@ -161,10 +160,10 @@ def study_run_files(*names):
     own files (not only the cell summaries) declare them, so a run whose files are gone is rebuilt
     before they run."""
     return [
-        path
+        f"{run}/{name}"
         for method, dataset in paper_cells()
+        for run in cell_run_dirs(method, dataset)
         for name in names
-        for path in cell_run_files(method, dataset, name)
     ]
 
 
