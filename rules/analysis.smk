@@ -35,6 +35,7 @@ rule figures:
         runs="results/analysis/runs.csv",
         cells="results/analysis/cell_stats.csv",
         comparisons="results/analysis/comparisons.csv",
+        metrics=study_run_files("metrics.json"),  # the per-epoch curves
     output:
         params=report("results/paper/accuracy_vs_params.pdf", category="Figures"),
         memory=report("results/paper/accuracy_vs_memory.pdf", category="Figures"),

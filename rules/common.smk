@@ -15,6 +15,7 @@ from vitpeft.methods import (
     method_wildcard,
 )
 from vitpeft.methods import METHODS as METHODS_BY_FAMILY
+from vitpeft.submission import RUN_FILES as SUBMITTED_RUN_FILES
 
 study_config.load(
     config
@@ -129,29 +130,55 @@ def dataset_spec(wildcards):
     return canonical(config["datasets"][wildcards.dataset])
 
 
+def cell_run_dirs(method, dataset):
+    """The folder of every run of a cell: all models x seeds."""
+    # str.format, not expand: called for every cell by several rules, and expand is much slower
+    return [
+        RUN_DIR.format(dataset=dataset, method=method, model=model, seed=seed)
+        for model in STUDY["models"]
+        for seed in STUDY["seeds"]
+    ]
+
+
 def cell_runs(wildcards):
-    """Every run of a cell (all models x seeds): its metrics and its export report."""
-    runs = dict(
-        dataset=wildcards.dataset,
-        method=wildcards.method,
-        model=STUDY["models"],
-        seed=STUDY["seeds"],
-    )
+    """Each run of a cell: the metrics, provenance and export report that the cell reads."""
+    runs = cell_run_dirs(wildcards.method, wildcards.dataset)
     return {
-        "metrics": expand(f"{RUN_DIR}/metrics.json", **runs),
-        "exports": expand(f"{RUN_DIR}/export/report.json", **runs),
+        "metrics": [f"{run}/metrics.json" for run in runs],
+        # read beside each metrics.json (vitpeft.analysis.aggregate.run_row)
+        "provenance": [f"{run}/provenance.json" for run in runs],
+        "exports": [f"{run}/export/report.json" for run in runs],
     }
 
 
-def study_cells():
-    cells = expand(
-        "results/{method}_{dataset}", method=METHODS, dataset=STUDY["datasets"]
-    )
+def paper_cells():
+    """(method, dataset) of every cell the paper is built from."""
+    cells = [(method, dataset) for method in METHODS for dataset in STUDY["datasets"]]
     if STUDY.get("partial"):
         # A partial study's paper is built from the cells already finished; the checklist lists
         # the others, which are built by their own targets (e.g. on a cluster).
-        return [cell for cell in cells if Path(cell, "summary.csv").exists()]
+        return [
+            (method, dataset)
+            for method, dataset in cells
+            if Path(f"results/{method}_{dataset}", "summary.csv").exists()
+        ]
     return cells
+
+
+def study_cells():
+    return [f"results/{method}_{dataset}" for method, dataset in paper_cells()]
+
+
+def study_run_files(*names):
+    """The files ``names`` of every run in the paper's cells. The analysis rules that read runs'
+    own files (not only the cell summaries) declare them, so a run whose files are gone is rebuilt
+    before they run."""
+    return [
+        f"{run}/{name}"
+        for method, dataset in paper_cells()
+        for run in cell_run_dirs(method, dataset)
+        for name in names
+    ]
 
 
 def study_backbone_metas():

@@ -11,6 +11,8 @@ rule submission:
         checklist_tex=rules.checklist.output.tex,
         checklist_json=rules.checklist.output.json,
         runs="results/analysis/runs.csv",
+        # The best seed of each cell is picked from runs.csv as the job runs: every run's files.
+        run_files=study_run_files(*SUBMITTED_RUN_FILES),
         environment=[
             Path(workflow.basedir) / name
             for name in ("requirements.txt", "constraints.txt", "envs/vitpeft.yaml")

@@ -251,12 +251,28 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
 FIGURES = ("out_params", "out_memory", "out_convergence", "out_adalora", "out_resources", "out_rank")
 
 
+def run_metrics(root) -> list[str]:
+    """Every run's metrics.json under ``root``, named as the run table names their folders."""
+    return sorted(str(p) for p in (root / "runs").rglob("metrics.json"))
+
+
 def make_all_figures(root, out):
     """Every figure from the stats in ``root``; run folders are relative to ``root`` as in a workdir."""
     paths = {name: out / f"{name}.pdf" for name in FIGURES}
     with contextlib.chdir(root):
-        figures.make_figures("runs.csv", "cells.csv", "comparisons.csv", **paths)
+        figures.make_figures("runs.csv", "cells.csv", "comparisons.csv", run_metrics(root), **paths)
     return paths
+
+
+def test_figures_read_curves_only_from_the_given_metrics_files(study_tables, tmp_path):
+    # The file is on disk, but not among the rule's inputs: the figures name the run, not read it.
+    given = [p for p in run_metrics(study_tables) if "/lora_r8/" not in p or "seed1" not in p]
+    paths = {name: tmp_path / f"{name}.pdf" for name in FIGURES}
+    with (
+        contextlib.chdir(study_tables),
+        pytest.raises(ValueError, match=r"1 run\(s\) .* no metrics.json .*lora_r8/deit_tiny/seed1"),
+    ):
+        figures.make_figures("runs.csv", "cells.csv", "comparisons.csv", given, **paths)
 
 
 def pdf_text(path) -> str:

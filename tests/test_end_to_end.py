@@ -115,6 +115,53 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tiny_study, tmp_path):
     assert job_stats(plan) == {"paper": "1", "total": "1"}
 
 
+def jobs_run(log: str, *rules: str) -> list[tuple[str, str]]:
+    """(rule, wildcards) of every job of ``rules`` that a Snakemake log shows started."""
+    blocks = re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", log, re.M)
+    return sorted((rule, re.search(r"wildcards: (.*)", body)[1]) for rule, body in blocks if rule in rules)
+
+
+@pytest.mark.e2e
+def test_a_run_whose_outputs_are_gone_is_rebuilt_before_the_analysis_reads_it(tiny_study, tmp_path):
+    """One run's outputs are lost (as after a forced rerun that failed), a best run's export too, and
+    another run changes: the next build retrains and exports what is missing, then builds the paper
+    and the submission from every run's current numbers."""
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study, study, symlinks=True)
+    runs = study / "results" / "runs" / "digits"
+    shutil.rmtree(runs / "lora_r8" / "deit_tiny" / "seed0")
+    shutil.rmtree(runs / "full" / "deit_tiny" / "seed0" / "export")
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["methods"]["linear"]["lr"] = 2.0e-2
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(config))
+    cmd = snakemake_command(study, tmp_path / "changed.yaml", "--cores", "2")
+
+    built = subprocess.run(
+        [*cmd, "paper.pdf", "results/submission.tar.gz"], capture_output=True, text=True, timeout=600
+    )
+    assert built.returncode == 0, built.stderr[-5000:]
+    run = "dataset=digits, method={}, model=deit_tiny, seed=0"
+    assert jobs_run(built.stdout + built.stderr, "train", "export") == [
+        ("export", run.format("full")),
+        ("export", run.format("linear")),
+        ("export", run.format("lora_r8")),
+        ("train", run.format("linear")),
+        ("train", run.format("lora_r8")),
+    ]
+    table = pd.read_csv(study / "results" / "analysis" / "runs.csv").set_index("method")
+    for method in ("lora_r8", "linear"):
+        metrics = json.loads((runs / method / "deit_tiny" / "seed0" / "metrics.json").read_text())
+        assert table.loc[method, "test_top1"] == pytest.approx(metrics["test_top1"]), method
+    assert (
+        json.loads((runs / "linear" / "deit_tiny" / "seed0" / "config.json").read_text())["method"]["lr"]
+        == 2.0e-2
+    )
+    with tarfile.open(study / "results" / "submission.tar.gz") as archive:
+        assert "submission/best_runs/digits/full/deit_tiny/seed0/export/report.json" in archive.getnames()
+    again = subprocess.run([*cmd, "-n", "paper.pdf"], capture_output=True, text=True, timeout=120)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
 @pytest.mark.e2e
 def test_real_download_rule_runs_against_a_fixture_server_through_training(tmp_path):
     from fixtures import serve, write_cifar_archive

@@ -100,6 +100,51 @@ def test_a_partial_study_builds_its_paper_from_the_finished_cells_only(tmp_path)
     # not in this empty folder, so Snakemake would rebuild that one cell.)
     assert planned_jobs(plan) == {**ONE_CELL, **ANALYSIS}
     assert "output: results/lora_r8_digits" in plan
+    (figures,) = job_inputs(plan, "figures").values()
+    assert {f for f in figures if f.endswith("metrics.json")} == {
+        f"results/runs/digits/lora_r8/deit_tiny/seed{seed}/metrics.json" for seed in range(SEEDS)
+    }
+
+
+def job_inputs(plan: str, rule: str) -> dict[str, set[str]]:
+    """The input files of each job of ``rule`` in a dry run's plan, by the job's outputs."""
+    blocks = re.findall(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", plan, re.M)
+    return {
+        re.search(r"output: (.*)", body)[1]: set(re.search(r"input: (.*)", body)[1].split(", "))
+        for name, body in blocks
+        if name == rule
+    }
+
+
+def test_every_run_file_the_analysis_reads_is_a_declared_input(tmp_path):
+    """A rule that runs reruns the missing inputs it declares, never those it reads undeclared: a run
+    whose files are gone (e.g. a failed forced rerun) is retrained before the analysis reads it."""
+    from vitpeft import config as study_config
+    from vitpeft.submission import RUN_FILES
+
+    config = study_config.load(yaml.safe_load((REPO / "config.yaml").read_text()))
+    study = study_config.study(config)
+    runs = {
+        (method, dataset): [
+            f"results/runs/{dataset}/{method}/{model}/seed{seed}"
+            for model in study["models"]
+            for seed in study["seeds"]
+        ]
+        for method in study_config.study_methods(config)
+        for dataset in study["datasets"]
+    }
+    every_run = [run for cell in runs.values() for run in cell]
+    plan = snakemake("-n", "results/submission.tar.gz", workdir=tmp_path).stdout
+
+    (figures,) = job_inputs(plan, "figures").values()  # the curves of every run
+    assert {f"{run}/metrics.json" for run in every_run} <= figures
+    (submission,) = job_inputs(plan, "submission").values()  # the best runs, picked as it runs
+    assert {f"{run}/{name}" for run in every_run for name in RUN_FILES} <= submission
+    cells = job_inputs(plan, "cell")  # each run's metrics, provenance and export report
+    assert cells.keys() == {f"results/{method}_{dataset}" for method, dataset in runs}
+    for (method, dataset), cell_runs in runs.items():
+        read = {f"{run}/{name}" for run in cell_runs for name in ("metrics.json", "provenance.json")}
+        assert read <= cells[f"results/{method}_{dataset}"]
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ make_figures(
     snakemake.input.runs,
     snakemake.input.cells,
     snakemake.input.comparisons,
+    snakemake.input.metrics,
     out_params=snakemake.output.params,
     out_memory=snakemake.output.memory,
     out_convergence=snakemake.output.convergence,

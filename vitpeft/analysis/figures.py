@@ -292,10 +292,23 @@ def rank_ablation(
     save(fig, out_pdf)
 
 
+def run_curves(runs: pd.DataFrame, metrics_paths: list[str | Path]) -> dict[str, dict]:
+    """The per-epoch curves of every run in ``runs``, keyed by its ``run_dir``, read from the
+    run's ``metrics.json`` among ``metrics_paths`` (the figures rule's declared inputs) only."""
+    by_folder = {Path(p).parent: Path(p) for p in metrics_paths}
+    missing = [d for d in runs.run_dir if Path(d) not in by_folder]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} run(s) of the run table have no metrics.json among the inputs: {missing}"
+        )
+    return {d: read_json(by_folder[Path(d)])["curves"] for d in runs.run_dir}
+
+
 def make_figures(
     runs_csv: str | Path,
     cell_stats_csv: str | Path,
     comparisons_csv: str | Path,
+    metrics_paths: list[str | Path],
     *,
     out_params: str | Path,
     out_memory: str | Path,
@@ -304,13 +317,14 @@ def make_figures(
     out_resources: str | Path,
     out_rank: str | Path,
 ) -> None:
-    """Every figure of the paper from the aggregated tables (curves come from each run's metrics)."""
+    """Every figure of the paper from the aggregated tables; the curves come from the runs'
+    ``metrics_paths``, one per run of the run table."""
     runs = pd.read_csv(runs_csv)
     cells = pd.read_csv(cell_stats_csv)
     accuracy_vs_params(cells, out_params)
     accuracy_vs_memory(cells, out_memory)
     resource_bars(cells, out_resources)
     rank_ablation(cells, pd.read_csv(comparisons_csv), out_rank)
-    curves = {d: read_json(Path(d) / "metrics.json")["curves"] for d in runs.run_dir}
+    curves = run_curves(runs, metrics_paths)
     convergence(runs, curves, out_convergence)
     adalora_ranks(runs, curves, out_adalora)
