@@ -12,6 +12,8 @@ rule export:
         onnx=f"{RUN_DIR}/export/model.onnx",
     log:
         f"{RUN_DIR}/export.log",
+    benchmark:
+        f"{RUN_DIR}/export/benchmark.tsv"
     wildcard_constraints:
         method=method_wildcard(
             f for f in METHODS_BY_FAMILY if f not in INT_EXPORT_FAMILIES

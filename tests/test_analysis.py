@@ -220,6 +220,13 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
     assert (
         "1 0 train" not in (out / "setup.tex").read_text() and "10 train" in (out / "setup.tex").read_text()
     )
+    assert r"\texttt{deit\_tiny\_patch16\_224} architecture at" in (out / "setup.tex").read_text()
+    # A model built with other arguments than its architecture's says which, in words that read.
+    deeper = render_tables(study_tables, tmp_path / "deeper", model_kwargs={"depth": 2, "num_heads": 1})
+    assert (
+        r"\texttt{deit\_tiny\_patch16\_224} architecture with \texttt{depth}~$=$~2, \texttt{num\_heads}~$=$~1 at"
+        in (deeper / "setup.tex").read_text()
+    )
 
     # Holm-corrected differences are marked: the linear probe differs from both references here.
     compared = pd.read_csv(study_tables / "comparisons.csv").set_index(["baseline", "method"])
@@ -279,7 +286,7 @@ def pdf_text(path) -> str:
     return subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
 
 
-def render_tables(root, out, title="T", compute=None):
+def render_tables(root, out, title="T", compute=None, model_kwargs=None):
     """Every generated LaTeX part from the stats in ``root``, for a one-dataset, two-seed config."""
     manifest = {
         "source": {"name": "digits", "split_seed": 0},
@@ -298,7 +305,14 @@ def render_tables(root, out, title="T", compute=None):
     config = {
         "study": "s",
         "studies": {"s": study},
-        "models": {"deit_tiny": {"img_size": 16, "patch_size": 4, "backbone": {"source": "pretrain"}}},
+        "models": {
+            "deit_tiny": {
+                "img_size": 16,
+                "patch_size": 4,
+                "backbone": {"source": "pretrain"},
+                **({"kwargs": model_kwargs} if model_kwargs else {}),
+            }
+        },
         "datasets": {"digits": {"kind": "sklearn_digits"}},
         "train": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0.5, "grad_clip": 1.0},
         "methods": {"full": {"lr": 0.001}, "lora": {"lr": 0.005}},

@@ -4,11 +4,12 @@ Their numbers are not checked here: benchmarks measure, tests assert behaviour. 
 a user who runs one, on a GPU machine above all, does not meet a broken script.
 """
 
+import json
 import re
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, SNAKEMAKE
 
 
 def run_script(name: str, *args: str) -> str:
@@ -46,3 +47,38 @@ def test_trainer_and_loader_benchmarks_print_their_ratios():
     assert re.search(
         r"ratio\s+\d+\.\d+x", run_script("loader_vs_training.py", "--batch-size", "4", "--steps", "1")
     )
+
+
+def test_work_fraction_reads_a_snakemake_log_and_splits_the_core_seconds(tmp_path):
+    """A real Snakemake run of a stand-in workflow: two train jobs that record 0.5 s of training
+    each (and keep a benchmark), and one two-thread job of another rule."""
+    (tmp_path / "Snakefile").write_text(
+        "rule all:\n"
+        '    input: expand("runs/{i}/metrics.json", i=range(2)), "other.txt"\n'
+        "rule train:\n"
+        '    output: "runs/{i}/metrics.json"\n'
+        '    benchmark: "runs/{i}/benchmark.tsv"\n'
+        """    shell: "sleep 1; echo '{{\\"train_time_s\\": 0.5}}' > {output}"\n"""
+        "rule other:\n"
+        '    output: "other.txt"\n'
+        "    threads: 2\n"
+        '    shell: "sleep 1; touch {output}"\n'
+    )
+    subprocess.run(
+        [SNAKEMAKE, "-s", str(tmp_path / "Snakefile"), "-d", str(tmp_path), "--cores", "2"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    summary = json.loads(run_script("work_fraction.py", str(tmp_path), "--json"))
+    kinds = summary["kinds"]
+    assert summary["cores"] == 2 and summary["offered_core_s"] == 2 * summary["wall_s"] > 0
+    assert summary["runs_train_time_s"] == kinds["train: training"]["core_s"] == 1.0
+    assert summary["work_fraction"] == 1.0 / summary["offered_core_s"]
+    assert (kinds["train"]["jobs"], kinds["other"]["jobs"], kinds["all"]["jobs"]) == (2, 1, 1)
+    assert kinds["train"]["benchmarked"] == 2 and kinds["train"]["cpu_s"] >= 0
+    assert "benchmarked" not in kinds["other"]
+    # Every offered core-second is held by some job or idle; the two-thread job holds two cores.
+    assert abs(sum(k["core_s"] for k in kinds.values()) - summary["offered_core_s"]) < 1e-6
+    assert kinds["other"]["core_s"] % 2 == 0 and kinds["other"]["core_s"] >= 2
+    assert "work fraction" in run_script("work_fraction.py", str(tmp_path))

@@ -12,21 +12,31 @@ from vitpeft.config import ConfigError, RunConfig
 def test_demo_config_is_valid_and_has_the_transfer_baseline(demo_config):
     methods = study_config.study_methods(demo_config)
     assert methods[-1] == "scratch" and methods.count("scratch") == 1
-    for required in ["full", "linear", "lora_r2", "lora_r32", "qlora8_r8", "qlora4_r8", "adalora_r8"]:
+    for required in [
+        "full",
+        "linear",
+        "lora_r4",
+        "lora_r8",
+        "lora_r16",
+        "qlora8_r8",
+        "qlora4_r8",
+        "adalora_r8",
+        "qalora4_r8",
+    ]:
         assert required in methods
     assert study_config.study(demo_config)["seeds"] == [0, 1, 2]
 
 
 def test_run_config_round_trips_through_json_dict(demo_config):
-    run = study_config.resolve_run(demo_config, "deit_tiny", "digits", "lora_r8", 2)
+    run = study_config.resolve_run(demo_config, "vit_w64_d4", "digits", "lora_r8", 2)
     again = RunConfig.from_dict(run.to_dict())
     assert again == run
     assert again.method.r == 8 and again.method.target_modules == ("attn.qkv", "attn.proj")
 
 
 def test_pretrain_run_uses_pretrain_budget(demo_config):
-    run = study_config.pretrain_run(demo_config, "deit_tiny")
-    assert run.dataset == "shapes"
+    run = study_config.pretrain_run(demo_config, "vit_w64_d4")
+    assert run.dataset == "glyphs"
     assert run.train.epochs == demo_config["pretrain"]["epochs"]
     assert run.method.lr == demo_config["pretrain"]["lr"]
     assert not run.method.uses_pretrained_backbone
@@ -53,11 +63,11 @@ def test_pretrain_run_uses_pretrain_budget(demo_config):
         (lambda c: c.update(by_dataset={"cifar11": {}}), "by_dataset: unknown dataset 'cifar11'"),
         (
             lambda c: c.update(by_dataset={"digits": {"methods": {"lora": {"dropout": 2.0}}}}),
-            "by_dataset.digits.methods: 'lora_r2': lora_r2: dropout must be in [0, 1), got 2.0",
+            "by_dataset.digits.methods: 'lora_r4': lora_r4: dropout must be in [0, 1), got 2.0",
         ),
         (lambda c: c.update(by_dataset={"digits": {"train": {"epochs": 0}}}), "by_dataset.<dataset>.train"),
-        (lambda c: c["models"]["deit_tiny"].update(img_size=18), "not a multiple of patch_size"),
-        (lambda c: c["models"]["deit_tiny"]["backbone"].update(source="hub"), "hub"),
+        (lambda c: c["models"]["vit_w64_d4"].update(img_size=18), "not a multiple of patch_size"),
+        (lambda c: c["models"]["vit_w64_d4"]["backbone"].update(source="hub"), "hub"),
         (lambda c: c["studies"]["demo"].update(seeds=["a"]), "'a'"),
         (lambda c: c["train"].update(epoch=3), "epoch"),
         (lambda c: c.update(checkpoint_every=-5), "checkpoint_every"),
@@ -68,16 +78,16 @@ def test_pretrain_run_uses_pretrain_budget(demo_config):
             "unknown model 'vit_huge'",
         ),
         (
-            lambda c: c["resources"]["models"]["deit_tiny"].update(runtime=0),
-            "instance['resources']['models']['deit_tiny']['runtime']",
+            lambda c: c["resources"]["models"]["vit_w64_d4"].update(runtime=0),
+            "instance['resources']['models']['vit_w64_d4']['runtime']",
         ),
-        (lambda c: c["resources"]["models"]["deit_tiny"].pop("mem_mb"), "'mem_mb' is a required property"),
+        (lambda c: c["resources"]["models"]["vit_w64_d4"].pop("mem_mb"), "'mem_mb' is a required property"),
         (lambda c: c["resources"]["datasets"].update(cifar11={"runtime": 2}), "unknown dataset 'cifar11'"),
         (
-            lambda c: c["resources"]["datasets"]["shapes"].update(runtime=-2),
-            "instance['resources']['datasets']['shapes']['runtime']",
+            lambda c: c["resources"]["datasets"]["glyphs"].update(runtime=-2),
+            "instance['resources']['datasets']['glyphs']['runtime']",
         ),
-        (lambda c: c["resources"]["datasets"]["shapes"].update(mem=2), "'mem'"),
+        (lambda c: c["resources"]["datasets"]["glyphs"].update(mem=2), "'mem'"),
     ],
 )
 def test_bad_config_is_rejected_naming_key_and_value(demo_config, edit, message):
@@ -97,7 +107,7 @@ def test_checkpoint_every_is_checked_naming_key_and_value(demo_config, value):
 
 def test_checkpoint_every_defaults_and_stays_out_of_run_configs(tiny_config, demo_config):
     assert tiny_config["checkpoint_every"] == 500  # the schema's default
-    run = study_config.resolve_run(demo_config, "deit_tiny", "digits", "lora_r8", 0).to_dict()
+    run = study_config.resolve_run(demo_config, "vit_w64_d4", "digits", "lora_r8", 0).to_dict()
     assert "checkpoint_every" not in str(run)  # changing it must rerun no job
 
 
@@ -119,7 +129,7 @@ def test_a_config_without_resources_asks_for_the_schema_defaults_and_no_gpu():
 
 
 def test_the_demo_is_a_cpu_study(demo_config):
-    run = study_config.resolve_run(demo_config, "deit_tiny", "digits", "full", 0)
+    run = study_config.resolve_run(demo_config, "vit_w64_d4", "digits", "full", 0)
     assert compute.job_resources(demo_config, run)["gpu"] == 0
 
 

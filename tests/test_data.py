@@ -8,6 +8,7 @@ from torchvision.transforms.v2 import functional as TF
 from vitpeft.config import AugmentConfig
 from vitpeft.data import arrays, prepare_dataset
 from vitpeft.data.digits import build_digits
+from vitpeft.data.glyphs import build_glyphs
 from vitpeft.data.pipeline import BatchPreprocessor, affine_views
 from vitpeft.data.shapes import SHAPE_CLASSES, build_shapes
 
@@ -60,6 +61,52 @@ def test_shapes_are_deterministic_and_balanced():
     assert names == list(SHAPE_CLASSES)
     assert np.bincount(la, minlength=len(names)).tolist() == [4] * len(names)
     assert a.std() > 20  # the strokes are visible over the texture
+
+
+def test_glyphs_are_deterministic_balanced_block_counts():
+    a, la, names, source = build_glyphs(72, 8, seed=0)
+    b, lb, _, _ = build_glyphs(72, 8, seed=0)
+    c, _, _, _ = build_glyphs(72, 8, seed=1)
+    assert a.shape == (72, 8, 8, 1) and a.dtype == np.uint8
+    assert (a == b).all() and (la == lb).all() and not (a == c).all()
+    assert "".join(names) == "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ" and source["characters"] == "".join(names)
+    assert np.bincount(la, minlength=len(names)).tolist() == [2] * len(names)
+    # Like the UCI digits: each pixel counts the set pixels of a 4x4 block, 0..16, spread over uint8.
+    levels = np.round(np.arange(17) * 255 / 16)
+    assert np.isin(a, levels).all() and a.max() == 255 and a.min() == 0
+
+
+def test_rendered_digits_resemble_the_handwritten_ones():
+    """A nearest-neighbour classifier that saw only rendered digits reads most real ones (chance: 10%)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    glyphs, glyph_labels, names, _ = build_glyphs(2000, 8, seed=0, characters="0123456789")
+    digits, digit_labels, digit_names, _ = build_digits()
+    assert names == digit_names
+    knn = KNeighborsClassifier(5).fit(glyphs.reshape(len(glyphs), -1), glyph_labels)
+    assert (knn.predict(digits.reshape(len(digits), -1)) == digit_labels).mean() > 0.5
+
+
+def test_glyphs_are_a_dataset_kind_and_check_their_characters(tmp_path):
+    spec = {
+        "kind": "font_glyphs",
+        "options": {"num_images": 120, "image_size": 8, "seed": 0, "characters": "0123"},
+        "split_seed": 0,
+        "val_fraction": 0.25,
+        "test_fraction": 0.25,
+    }
+    manifest = prepare_dataset(spec, tmp_path)
+    assert (
+        manifest["class_names"] == ["0", "1", "2", "3"]
+        and manifest["source"]["name"] == "vitpeft.data.glyphs"
+    )
+    assert {k: sum(v) for k, v in manifest["counts_per_class"].items()} == {
+        "train": 60,
+        "val": 30,
+        "test": 30,
+    }
+    with pytest.raises(ValueError, match="distinct"):
+        build_glyphs(8, 8, seed=0, characters="0010")
 
 
 def test_preprocessor_eval_resizes_and_normalizes():

@@ -41,6 +41,23 @@ def test_parameter_counts(tiny_model):
     assert counts["by_type"]["Conv2d"] == 192 * 3 * 4 * 4 + 192
 
 
+def test_a_model_is_what_its_name_says():
+    """vit_w64_d4: width 64, 4 blocks, 2 heads on timm's ViT; the config's kwargs go on top."""
+    spec = ModelSpec("vit_w64_d4", img_size=8, patch_size=4, backbone={"source": "file"})
+    model = create_model(spec, num_classes=10)
+    assert (model.embed_dim, len(model.blocks), model.blocks[0].attn.num_heads) == (64, 4, 2)
+    # 4 blocks of 12 d^2 + 13 d (qkv, proj, fc1, fc2, two norms), patch embedding, class token,
+    # 1 + 4 position embeddings, final norm, head
+    d = 64
+    expected = 4 * (12 * d * d + 13 * d) + (3 * 4 * 4 * d + d) + d + 5 * d + 2 * d + (10 * d + 10)
+    assert count_parameters(model)["total"] == expected
+    assert spec.block_widths() == {"attn.qkv": 64, "attn.proj": 64, "mlp.fc1": 64, "mlp.fc2": 256}
+    deeper = ModelSpec(
+        "vit_w64_d4", img_size=8, patch_size=4, backbone={"source": "file"}, kwargs={"depth": 2}
+    )
+    assert len(create_model(deeper, num_classes=10).blocks) == 2
+
+
 def test_unknown_model_and_geometry():
     with pytest.raises(ValueError, match="unknown model 'vit_huge'"):
         ModelSpec("vit_huge")

@@ -53,7 +53,7 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export": SEEDS, "
         ("results/lora_r8_digits", ONE_CELL),
         ("results/qlora4_r8_digits", ONE_CELL),
         ("results/adalora_r8_digits", ONE_CELL),
-        ("results/lora_r32_digits", ONE_CELL),
+        ("results/lora_r16_digits", ONE_CELL),
         (
             "results/qalora4_r8_digits",
             {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export_int": SEEDS, "cell": 1},
@@ -68,15 +68,15 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export": SEEDS, "
         ],
         ("resources/downloads/tiny-imagenet-200.zip", {"download": 1}),
         (
-            "results/runs/digits/full/deit_tiny/seed1/metrics.json",
+            "results/runs/digits/full/vit_w64_d4/seed1/metrics.json",
             {"prepare_data": 2, "pretrain": 1, "train": 1},
         ),
         (
-            "results/runs/digits/qalora4_r8/deit_tiny/seed0/export/model_int.onnx",
+            "results/runs/digits/qalora4_r8/vit_w64_d4/seed0/export/model_int.onnx",
             {"prepare_data": 2, "pretrain": 1, "train": 1, "export_int": 1},
         ),
         ("resources/data/digits/manifest.json", {"prepare_data": 1}),
-        ("resources/backbones/deit_tiny_shapes.safetensors", {"prepare_data": 1, "pretrain": 1}),
+        ("resources/backbones/vit_w64_d4_glyphs.safetensors", {"prepare_data": 1, "pretrain": 1}),
         ("results/analysis/runs.csv", {**UP_TO_CELLS, "aggregate": 1}),
         ("results/analysis/transfer.csv", {**UP_TO_CELLS, "aggregate": 1, "stats": 1}),
         ("results/paper/convergence.pdf", {**UP_TO_CELLS, "aggregate": 1, "stats": 1, "figures": 1}),
@@ -242,7 +242,8 @@ def test_the_full_study_resolves_hub_models_at_224_px_and_per_dataset_budgets():
     assert study_config.resolve_run(config, "vit_small", "cifar100", "qalora4_r8", 0).train.epochs == 100
     assert config["models"]["deit_tiny"]["img_size"] == 224  # the demo's 16 px is overridden
     assert compute.job_resources(config, run)["gpu"] == 1
-    assert study_config.load(copy.deepcopy(DEMO))["models"]["deit_tiny"]["img_size"] == 16
+    demo_models = study_config.load(copy.deepcopy(DEMO))["models"]
+    assert "deit_tiny" not in demo_models and demo_models["vit_w64_d4"]["img_size"] == 8
 
 
 def test_slurm_profile_asks_for_each_training_jobs_resources(tmp_path):
@@ -255,11 +256,11 @@ def test_slurm_profile_asks_for_each_training_jobs_resources(tmp_path):
         for rule, body in blocks
         if rule in ("train", "pretrain")
     }
-    # deit_tiny's base from config.yaml; pretraining on shapes gets twice the time.
-    assert resources["pretrain"] == {**resources["train"], "runtime": "20"}
+    # vit_w64_d4's base from config.yaml; pretraining on glyphs gets three times the time.
+    assert resources["pretrain"] == {**resources["train"], "runtime": "15"}
     assert {k: resources["train"][k] for k in ("mem_mb", "runtime", "gpu", "slurm_partition")} == {
         "mem_mb": "2000",
-        "runtime": "10",
+        "runtime": "5",
         "gpu": "0",
         "slurm_partition": "REPLACE-ME-gpu-partition",
     }

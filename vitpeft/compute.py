@@ -98,7 +98,7 @@ def image_flops(model: ModelSpec, method: MethodConfig, num_classes: int) -> Pas
     ``reg_tokens`` of ``model.kwargs`` where given; other keyword arguments are taken not to
     change the matrix products.
     """
-    kwargs = model.kwargs
+    kwargs = model.create_kwargs
     width = kwargs.get("embed_dim", study_config.MODEL_WIDTHS[model.name])
     depth = kwargs.get("depth", study_config.MODEL_DEPTHS[model.name])
     hidden = int(width * kwargs.get("mlp_ratio", 4.0))

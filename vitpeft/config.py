@@ -32,11 +32,15 @@ MODEL_ARCHS = {
     "deit_tiny": "deit_tiny_patch16_224",
     "deit_small": "deit_small_patch16_224",
     "vit_small": "vit_small_patch16_224",
+    "vit_w64_d4": "vit_tiny_patch16_224",  # with MODEL_KWARGS below: a 0.2 M-parameter ViT
 }
+# The arguments that make a named model what its name says, on top of its timm architecture
+# (the config's ``kwargs`` go on top of these).
+MODEL_KWARGS = {"vit_w64_d4": {"embed_dim": 64, "depth": 4, "num_heads": 2}}
 # Embedding width of each architecture; its blocks' Linear layers take this width, and fc2 takes
 # width * mlp_ratio. Known here, without torch, so that methods can check shapes at config time.
-MODEL_WIDTHS = {"deit_tiny": 192, "deit_small": 384, "vit_small": 384}
-MODEL_DEPTHS = {"deit_tiny": 12, "deit_small": 12, "vit_small": 12}  # transformer blocks
+MODEL_WIDTHS = {"deit_tiny": 192, "deit_small": 384, "vit_small": 384, "vit_w64_d4": 64}
+MODEL_DEPTHS = {"deit_tiny": 12, "deit_small": 12, "vit_small": 12, "vit_w64_d4": 4}  # transformer blocks
 BACKBONE_SOURCES = ("pretrain", "timm", "file")
 
 
@@ -75,10 +79,16 @@ class ModelSpec:
     def arch(self) -> str:
         return MODEL_ARCHS[self.name]
 
+    @property
+    def create_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``timm.create_model(self.arch, ...)``: the model's own, then ``kwargs``."""
+        return {**MODEL_KWARGS.get(self.name, {}), **self.kwargs}
+
     def block_widths(self) -> dict[str, int]:
         """``in_features`` of each Linear inside a transformer block, by block-relative path."""
-        width = self.kwargs.get("embed_dim", MODEL_WIDTHS[self.name])
-        hidden = int(width * self.kwargs.get("mlp_ratio", 4.0))
+        kwargs = self.create_kwargs
+        width = kwargs.get("embed_dim", MODEL_WIDTHS[self.name])
+        hidden = int(width * kwargs.get("mlp_ratio", 4.0))
         return {"attn.qkv": width, "attn.proj": width, "mlp.fc1": width, "mlp.fc2": hidden}
 
 

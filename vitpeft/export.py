@@ -287,7 +287,7 @@ def save_merged(model: nn.Module, run, out_dir: Path) -> None:
                 "num_classes": model.num_classes,
                 "img_size": run.model.img_size,
                 "patch_size": run.model.patch_size,
-                **run.model.kwargs,
+                **run.model.create_kwargs,
             },
             "pretrained_cfg": {k: model.pretrained_cfg[k] for k in ("mean", "std")},
             "method": run.method.name,

@@ -36,7 +36,7 @@ def create_model(
         num_classes=num_classes,
         img_size=spec.img_size,
         patch_size=spec.patch_size,
-        **spec.kwargs,
+        **spec.create_kwargs,
     )
     if weights is not None:
         load_backbone(model, weights)

@@ -15,7 +15,7 @@ import jinja2
 import pandas as pd
 
 from vitpeft.analysis.style import macro_name, method_label, method_sort_key
-from vitpeft.config import MODEL_ARCHS, ExportConfig
+from vitpeft.config import MODEL_ARCHS, ExportConfig, model_spec
 from vitpeft.io import atomic_write, read_json
 from vitpeft.methods import parse_method_name
 
@@ -266,6 +266,7 @@ def write_tables(
         datasets={Path(p).parent.name: read_json(p) for p in manifests},
         methods=sorted(runs.method.unique(), key=method_sort_key),
         arches=MODEL_ARCHS,
+        model_kwargs={name: model_spec(config, name).create_kwargs for name in study["models"]},
         citations=DATASET_CITATIONS,
         export=dataclasses.asdict(ExportConfig(**config.get("export", {}))),
         n_runs=len(runs),

@@ -19,6 +19,7 @@ from vitpeft.data import cifar, tinyimagenet
 from vitpeft.data.arrays import stratified_holdout, stratified_split, write_splits
 from vitpeft.data.digits import build_digits
 from vitpeft.data.download import verify_md5
+from vitpeft.data.glyphs import build_glyphs
 from vitpeft.data.shapes import build_shapes
 from vitpeft.data.sources import ARCHIVES, DATASET_KINDS, archive_md5, archive_url
 
@@ -52,6 +53,7 @@ def _tinyimagenet(archive: Path):
 DATASETS: dict[str, DatasetKind] = {
     "sklearn_digits": DatasetKind(_pool(build_digits)),
     "synthetic_shapes": DatasetKind(_pool(build_shapes)),
+    "font_glyphs": DatasetKind(_pool(build_glyphs)),
     "cifar10": DatasetKind(_cifar("cifar10"), from_archive=True),
     "cifar100": DatasetKind(_cifar("cifar100"), from_archive=True),
     "tinyimagenet": DatasetKind(_tinyimagenet, from_archive=True),

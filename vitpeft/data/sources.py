@@ -28,7 +28,7 @@ ARCHIVES: dict[str, Archive] = {
         "tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de", "http://cs231n.stanford.edu"
     ),
 }
-DATASET_KINDS = ("sklearn_digits", "synthetic_shapes", *ARCHIVES)
+DATASET_KINDS = ("sklearn_digits", "synthetic_shapes", "font_glyphs", *ARCHIVES)
 
 
 @dataclass(frozen=True)
