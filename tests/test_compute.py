@@ -41,6 +41,7 @@ def counted_flops(model, images):
             None,
         ),
         ("deit_tiny", 32, 4, {"depth": 2}, "qalora4_r8", None),
+        ("vit_w64_d4", 8, 4, {}, "lora_r8", None),  # the demo's model: its own width, depth and heads
     ],
 )
 def test_flops_per_image_agree_with_torchs_flop_counter(
@@ -81,6 +82,13 @@ def test_split_sizes_are_those_of_the_prepared_datasets(tmp_path):
     from vitpeft.data import prepare_dataset
 
     config = yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text())
+    config["datasets"]["glyphs"] = {  # the demo's source set, small: its classes come from `characters`
+        "kind": "font_glyphs",
+        "options": {"num_images": 120, "image_size": 8, "seed": 0, "characters": "0123"},
+        "split_seed": 0,
+        "val_fraction": 0.1,
+        "test_fraction": 0.1,
+    }
     study_config.load(config)
     for name, spec in config["datasets"].items():
         manifest = prepare_dataset(spec, tmp_path / name)
@@ -102,7 +110,7 @@ def test_split_sizes_of_the_official_archives_hold_out_validation_from_train():
 
 
 def test_a_run_trains_every_epoch_validates_after_each_and_tests_once(demo_config):
-    run = study_config.resolve_run(demo_config, "deit_tiny", "digits", "lora_r8", 0)
+    run = study_config.resolve_run(demo_config, "vit_w64_d4", "digits", "lora_r8", 0)
     image = compute.image_flops(run.model, run.method, 10)
     splits = {"train": 100, "val": 10, "test": 7, "classes": 10}
     longer = dataclasses.replace(run, train=dataclasses.replace(run.train, epochs=run.train.epochs + 1))
@@ -148,10 +156,15 @@ def test_the_full_studys_requests_follow_its_estimate(full_study):
 def test_a_cpu_study_asks_for_its_models_base_times_its_datasets_factors(demo_config):
     config = copy.deepcopy(demo_config)
     config["models"]["deit_small"] = {"img_size": 16, "patch_size": 4, "backbone": {"source": "timm"}}
+    config["models"]["deit_tiny"] = {
+        "img_size": 16,
+        "patch_size": 4,
+        "backbone": {"source": "pretrain", "dataset": "glyphs"},
+    }
     config["resources"].update(
         default={"mem_mb": 3000, "runtime": 45},
         models={"deit_tiny": {"mem_mb": 2000, "runtime": 10}, "deit_small": {"mem_mb": 2500}},
-        datasets={"digits": {"mem_mb": 1.5}, "shapes": {"runtime": 2.05}},
+        datasets={"digits": {"mem_mb": 1.5}, "glyphs": {"runtime": 2.05}},
     )
 
     def resources(model, dataset, attempt=1):
@@ -159,11 +172,11 @@ def test_a_cpu_study_asks_for_its_models_base_times_its_datasets_factors(demo_co
         return compute.job_resources(config, run, attempt)
 
     assert resources("deit_tiny", "digits") == {"mem_mb": 3000, "runtime": 10, "gpu": 0}
-    assert resources("deit_tiny", "shapes") == {"mem_mb": 2000, "runtime": 21, "gpu": 0}  # 20.5 up
+    assert resources("deit_tiny", "glyphs") == {"mem_mb": 2000, "runtime": 21, "gpu": 0}  # 20.5 up
     assert resources("deit_tiny", "cifar10") == {"mem_mb": 2000, "runtime": 10, "gpu": 0}
     assert resources("deit_small", "cifar10") == {"mem_mb": 2500, "runtime": 45, "gpu": 0}  # default's time
     # A retry asks for more memory and time, never more GPUs.
-    assert resources("deit_tiny", "shapes", attempt=2) == {"mem_mb": 4000, "runtime": 41, "gpu": 0}
+    assert resources("deit_tiny", "glyphs", attempt=2) == {"mem_mb": 4000, "runtime": 41, "gpu": 0}
     pretrain = compute.job_resources(config, study_config.pretrain_run(config, "deit_tiny"))
     assert pretrain == {"mem_mb": 2000, "runtime": 21, "gpu": 0}
 

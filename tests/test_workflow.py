@@ -102,7 +102,7 @@ def test_a_partial_study_builds_its_paper_from_the_finished_cells_only(tmp_path)
     assert "output: results/lora_r8_digits" in plan
     (figures,) = job_inputs(plan, "figures").values()
     assert {f for f in figures if f.endswith("metrics.json")} == {
-        f"results/runs/digits/lora_r8/deit_tiny/seed{seed}/metrics.json" for seed in range(SEEDS)
+        f"results/runs/digits/lora_r8/vit_w64_d4/seed{seed}/metrics.json" for seed in range(SEEDS)
     }
 
 

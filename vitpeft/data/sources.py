@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from vitpeft.data.glyphs import DEFAULT_CHARACTERS
 from vitpeft.data.shapes import SHAPE_CLASSES
 
 
@@ -52,6 +53,7 @@ class KindSize:
 KIND_SIZES: dict[str, KindSize] = {
     "sklearn_digits": KindSize(classes=10, train=1797),
     "synthetic_shapes": KindSize(classes=len(SHAPE_CLASSES), train=6400, size_option="num_images"),
+    "font_glyphs": KindSize(classes=len(DEFAULT_CHARACTERS), train=10_000, size_option="num_images"),
     "cifar10": KindSize(classes=10, train=50_000, test=10_000),
     "cifar100": KindSize(classes=100, train=50_000, test=10_000),
     "tinyimagenet": KindSize(classes=200, train=100_000, test=10_000),  # test: its official val
@@ -62,6 +64,8 @@ def kind_size(spec: dict[str, Any]) -> KindSize:
     """The sizes of one ``datasets:`` entry's kind, its pool sized by its options where they say."""
     size = KIND_SIZES[spec["kind"]]
     options = spec.get("options", {})
+    if "characters" in options:  # font_glyphs: one class per character drawn
+        size = dataclasses.replace(size, classes=len(options["characters"]))
     if size.size_option in options:
         return dataclasses.replace(size, train=options[size.size_option])
     return size
