@@ -96,6 +96,11 @@ def fake_run(root, method, seed, acc, **extra):
             "config_hash": "0123456789abcdef",
             "data_manifest_sha256": "f" * 64,
             "curves": {"val_top1": [acc - 10, acc - 1], "train_loss": [1.0, 0.5]},
+            # the verdict on that curve by a 1-epoch window and a 10-point tolerance
+            "converged": True,
+            "val_top1_gain_last_window": 9.0,
+            "convergence_window": 1,
+            "convergence_tolerance": 10.0,
             **extra,
         },
     )
