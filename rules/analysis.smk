@@ -35,6 +35,7 @@ rule figures:
         runs="results/analysis/runs.csv",
         cells="results/analysis/cell_stats.csv",
         comparisons="results/analysis/comparisons.csv",
+        baselines=study_baselines(),
     output:
         params=report("results/paper/accuracy_vs_params.pdf", category="Figures"),
         memory=report("results/paper/accuracy_vs_memory.pdf", category="Figures"),
@@ -59,6 +60,7 @@ rule tables:
         rank_ablation="results/analysis/rank_ablation.json",
         backbones=study_backbone_metas(),
         manifests=study_manifests(),
+        baselines=study_baselines(),
     output:
         expand(
             "results/paper/{part}.tex",
