@@ -74,6 +74,7 @@ rule tables:
                 "setup",
                 "transfer",
                 "comparisons",
+                "baselines",
             ],
         ),
     log:
