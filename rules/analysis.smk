@@ -36,6 +36,7 @@ rule figures:
         cells="results/analysis/cell_stats.csv",
         comparisons="results/analysis/comparisons.csv",
         metrics=study_run_files("metrics.json"),  # the per-epoch curves
+        baselines=study_baselines(),
     output:
         params=report("results/paper/accuracy_vs_params.pdf", category="Figures"),
         memory=report("results/paper/accuracy_vs_memory.pdf", category="Figures"),
@@ -60,6 +61,7 @@ rule tables:
         rank_ablation="results/analysis/rank_ablation.json",
         backbones=study_backbone_metas(),
         manifests=study_manifests(),
+        baselines=study_baselines(),
     output:
         expand(
             "results/paper/{part}.tex",
@@ -73,6 +75,7 @@ rule tables:
                 "setup",
                 "transfer",
                 "comparisons",
+                "baselines",
             ],
         ),
     log:

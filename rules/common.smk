@@ -6,6 +6,7 @@ from pathlib import Path
 
 import vitpeft.config as study_config
 from vitpeft import compute
+from vitpeft.baselines import BASELINE_NAMES
 from vitpeft.data.sources import ARCHIVES, archive_md5, archive_url
 from vitpeft.io import canonical
 from vitpeft.methods import (
@@ -37,6 +38,7 @@ wildcard_constraints:
     model=r"[a-z][a-z0-9_]*",
     seed=r"\d+",
     archive="|".join(re.escape(a.name) for a in ARCHIVES.values()),
+    baseline="|".join(BASELINE_NAMES),
 
 
 def dataset_files(dataset):
@@ -187,6 +189,27 @@ def study_backbone_metas():
         for model in STUDY["models"]
         if config["models"][model]["backbone"]["source"] == "pretrain"
     ]
+
+
+def baseline_spec(wildcards):
+    """The config's ``baselines`` section as one baseline needs it (its own candidates only)."""
+    section = config["baselines"]
+    return canonical(
+        {
+            "max_train_images": section["max_train_images"],
+            "subsample_seed": section["subsample_seed"],
+            wildcards.baseline: section[wildcards.baseline],
+        }
+    )
+
+
+def study_baselines():
+    """Every classical baseline on every dataset of the study."""
+    return expand(
+        "results/baselines/{dataset}/{baseline}.json",
+        dataset=STUDY["datasets"],
+        baseline=BASELINE_NAMES,
+    )
 
 
 def study_manifests():

@@ -22,6 +22,8 @@ rule train:
         runtime=job_resource("runtime"),
     params:
         run=run_config,
+        # a param: metrics.json records the verdict by this criterion, so a change reruns the runs
+        convergence=canonical(config["convergence"]),
     script:
         "../workflow_scripts/train.py"
 

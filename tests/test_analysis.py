@@ -1,4 +1,5 @@
 import contextlib
+import itertools
 import math
 import subprocess
 
@@ -8,7 +9,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from vitpeft.analysis import aggregate, figures, stats, tables
-from vitpeft.analysis.style import macro_name, method_colour, method_label
+from vitpeft.analysis.style import FAMILY_LABELS, macro_name, method_colour, method_label
 from vitpeft.io import read_json, write_json
 
 
@@ -99,6 +100,11 @@ def fake_run(root, method, seed, acc, **extra):
             "config_hash": "0123456789abcdef",
             "data_manifest_sha256": "f" * 64,
             "curves": {"val_top1": [acc - 10, acc - 1], "train_loss": [1.0, 0.5]},
+            # the verdict on that curve by a 1-epoch window and a 10-point tolerance
+            "converged": True,
+            "val_top1_gain_last_window": 9.0,
+            "convergence_window": 1,
+            "convergence_tolerance": 10.0,
             **extra,
         },
     )
@@ -612,10 +618,13 @@ def test_pareto_front_keeps_only_points_nothing_cheaper_beats():
     assert figures.pareto_front([1.0, 1.0], [50.0, 55.0]).tolist() == [1]
 
 
-def test_only_a_family_seen_at_several_ranks_gets_rank_labels():
+def test_only_what_varies_within_a_family_labels_its_points():
     methods = ["full", "lora_r2", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
-    assert figures.families_with_several_ranks(methods) == {"lora"}
-    assert figures.families_with_several_ranks(["lora_r8", "qlora4_r8", "qlora4_r16"]) == {"qlora"}
+    varying = figures.varying_fields(methods)
+    assert varying["lora"] == {"r"} and varying["qlora"] == {"bits"} and varying["adalora"] == set()
+    assert figures.varying_fields(["lora_r8", "qlora4_r8", "qlora4_r16"])["qlora"] == {"r"}
+    assert figures.variant_label("qlora4_r16", {"bits", "r"}) == "4-bit r=16"
+    assert figures.variant_label("adalora_r8", set()) == ""
     cells = pd.DataFrame(
         {
             "dataset": "d",
@@ -628,7 +637,8 @@ def test_only_a_family_seen_at_several_ranks_gets_rank_labels():
         }
     )
     fig = figures.accuracy_vs_params(cells, None)
-    assert sorted(text.get_text() for text in fig.axes[0].texts) == ["r=2", "r=8"]
+    # one legend entry per family; LoRA's and QLoRA's points told apart by rank and by bits
+    assert sorted(text.get_text() for text in fig.axes[0].texts) == ["4-bit", "8-bit", "r=2", "r=8"]
 
 
 def test_rank_grid_averages_final_ranks_over_seeds_per_block_and_module():
@@ -638,3 +648,215 @@ def test_rank_grid_averages_final_ranks_over_seeds_per_block_and_module():
     assert grid.loc[0, "attn.qkv"] == 10.0 and grid.loc[1, "attn.proj"] == 5.0
     with pytest.raises(ValueError, match="'head' is not inside a transformer block"):
         figures.rank_grid([{"head": 3}])
+
+
+# The classical baselines and the convergence criterion in the paper and its figures.
+BASELINE_TOP1 = {"logreg": 96.7, "svc": 98.3, "knn": 45.0}
+
+
+def fake_baselines(root, dataset="digits", top1=BASELINE_TOP1):
+    """Baseline records as the baseline rule writes them (the fields the analysis reads)."""
+    labels = {"logreg": "Logistic regression", "svc": "RBF SVM", "knn": "$k$-nearest neighbours"}
+    params = {
+        "logreg": {"C": 1.0, "max_iter": 1000},
+        "svc": {"C": 1.0, "gamma": "scale"},
+        "knn": {"n_neighbors": 3},
+    }
+    paths = []
+    for name, acc in top1.items():
+        path = root / "baselines" / dataset / f"{name}.json"
+        write_json(
+            path,
+            {
+                "baseline": name,
+                "label": labels[name],
+                "dataset": dataset,
+                "test_top1": acc,
+                "val_top1": acc - 0.5,
+                "fit_time_s": 0.25,
+                "hyperparameters": params[name],
+                "candidates": [{"params": params[name], "val_top1": acc - 0.5, "fit_time_s": 0.25}],
+                "train_images": 1077 if name != "svc" else 500,
+                "train_images_available": 1077,
+                "subsampled": name == "svc",
+            },
+        )
+        paths.append(path)
+    return paths
+
+
+def render_with_baselines(root, out):
+    from vitpeft.analysis import tables
+
+    write_json(
+        root / "data" / "digits" / "manifest.json",
+        {
+            "source": {"name": "digits", "split_seed": 0},
+            "class_names": list("0123456789"),
+            "image_shape": [8, 8, 1],
+            "counts_per_class": {"train": [1] * 10, "val": [1] * 10, "test": [1] * 10},
+        },
+    )
+    config = {
+        "study": "s",
+        "studies": {
+            "s": {
+                "title": "T",
+                "description": "d",
+                "models": ["deit_tiny"],
+                "datasets": ["digits"],
+                "seeds": [0, 1],
+            }
+        },
+        "models": {"deit_tiny": {"img_size": 16, "patch_size": 4, "backbone": {"source": "pretrain"}}},
+        "datasets": {"digits": {"kind": "sklearn_digits"}},
+        "train": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0.5, "grad_clip": 1.0},
+        "methods": {"full": {"lr": 0.001}},
+        "convergence": {"window": 1, "tolerance": 10.0},
+    }
+    tables.write_tables(
+        *(root / n for n in ("runs.csv", "cells.csv", "transfer.csv", "comparisons.csv", "rank.json")),
+        config,
+        [],
+        [root / "data" / "digits" / "manifest.json"],
+        out,
+        baselines=fake_baselines(root),
+    )
+    return out
+
+
+def flat(path):
+    return " ".join(path.read_text().split())
+
+
+def test_baselines_are_reference_rows_and_the_text_places_the_methods_beside_them(study_tables, tmp_path):
+    out = render_with_baselines(study_tables, tmp_path / "paper")
+    results = flat(out / "results_table.tex")
+    assert r"\textit{Not a ViT: classical classifiers on raw pixels (reference)}" in results
+    assert (
+        r"RBF SVM & -- & -- & 98.3 & -- \\" in results
+        and r"Logistic regression & -- & -- & 96.7 & -- \\" in results
+    )
+    assert r"\textbf{81.0}" in results and r"\textbf{98.3}" not in results  # bold: the best ViT method
+    # the reference rows come after every method of the block
+    assert results.index("Not a ViT") > results.index("LoRA ($r{=}8$)")
+
+    text = flat(out / "baselines.tex")
+    assert (
+        "the classical classifiers on raw pixels reach Logistic regression 96.7\\%, RBF SVM 98.3\\%, $k$-nearest neighbours 45.0\\%"
+        in text
+    )
+    assert (
+        "The best ViT method, Full fine-tuning, reaches 81.0\\%, 17.3 points below the best of them (RBF SVM)."
+        in text
+    )
+    assert "No ViT method beats the best baseline." in text
+    assert (
+        "Between the weakest ($k$-nearest neighbours) and the best baseline: Full fine-tuning, LoRA ($r{=}8$), From scratch (full)."
+        in text
+    )
+    assert "Below even the weakest baseline ($k$-nearest neighbours): Linear probe." in text
+
+    macros = flat(out / "macros.tex")
+    assert r"\newcommand{\BaselineSvcDigitsTopOne}{98.3}" in macros
+    assert r"\newcommand{\BaselineKnnDigitsTopOne}{45.0}" in macros
+
+    setup = flat(out / "setup.tex")
+    assert "\\paragraph{Classical references.}" in setup
+    assert (
+        "RBF SVM on \\texttt{digits} with C = 1.0, gamma = scale (of 1 candidate(s)), fit on 500 of the 1{,}077 training images (a stratified subsample"
+        in setup
+    )
+    assert (
+        "$k$-nearest neighbours on \\texttt{digits} with n\\_neighbors = 3 (of 1 candidate(s)), fit on 1{,}077 training images"
+        in setup
+    )
+    assert (
+        "A run counts as converged if it trained at least 2 epochs and its final validation top-1 is at most 10.0 points above its validation top-1 1 epoch(s) earlier"
+        in setup
+    )
+
+
+def test_without_baselines_the_text_says_so(study_tables, tmp_path):
+    out = render_tables(study_tables, tmp_path / "paper")
+    assert "No classical baseline was fit for this study." in flat(out / "baselines.tex")
+    assert "Not a ViT" not in flat(out / "results_table.tex")
+
+
+def text_boxes(fig):
+    """Every piece of text on the figure, with its box on the canvas: labels and reference labels,
+    tick labels, axis labels, titles and the legend."""
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    texts = [*fig.legends[0].get_texts()] if fig.legends else []
+    for ax in fig.axes:
+        texts += [*ax.texts, ax.xaxis.label, ax.yaxis.label, ax.title]
+        texts += [t for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_visible() and t.get_text()]
+    return [(t, t.get_window_extent(renderer)) for t in texts]
+
+
+@pytest.mark.parametrize("panel", [figures.accuracy_vs_params, figures.accuracy_vs_memory])
+def test_figure_one_has_one_legend_entry_per_family_rank_lines_and_no_overlapping_labels(rich_study, panel):
+    cells = pd.read_csv(rich_study / "cells.csv")
+    # the baselines lie 0.3 points apart, on top of LoRA r=8 (70.5) and QLoRA 8-bit (70.2)
+    close = aggregate.baselines_table(
+        fake_baselines(rich_study, top1={"logreg": 70.3, "svc": 70.6, "knn": 70.9})
+    )
+    # and a second panel (another dataset) beside the first, with its own baselines
+    cells = pd.concat([cells, cells.assign(dataset="emnist", test_top1_mean=cells.test_top1_mean - 20)])
+    spread = aggregate.baselines_table(
+        fake_baselines(rich_study, "emnist", {"logreg": 30.0, "svc": 45.0, "knn": 40.0})
+    )
+    fig = panel(cells, None, pd.concat([close, spread]))
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    families = ["full", "linear", "lora", "qlora", "adalora", "qalora"]
+    assert legend == [FAMILY_LABELS[f] for f in families] + ["Pareto frontier"]
+    ax = fig.axes[0]  # digits (panels in dataset order)
+    texts = sorted(t.get_text() for t in ax.texts)
+    # LoRA's four ranks and QLoRA's two bases are labelled; the baselines, at the right, with their accuracy
+    assert texts == sorted(
+        [
+            *("r=2", "r=4", "r=8", "r=16", "8-bit", "4-bit"),
+            *("Logistic regression 70.3", "RBF SVM 70.6", "$k$-nearest neighbours 70.9"),
+        ]
+    )
+    # one line through LoRA's four ranks
+    lora = cells[cells.method.str.startswith("lora_r") & (cells.dataset == "digits")]
+    assert len([line for line in ax.get_lines() if len(line.get_xdata()) == len(lora)]) == 1
+    # three grey reference lines across the panel, at the baselines' accuracies
+    flat_lines = [line for line in ax.get_lines() if list(line.get_xdata()) == [0, 1]]
+    assert sorted(line.get_ydata()[0] for line in flat_lines) == [70.3, 70.6, 70.9]
+    ours = {id(t) for a in fig.axes for t in a.texts}
+    for (a, box_a), (b, box_b) in itertools.combinations(text_boxes(fig), 2):
+        if id(a) in ours or id(b) in ours:  # matplotlib's own ticks include some outside the view
+            assert not box_a.overlaps(box_b), (a.get_text(), b.get_text())
+
+
+def test_convergence_figure_shades_the_window_marks_unconverged_runs_on_integer_epochs(rich_study):
+    runs = pd.read_csv(rich_study / "runs.csv")
+    runs.loc[(runs.method == "full") & (runs.seed == 1), "converged"] = False
+    curves = {d: {"val_top1": [50.0, 60.0, 70.0, 71.0, 71.5]} for d in runs.run_dir}
+    runs["convergence_window"] = 3
+    fig = figures.convergence(runs, curves, None)
+    ax = fig.axes[0]
+    shaded = [p for p in ax.patches if p.get_label().startswith("convergence window")]
+    assert len(shaded) == 1 and shaded[0].get_label() == "convergence window (3 epochs)"
+    span = shaded[0].get_x(), shaded[0].get_x() + shaded[0].get_width()
+    assert span == (2, 5)  # the last 3 epochs: from epoch 2's value to epoch 5's
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "x" and len(line.get_xdata())]
+    assert [(list(c.get_xdata()), list(c.get_ydata())) for c in crosses] == [([5], [71.5])]
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    legend = ax.get_legend()
+    assert "not converged" in [t.get_text() for t in legend.get_texts()]
+    assert legend.get_bbox_to_anchor().x0 >= ax.get_window_extent().x1  # right of the axes, off the data
+
+
+def test_the_figures_rule_draws_the_baselines_from_their_records(rich_study, tmp_path):
+    paths = make_all_figures(rich_study, tmp_path / "figures")
+    assert "RBF SVM" not in pdf_text(paths["out_params"])  # none given
+    fake_baselines(rich_study)
+    paths = {name: tmp_path / "with" / f"{name}.pdf" for name in FIGURES}
+    records = sorted((rich_study / "baselines" / "digits").glob("*.json"))
+    with contextlib.chdir(rich_study):
+        figures.make_figures("runs.csv", "cells.csv", "comparisons.csv", **paths, baselines=records)
+    assert "RBF SVM 98.3" in pdf_text(paths["out_params"]) and "RBF SVM 98.3" in pdf_text(paths["out_memory"])

@@ -8,16 +8,31 @@ import pytest
 from test_analysis import fake_run
 
 from vitpeft.analysis import aggregate
-from vitpeft.analysis.checklist import MissingCellsError, checklist, write_checklist
+from vitpeft.analysis.checklist import MissingCellsError, UnconvergedRunsError, checklist, write_checklist
 
 STUDY = {"models": ["deit_tiny"], "datasets": ["digits"], "seeds": [0, 1]}
 METHODS = ["full", "lora_r8", "scratch"]
+CLIMBING = {
+    "converged": False,
+    "val_top1_gain_last_window": 6.0,
+    "convergence_window": 1,
+    "convergence_tolerance": 10.0,
+}
 
 
-def runs_csv(tmp_path, cells):
-    """The run table of ``cells``: method -> the seeds it finished."""
+def runs_csv(tmp_path, cells, climbing=()):
+    """The run table of ``cells``: method -> the seeds it finished. The runs named in ``climbing``
+    (method, seed) have not converged: their last epoch gained 6 points, above a 1-point tolerance."""
     paths = [
-        fake_run(tmp_path, method, seed, 70.0 + seed) for method, seeds in cells.items() for seed in seeds
+        fake_run(
+            tmp_path,
+            method,
+            seed,
+            70.0 + seed,
+            **(CLIMBING if (method, seed) in climbing else {}),
+        )
+        for method, seeds in cells.items()
+        for seed in seeds
     ]
     frame = aggregate.runs_table(paths)
     aggregate.write_csv(frame, tmp_path / "runs.csv")
@@ -49,6 +64,9 @@ def test_a_complete_study_passes_and_the_checklist_says_what_was_checked(tmp_pat
         r"1 commit(s) (\texttt{abc})" in tex
         and "0 run(s) were trained from a checkout with uncommitted" in tex
     )
+    assert r"\item[$\checkmark$] \textbf{Convergence.} 6 of 6 runs converged" in tex
+    assert "gained at most 10.0 points over the last 1 epoch(s)" in tex
+    assert result["convergence_criteria"] == [{"window": 1, "tolerance": 10.0}]
     assert r"\item[$\times$]" not in tex
 
 
@@ -89,3 +107,36 @@ def test_missing_artifacts_and_provenance_are_reported(tmp_path, artifacts):
     assert result["provenance_gaps"] == [
         {"run_dir": runs.run_dir[0], "missing": ["config hash", "timm version"]}
     ]
+
+
+def test_an_unconverged_run_fails_naming_it(tmp_path, artifacts):
+    csv = runs_csv(tmp_path, {method: [0, 1] for method in METHODS}, climbing={("lora_r8", 1)})
+    with pytest.raises(UnconvergedRunsError) as failure:
+        write_checklist(csv, STUDY, METHODS, artifacts, tmp_path / "checklist.tex", tmp_path / "c.json")
+    message = str(failure.value)
+    assert "1 of 6 runs have not converged: lora_r8 on digits with deit_tiny, seed 1" in message
+    assert "(gained 6.00 points over the window)" in message and "partial: true" in message
+    assert not (tmp_path / "checklist.tex").exists()
+
+
+def test_a_run_without_a_convergence_record_fails(tmp_path, artifacts):
+    runs = pd.read_csv(runs_csv(tmp_path, {method: [0, 1] for method in METHODS}))
+    with pytest.raises(UnconvergedRunsError, match=r"6 of 6 runs .*\(no convergence record in its metrics\)"):
+        checklist(runs.drop(columns="converged"), STUDY, METHODS, artifacts)
+    runs.loc[2, ["converged", "val_top1_gain_last_window"]] = [False, None]  # too short for the window
+    with pytest.raises(UnconvergedRunsError, match=r"seed 0 \(2 epoch\(s\): too few for the window\)"):
+        checklist(runs, STUDY, METHODS, artifacts)
+
+
+def test_a_partial_study_builds_and_lists_the_unconverged_runs(tmp_path, artifacts):
+    csv = runs_csv(tmp_path, {method: [0, 1] for method in METHODS}, climbing={("full", 0), ("scratch", 1)})
+    study = {**STUDY, "partial": True}
+    result = write_checklist(csv, study, METHODS, artifacts, tmp_path / "checklist.tex", tmp_path / "c.json")
+    assert not result["passed"] and result["converged_runs"] == 4
+    assert [(r["method"], r["seed"], r["gain"]) for r in result["unconverged_runs"]] == [
+        ("full", 0, 6.0),
+        ("scratch", 1, 6.0),
+    ]
+    tex = " ".join((tmp_path / "checklist.tex").read_text().split())
+    assert r"\item[$\times$] \textbf{Convergence.} 4 of 6 runs converged" in tex
+    assert r"Full fine-tuning on \texttt{digits} with \texttt{deit\_tiny}, seed 0: gained 6.00 points." in tex

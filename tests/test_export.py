@@ -99,7 +99,7 @@ def test_int_onnx_stores_8_bit_codes_as_uint8(tiny_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def finished_qalora_run(tmp_path_factory):
-    """A real qalora4_r8 run of the tiny config (random backbone, one epoch), as the train rule leaves it."""
+    """A real qalora4_r8 run of the tiny config (random backbone, two epochs), as the train rule leaves it."""
     import yaml
     from conftest import REPO
 

@@ -92,7 +92,10 @@ def test_train_run_writes_every_required_output(tmp_path, tiny_config):
     }
     assert required <= set(on_disk)
     assert 0.0 <= on_disk["test_top1"] <= on_disk["test_top5"] <= 100.0
-    assert len(on_disk["curves"]["val_top1"]) == on_disk["epochs"] == 1
+    assert len(on_disk["curves"]["val_top1"]) == on_disk["epochs"] == 2
+    # judged by the default criterion (3-epoch window): too few epochs to have converged
+    assert on_disk["converged"] is False and on_disk["val_top1_gain_last_window"] is None
+    assert (on_disk["convergence_window"], on_disk["convergence_tolerance"]) == (3, 1.0)
     # the process's peak covers setup and both phases; each phase's peak is its own
     assert 0 < on_disk["train_peak_mem_mb"] <= on_disk["peak_mem_mb"]
     assert 0 < on_disk["eval_peak_mem_mb"] <= on_disk["peak_mem_mb"]

@@ -41,7 +41,9 @@ UP_TO_CELLS = {
     "cell": CELLS,
 }
 ANALYSIS = {"aggregate": 1, "stats": 1, "figures": 1, "tables": 1, "checklist": 1, "paper": 1}
-UP_TO_PAPER = {**UP_TO_CELLS, **ANALYSIS}
+# logistic regression, an RBF SVM and k-NN on each dataset: inputs of the figures and tables
+BASELINES = {"baseline": 3 * len(DEMO["studies"]["demo"]["datasets"])}
+UP_TO_PAPER = {**UP_TO_CELLS, **BASELINES, **ANALYSIS}
 ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export": SEEDS, "cell": 1}
 
 
@@ -79,8 +81,13 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export": SEEDS, "
         ("resources/backbones/vit_w64_d4_glyphs.safetensors", {"prepare_data": 1, "pretrain": 1}),
         ("results/analysis/runs.csv", {**UP_TO_CELLS, "aggregate": 1}),
         ("results/analysis/transfer.csv", {**UP_TO_CELLS, "aggregate": 1, "stats": 1}),
-        ("results/paper/convergence.pdf", {**UP_TO_CELLS, "aggregate": 1, "stats": 1, "figures": 1}),
-        ("results/paper/macros.tex", {**UP_TO_CELLS, "aggregate": 1, "stats": 1, "tables": 1}),
+        (
+            "results/paper/convergence.pdf",
+            {**UP_TO_CELLS, **BASELINES, "aggregate": 1, "stats": 1, "figures": 1},
+        ),
+        ("results/paper/macros.tex", {**UP_TO_CELLS, **BASELINES, "aggregate": 1, "stats": 1, "tables": 1}),
+        ("results/baselines/digits/svc.json", {"prepare_data": 1, "baseline": 1}),
+        ("results/baselines/cifar100/knn.json", {"download": 1, "prepare_data": 1, "baseline": 1}),
     ],
 )
 def test_dry_run_of_each_rule_target(tmp_path, target, expected):
@@ -98,7 +105,7 @@ def test_a_partial_study_builds_its_paper_from_the_finished_cells_only(tmp_path)
     plan = snakemake("-n", "paper.pdf", workdir=tmp_path, configfile=path).stdout
     # Only the finished cell goes into the paper; none of the other cells is planned. (Its runs are
     # not in this empty folder, so Snakemake would rebuild that one cell.)
-    assert planned_jobs(plan) == {**ONE_CELL, **ANALYSIS}
+    assert planned_jobs(plan) == {**ONE_CELL, **BASELINES, **ANALYSIS}
     assert "output: results/lora_r8_digits" in plan
     (figures,) = job_inputs(plan, "figures").values()
     assert {f for f in figures if f.endswith("metrics.json")} == {
@@ -220,6 +227,7 @@ def test_the_full_study_is_one_flag_away(tmp_path):
         "export": runs - int_runs,
         "export_int": int_runs,
         "cell": 33,
+        "baseline": 3 * 3,  # three classical baselines on each dataset
         "aggregate": 1,
         "stats": 1,
         "figures": 1,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitpeft.convergence import ConvergenceCriterion
 from vitpeft.data.sources import check_kind
 from vitpeft.methods import config_from_dict, method_config
 from vitpeft.methods.base import MethodConfig
@@ -374,6 +375,12 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"checkpoint_every: must be an integer >= 0 (optimizer steps between resume states, 0 for none), got {every!r}"
         )
+    try:
+        ConvergenceCriterion(**config.get("convergence", {}))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    except TypeError as err:  # an unknown key
+        raise ConfigError(f"convergence: {err}") from err
     for section in ("models", "datasets"):
         for name in config["resources"][section]:
             if name not in config[section]:

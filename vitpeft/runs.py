@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vitpeft.config import RunConfig
+from vitpeft.convergence import ConvergenceCriterion
 from vitpeft.data import arrays
 from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.io import (
@@ -173,6 +174,7 @@ def train_run(
     out_dir: str | Path,
     threads: int | None = None,
     checkpoint_every: int = 0,
+    convergence: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one run; write ``metrics.json``, ``config.json``, ``provenance.json`` and
     ``checkpoint.safetensors`` (the trainable parameters) into ``out_dir``.
@@ -182,7 +184,12 @@ def train_run(
     Every ``checkpoint_every`` optimizer steps the resume state goes to ``out_dir/resume.pt``; a
     rerun of a killed job (``--rerun-incomplete``, or a SLURM requeue) goes on from it and ends with
     the same metrics, apart from time and memory. It is deleted once the outputs are written.
+
+    ``convergence`` (the config's section; its defaults if None) judges the validation curve, the
+    whole one even after a resume (the curves are part of the resume state); the verdict and the
+    criterion go into the metrics (:meth:`ConvergenceCriterion.judge`).
     """
+    criterion = ConvergenceCriterion(**(convergence or {}))
     run = RunConfig.from_dict(run_dict)
     out_dir = Path(out_dir)
     desc = f"{run.method.name}/{run.model.name}/{run.dataset}/seed{run.seed}"
@@ -217,6 +224,7 @@ def train_run(
         "accumulation_steps": math.ceil(run.train.batch_size / history.micro_batch_size[-1]),
         "oom_backoffs": sum(history.oom_backoffs),
         "epochs": run.train.epochs,
+        **criterion.judge(history.val_top1),
         "backbone": run.model.backbone["source"] if run.method.uses_pretrained_backbone else "scratch",
         "config_hash": config_hash(run_dict),
         "data_manifest_sha256": sha256_file(Path(data_dir) / "manifest.json"),

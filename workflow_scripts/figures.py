@@ -17,4 +17,5 @@ make_figures(
     out_adalora=snakemake.output.adalora,
     out_resources=snakemake.output.resources,
     out_rank=snakemake.output.rank,
+    baselines=snakemake.input.baselines,
 )

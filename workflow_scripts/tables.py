@@ -19,4 +19,5 @@ write_tables(
     backbone_metas=snakemake.input.backbones,
     manifests=snakemake.input.manifests,
     out_dir=Path(snakemake.output[0]).parent,
+    baselines=snakemake.input.baselines,
 )

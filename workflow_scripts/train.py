@@ -16,4 +16,5 @@ train_run(
     threads=snakemake.threads,
     # From the config, not a param: it leaves results unchanged, so changing it must rerun nothing.
     checkpoint_every=snakemake.config["checkpoint_every"],
+    convergence=snakemake.params.convergence,
 )

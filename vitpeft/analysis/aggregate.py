@@ -51,6 +51,14 @@ def runs_table(metrics_paths: list[str | Path], export_paths: list[str | Path] |
     return pd.DataFrame(rows).sort_values(KEYS, ignore_index=True)
 
 
+def baselines_table(record_paths: list[str | Path]) -> pd.DataFrame:
+    """The classical baselines' records (``vitpeft.baselines``), one row per baseline x dataset."""
+    columns = ["dataset", "baseline", "label", "test_top1", "val_top1", "fit_time_s", "hyperparameters"]
+    columns += ["train_images", "train_images_available", "subsampled", "candidates"]
+    rows = [{k: read_json(p)[k] for k in columns} for p in record_paths]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
     with atomic_write(path) as handle:
         frame.to_csv(handle, index=False)

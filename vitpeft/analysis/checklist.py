@@ -1,8 +1,10 @@
 """The submission checklist, from what the pipeline produced: every cell with every seed, every
-figure and table, and complete provenance for every run.
+run converged, every figure and table, and complete provenance for every run.
 
-A missing cell (or seed) fails the build here, naming it, unless the study is marked ``partial``;
-a partial study's paper is built from the finished cells and this checklist lists the rest.
+A missing cell (or seed), or a run that has not converged by the config's criterion
+(:mod:`vitpeft.convergence`, recorded in each run's metrics), fails the build here, naming it,
+unless the study is marked ``partial``; a partial study's paper is built from the finished cells
+and this checklist lists the rest.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ PROVENANCE_FIELDS = {
 
 class MissingCellsError(ValueError):
     """The run table lacks cells or seeds that the study configures."""
+
+
+class UnconvergedRunsError(ValueError):
+    """Runs of the study have not converged by the criterion they were judged by."""
 
 
 def cell_coverage(runs: pd.DataFrame, study: dict[str, Any], methods: list[str]) -> list[dict[str, Any]]:
@@ -69,6 +75,61 @@ def check_cells(coverage: list[dict[str, Any]], partial: bool) -> list[dict[str,
     return incomplete
 
 
+def unconverged_runs(runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """Runs whose metrics do not record ``converged`` as true (a run that lacks the record too)."""
+    flagged = []
+    for _, run in runs.iterrows():
+        verdict = run.get("converged")  # read back from CSV: True, False, or NaN where not recorded
+        recorded = verdict is not None and not pd.isna(verdict)
+        if recorded and bool(verdict):
+            continue
+        flagged.append(
+            {
+                "method": run["method"],
+                "dataset": run["dataset"],
+                "model": run["model"],
+                "seed": int(run["seed"]),
+                "run_dir": run["run_dir"],
+                "recorded": recorded,
+                "gain": None
+                if pd.isna(run.get("val_top1_gain_last_window"))
+                else run["val_top1_gain_last_window"],
+                "epochs": int(run["epochs"]),
+            }
+        )
+    return flagged
+
+
+def criteria(runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """The convergence criteria the runs were judged by (one, unless the config changed between runs)."""
+    columns = ["convergence_window", "convergence_tolerance"]
+    if not set(columns) <= set(runs):
+        return []
+    judged = runs[columns].dropna().drop_duplicates().sort_values(columns)
+    return [{"window": int(w), "tolerance": float(t)} for w, t in judged.itertuples(index=False)]
+
+
+def check_convergence(unconverged: list[dict[str, Any]], total: int, partial: bool) -> None:
+    """Raise :class:`UnconvergedRunsError` naming the runs that have not converged, unless ``partial``."""
+    if not unconverged or partial:
+        return
+    named = "; ".join(
+        f"{r['method']} on {r['dataset']} with {r['model']}, seed {r['seed']} "
+        + (
+            "(no convergence record in its metrics)"
+            if not r["recorded"]
+            else f"(gained {r['gain']:.2f} points over the window)"
+            if r["gain"] is not None
+            else f"({r['epochs']} epoch(s): too few for the window)"
+        )
+        for r in unconverged
+    )
+    raise UnconvergedRunsError(
+        f"{len(unconverged)} of {total} runs have not converged: {named}. Train longer (or change the "
+        "convergence criterion in the config), or mark the study `partial: true` to build the paper anyway."
+    )
+
+
 def provenance_gaps(runs: pd.DataFrame) -> list[dict[str, Any]]:
     """Runs that lack any of ``PROVENANCE_FIELDS``, with what they lack."""
     gaps = []
@@ -90,10 +151,13 @@ def artifact_present(path: str | Path) -> bool:
 def checklist(
     runs: pd.DataFrame, study: dict[str, Any], methods: list[str], artifacts: list[str | Path]
 ) -> dict[str, Any]:
-    """The checklist's content; raises :class:`MissingCellsError` as :func:`check_cells` does."""
+    """The checklist's content; raises :class:`MissingCellsError` as :func:`check_cells` does, then
+    :class:`UnconvergedRunsError` as :func:`check_convergence` does."""
     coverage = cell_coverage(runs, study, methods)
     partial = bool(study.get("partial", False))
     incomplete = check_cells(coverage, partial)
+    unconverged = unconverged_runs(runs)
+    check_convergence(unconverged, len(runs), partial)
     gaps = provenance_gaps(runs)
     files = [{"name": Path(p).name, "present": artifact_present(p)} for p in artifacts]
     artifacts_ok = all(f["present"] for f in files)
@@ -103,6 +167,9 @@ def checklist(
         "cells": {"expected": len(coverage), "complete": len(coverage) - len(incomplete)},
         "seeds_per_cell": len(study["seeds"]),
         "incomplete_cells": incomplete,
+        "convergence_criteria": criteria(runs),
+        "converged_runs": len(runs) - len(unconverged),
+        "unconverged_runs": unconverged,
         "artifacts": files,
         "artifacts_ok": artifacts_ok,
         "runs": len(runs),
@@ -110,7 +177,7 @@ def checklist(
         "provenance_gaps": gaps,
         "commits": sorted(runs["git_commit"].dropna().unique().tolist()) if "git_commit" in runs else [],
         "dirty_runs": dirty,
-        "passed": not incomplete and not gaps and artifacts_ok,
+        "passed": not incomplete and not unconverged and not gaps and artifacts_ok,
     }
 
 

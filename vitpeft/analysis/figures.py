@@ -13,8 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
+from vitpeft.analysis.aggregate import baselines_table
 from vitpeft.analysis.style import (
+    FAMILY_LABELS,
     FAMILY_MARKERS,
     apply_style,
     method_colour,
@@ -23,11 +26,17 @@ from vitpeft.analysis.style import (
     method_sort_key,
     plt,
 )
+from vitpeft.baselines import BASELINE_NAMES
 from vitpeft.io import atomic_path, read_json
 from vitpeft.methods import parse_method_name
 
 FRONTIER_COLOUR = "#7f7f7f"
 SIGNIFICANCE = 0.05  # Holm-corrected p below which the rank-ablation figure marks a rank
+# The classical baselines: grey reference lines, one dash pattern each.
+BASELINE_COLOUR = "#595959"
+BASELINE_DASHES = {"logreg": ":", "svc": "--", "knn": "-."}
+# The memory axis of Figure 1, read from this one column of the cell statistics.
+MEMORY_COLUMN, MEMORY_LABEL = "train_peak_mem_mb", "peak memory while training (MiB)"
 
 
 def save(fig, out_pdf: str | Path | None):
@@ -80,45 +89,167 @@ def ci_bar(row: pd.Series, metric: str = "test_top1"):
     return None if np.isnan(half) else [[half], [half]]
 
 
-def families_with_several_ranks(methods) -> set[str]:
-    """Families that appear at more than one rank. A family shares a colour and marker, so only
-    these need their points labelled with the rank."""
-    ranks: dict[str, set[int]] = {}
+def varying_fields(methods) -> dict[str, set[str]]:
+    """Per family, the name fields (``bits``, ``r``) that take more than one value among ``methods``:
+    what a point's label must say, since a family has one colour, one marker and one legend entry."""
+    seen: dict[str, dict[str, set]] = {}
     for method in methods:
         family, fields = parse_method_name(method)
-        if "r" in fields:
-            ranks.setdefault(family, set()).add(fields["r"])
-    return {family for family, seen in ranks.items() if len(seen) > 1}
+        for key, value in fields.items():
+            seen.setdefault(family, {}).setdefault(key, set()).add(value)
+    return {family: {k for k, v in fields.items() if len(v) > 1} for family, fields in seen.items()}
 
 
-def accuracy_vs_cost(cell_stats: pd.DataFrame, cost: str, xlabel: str, out_pdf: str | Path | None, log: bool):
-    """Test top-1 (mean and 95% CI over seeds) against a cost column, one panel per dataset x model,
-    with the Pareto frontier: the best accuracy reachable at each cost."""
-    apply_style()
-    fig, axes = panels(cell_stats)
-    for ax, ((dataset, model), group) in axes:
-        several_ranks = families_with_several_ranks(group.method)
-        for row in sorted_rows(group):
-            ax.errorbar(
-                row[cost],
-                row["test_top1_mean"],
-                yerr=ci_bar(row),
-                fmt=FAMILY_MARKERS.get(method_family(row["method"]), "o"),
-                color=method_colour(row["method"]),
-                capsize=3,
-                markersize=6,
-                label=method_label(row["method"]),
+def variant_label(method: str, varying: set[str]) -> str:
+    """What tells ``method`` from the rest of its family: ``"r=8"``, ``"4-bit"``, ``"4-bit r=8"``."""
+    fields = parse_method_name(method)[1]
+    parts = [f"{fields['bits']}-bit"] if "bits" in varying else []
+    return " ".join(parts + ([f"r={fields['r']}"] if "r" in varying else []))
+
+
+def separate_labels(fig, texts, pad_px: float = 1.0, rounds: int = 200) -> None:
+    """Shift annotations up (in their offset points) until no two overlap on the canvas.
+
+    Each round lifts the upper of every overlapping pair just clear of the lower; lifting only up
+    cannot cycle, so this ends.
+    """
+    fig.draw_without_rendering()  # settle the axis limits the labels are placed by
+    renderer = fig.canvas.get_renderer()
+    points_per_px = 72.0 / fig.dpi
+    for _ in range(rounds):
+        boxes = [text.get_window_extent(renderer) for text in texts]
+        order = sorted(range(len(texts)), key=lambda i: (boxes[i].y0, boxes[i].x0))
+        moved = False
+        for low_at, i in enumerate(order):
+            for j in order[low_at + 1 :]:
+                if boxes[i].overlaps(boxes[j]):
+                    lift = (boxes[i].y1 - boxes[j].y0 + pad_px) * points_per_px
+                    x, y = texts[j].xyann
+                    texts[j].xyann = (x, y + lift)
+                    moved = True
+                    break
+            if moved:
+                break
+        if not moved:
+            return
+
+
+def flip_labels_near_the_right_edge(fig, labels, edge: float = 0.8) -> None:
+    """Put the labels of points in the right part of their axes on the points' left, so that they
+    stay inside the axes, clear of the reference labels right of it."""
+    fig.draw_without_rendering()
+    for label in labels:
+        ax = label.axes
+        x_fraction = ax.transAxes.inverted().transform(ax.transData.transform(label.xy))[0]
+        if x_fraction > edge:
+            label.set_horizontalalignment("right")
+            label.xyann = (-label.xyann[0], label.xyann[1])
+
+
+def make_room_right(fig, labels, axis_labels_in: float = 0.75) -> None:
+    """Widen the gaps between side-by-side panels so that ``labels`` right of one panel clear the
+    next panel's tick and axis labels (about ``axis_labels_in`` inches)."""
+    if not labels or len(fig.axes) < 2:
+        return
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    widest = max(label.get_window_extent(renderer).width for label in labels) / fig.dpi
+    panel = fig.axes[0].get_position().width * fig.get_figwidth()
+    fig.subplots_adjust(wspace=(widest + axis_labels_in) / panel)
+
+
+def baseline_lines(ax, baselines: pd.DataFrame | None, dataset: str) -> list:
+    """The classical baselines fit on ``dataset`` as grey horizontal lines across ``ax``, each
+    labelled just right of the axes; returns the labels."""
+    if baselines is None or baselines.empty:
+        return []
+    labels = []
+    on_dataset = baselines[baselines.dataset == dataset]
+    for b in sorted(on_dataset.to_dict("records"), key=lambda b: BASELINE_NAMES.index(b["baseline"])):
+        ax.axhline(
+            b["test_top1"],
+            color=BASELINE_COLOUR,
+            linestyle=BASELINE_DASHES[b["baseline"]],
+            linewidth=1,
+            zorder=0,
+        )
+        labels.append(
+            ax.annotate(
+                f"{b['label']} {b['test_top1']:.1f}",
+                (1.0, b["test_top1"]),
+                xycoords=("axes fraction", "data"),
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+                color=BASELINE_COLOUR,
+                annotation_clip=False,
             )
-            if method_family(row["method"]) in several_ranks:
-                rank = parse_method_name(row["method"])[1]["r"]
-                ax.annotate(
-                    f"r={rank}", (row[cost], row["test_top1_mean"]), xytext=(4, 3), textcoords="offset points"
+        )
+    return labels
+
+
+def accuracy_vs_cost(
+    cell_stats: pd.DataFrame,
+    cost: str,
+    xlabel: str,
+    out_pdf: str | Path | None,
+    log: bool,
+    baselines: pd.DataFrame | None = None,
+):
+    """Test top-1 (mean and 95% CI over seeds) against a cost column, one panel per dataset x model,
+    with the Pareto frontier (the best accuracy reachable at each cost) and the classical
+    ``baselines`` (``aggregate.baselines_table``) as labelled reference lines.
+
+    One legend entry per method family, under the panels. A family's points are told apart by a
+    label at each marker (its rank, its bits) where the family varies, and its ranks are joined by
+    a line. No two labels overlap.
+    """
+    apply_style()
+    fig, axes = panels(cell_stats, width=5.2 if baselines is not None and len(baselines) else 4.5)
+    handles: dict[str, object] = {}
+    labels = []
+    for ax, ((dataset, model), group) in axes:
+        varying = varying_fields(group.method)
+        rows = sorted_rows(group)
+        for family in dict.fromkeys(method_family(r["method"]) for r in rows):
+            members = [r for r in rows if method_family(r["method"]) == family]
+            colour, marker = method_colour(members[0]["method"]), FAMILY_MARKERS.get(family, "o")
+            if "r" in varying.get(family, set()):
+                for bits in dict.fromkeys(parse_method_name(r["method"])[1].get("bits") for r in members):
+                    ranks = [r for r in members if parse_method_name(r["method"])[1].get("bits") == bits]
+                    ax.plot(
+                        [r[cost] for r in ranks], [r["test_top1_mean"] for r in ranks], color=colour, lw=1
+                    )
+            for row in members:
+                drawn = ax.errorbar(
+                    row[cost],
+                    row["test_top1_mean"],
+                    yerr=ci_bar(row),
+                    fmt=marker,
+                    color=colour,
+                    capsize=3,
+                    markersize=6,
                 )
+                handles.setdefault(FAMILY_LABELS.get(family, family), drawn)
+                text = variant_label(row["method"], varying.get(family, set()))
+                if text:
+                    labels.append(
+                        ax.annotate(
+                            text,
+                            (row[cost], row["test_top1_mean"]),
+                            xytext=(5, -3),
+                            textcoords="offset points",
+                            fontsize=7,
+                            color=colour,
+                            va="top",
+                        )
+                    )
         # The frontier is over ways of adapting the pretrained backbone; the from-scratch baseline
         # is shown for reference but is not one of them.
         adapting = group[group.method.map(method_family) != "scratch"]
         front = adapting.iloc[pareto_front(adapting[cost], adapting["test_top1_mean"])]
-        ax.step(
+        handles["Pareto frontier"] = ax.step(
             front[cost],
             front["test_top1_mean"],
             where="post",
@@ -126,43 +257,86 @@ def accuracy_vs_cost(cell_stats: pd.DataFrame, cost: str, xlabel: str, out_pdf: 
             linestyle="--",
             linewidth=1,
             zorder=0,
-            label="Pareto frontier",
-        )
+        )[0]
+        labels += baseline_lines(ax, baselines, dataset)
         if log:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test top-1 (%)")
         ax.set_title(f"{model} on {dataset}")
-    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    references = [label for label in labels if label.xycoords[0] == "axes fraction"]
+    flip_labels_near_the_right_edge(fig, [label for label in labels if label not in references])
+    make_room_right(fig, references)
+    separate_labels(fig, labels)
+    renderer = fig.canvas.get_renderer()
+    under_labels = min(ax.xaxis.label.get_window_extent(renderer).y0 for ax in fig.axes) / fig.bbox.height
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="upper center",
+        bbox_to_anchor=(0.5, under_labels - 0.01),  # under the panels' axis labels, off the data
+        ncol=min(4, len(handles)),
+        fontsize=7,
+        frameon=False,
+    )
     return save(fig, out_pdf)
 
 
-def accuracy_vs_params(cell_stats: pd.DataFrame, out_pdf: str | Path | None):
-    return accuracy_vs_cost(cell_stats, "trainable_params", "trainable parameters", out_pdf, log=True)
+def accuracy_vs_params(
+    cell_stats: pd.DataFrame, out_pdf: str | Path | None, baselines: pd.DataFrame | None = None
+):
+    return accuracy_vs_cost(cell_stats, "trainable_params", "trainable parameters", out_pdf, True, baselines)
 
 
-def accuracy_vs_memory(cell_stats: pd.DataFrame, out_pdf: str | Path | None):
-    return accuracy_vs_cost(
-        cell_stats, "train_peak_mem_mb", "peak memory while training (MiB)", out_pdf, log=False
-    )
+def accuracy_vs_memory(
+    cell_stats: pd.DataFrame, out_pdf: str | Path | None, baselines: pd.DataFrame | None = None
+):
+    return accuracy_vs_cost(cell_stats, MEMORY_COLUMN, MEMORY_LABEL, out_pdf, False, baselines)
 
 
-def convergence(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str | Path) -> None:
-    """Validation top-1 per epoch, mean over seeds with a min-max band, per method (first dataset x model)."""
+def convergence(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str | Path | None) -> None:
+    """Validation top-1 per epoch, mean over seeds with a min-max band, per method (first dataset x
+    model), on integer epochs. The convergence window the runs were judged over (their last
+    ``convergence_window`` epochs) is shaded, and a cross marks the last epoch of every run that
+    has not converged (or records no verdict). The legend sits right of the axes, off the data."""
     apply_style()
-    fig, ax = plt.subplots()
+    fig, ax = plt.subplots(figsize=(5.0, 3.0))
     first = runs.iloc[0]
     subset = runs[(runs.dataset == first.dataset) & (runs.model == first.model)]
+    last = 1
+    unconverged = False
     for method in sorted(subset.method.unique(), key=method_sort_key):
-        stacked = np.array([curves[d]["val_top1"] for d in subset[subset.method == method].run_dir])
+        group = subset[subset.method == method]
+        stacked = np.array([curves[d]["val_top1"] for d in group.run_dir])
         epochs = np.arange(1, stacked.shape[1] + 1)
-        ax.plot(epochs, stacked.mean(0), color=method_colour(method), label=method_label(method))
-        ax.fill_between(epochs, stacked.min(0), stacked.max(0), color=method_colour(method), alpha=0.2)
+        last = max(last, len(epochs))
+        colour = method_colour(method)
+        ax.plot(epochs, stacked.mean(0), color=colour, label=method_label(method), marker=".", markersize=3)
+        ax.fill_between(epochs, stacked.min(0), stacked.max(0), color=colour, alpha=0.2)
+        verdicts = group["converged"] if "converged" in group else pd.Series(np.nan, index=group.index)
+        for curve, verdict in zip(stacked, verdicts, strict=True):
+            if pd.isna(verdict) or not bool(verdict):
+                ax.plot(epochs[-1], curve[-1], marker="x", color=colour, markersize=7, markeredgewidth=1.5)
+                unconverged = True
+    windows = subset["convergence_window"].dropna() if "convergence_window" in subset else []
+    if len(windows):
+        window = int(max(windows))
+        ax.axvspan(
+            max(1, last - window),
+            last,
+            color="0.85",
+            zorder=0,
+            label=f"convergence window ({window} epoch{'s' if window > 1 else ''})",
+        )
+    if unconverged:
+        ax.plot([], [], "x", color="0.3", markersize=7, markeredgewidth=1.5, label="not converged")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.8, last + 0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation top-1 (%)")
     ax.set_title(f"{first.model} on {first.dataset}")
-    ax.legend(fontsize=7, frameon=False)
-    save(fig, out_pdf)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return save(fig, out_pdf)
 
 
 def final_ranks(records: list[dict]) -> dict[str, int]:
@@ -316,13 +490,16 @@ def make_figures(
     out_adalora: str | Path,
     out_resources: str | Path,
     out_rank: str | Path,
+    baselines: list[str | Path] = (),
 ) -> None:
     """Every figure of the paper from the aggregated tables; the curves come from the runs'
-    ``metrics_paths``, one per run of the run table."""
+    ``metrics_paths``, one per run of the run table. ``baselines``: the classical baselines'
+    records, drawn as reference lines in Figure 1."""
     runs = pd.read_csv(runs_csv)
     cells = pd.read_csv(cell_stats_csv)
-    accuracy_vs_params(cells, out_params)
-    accuracy_vs_memory(cells, out_memory)
+    references = baselines_table(list(baselines))
+    accuracy_vs_params(cells, out_params, references)
+    accuracy_vs_memory(cells, out_memory, references)
     resource_bars(cells, out_resources)
     rank_ablation(cells, pd.read_csv(comparisons_csv), out_rank)
     curves = run_curves(runs, metrics_paths)

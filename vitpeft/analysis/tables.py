@@ -14,8 +14,11 @@ from typing import Any
 import jinja2
 import pandas as pd
 
+from vitpeft.analysis.aggregate import baselines_table
 from vitpeft.analysis.style import macro_name, method_label, method_sort_key
+from vitpeft.baselines import BASELINE_LABELS, BASELINE_NAMES
 from vitpeft.config import MODEL_ARCHS, ExportConfig, model_spec
+from vitpeft.convergence import ConvergenceCriterion
 from vitpeft.io import atomic_write, read_json
 from vitpeft.methods import parse_method_name
 
@@ -121,9 +124,22 @@ def significance_marks(compared: pd.DataFrame) -> dict[tuple[str, str, str], str
     }
 
 
-def result_groups(cells: pd.DataFrame, marks: dict[tuple[str, str, str], str] | None = None) -> list[dict]:
+def baseline_rows(baselines: pd.DataFrame | None, dataset: str) -> list[dict]:
+    """The classical baselines fit on ``dataset``, in :data:`BASELINE_NAMES` order."""
+    if baselines is None or baselines.empty:
+        return []
+    on_dataset = baselines[baselines.dataset == dataset]
+    return sorted(on_dataset.to_dict("records"), key=lambda b: BASELINE_NAMES.index(b["baseline"]))
+
+
+def result_groups(
+    cells: pd.DataFrame,
+    marks: dict[tuple[str, str, str], str] | None = None,
+    baselines: pd.DataFrame | None = None,
+) -> list[dict]:
     """The results table's blocks: one per dataset x model, methods in a fixed order, best in bold,
-    with the significance ``marks`` of each method."""
+    with the significance ``marks`` of each method, and the classical ``baselines`` fit on the
+    block's dataset (reference rows, not ViT methods: never in bold)."""
     groups = []
     for (dataset, model), group in cells.groupby(["dataset", "model"], sort=True):
         best = group["test_top1_mean"].max()
@@ -136,8 +152,41 @@ def result_groups(cells: pd.DataFrame, marks: dict[tuple[str, str, str], str] | 
             }
             for _, row in sorted(group.iterrows(), key=lambda item: method_sort_key(item[1]["method"]))
         ]
-        groups.append({"dataset": dataset, "model": model, "rows": rows})
+        groups.append(
+            {"dataset": dataset, "model": model, "rows": rows, "baselines": baseline_rows(baselines, dataset)}
+        )
     return groups
+
+
+def standings(cells: pd.DataFrame, baselines: pd.DataFrame) -> list[dict[str, Any]]:
+    """Where the ViT methods stand against the classical baselines, per dataset x model: the best
+    method, the best and the weakest baseline, and the methods (mean test top-1) above the best
+    baseline, between the two, and below the weakest."""
+    out = []
+    for group in result_groups(cells, baselines=baselines):
+        if not group["baselines"]:
+            continue
+        rows = sorted(group["rows"], key=lambda r: -r["test_top1_mean"])
+        best = max(group["baselines"], key=lambda b: b["test_top1"])
+        weakest = min(group["baselines"], key=lambda b: b["test_top1"])
+        out.append(
+            {
+                "dataset": group["dataset"],
+                "model": group["model"],
+                "best_method": rows[0],
+                "best_baseline": best,
+                "weakest_baseline": weakest,
+                "baselines": group["baselines"],
+                "above": [r["method"] for r in rows if r["test_top1_mean"] > best["test_top1"]],
+                "between": [
+                    r["method"]
+                    for r in rows
+                    if weakest["test_top1"] <= r["test_top1_mean"] <= best["test_top1"]
+                ],
+                "below": [r["method"] for r in rows if r["test_top1_mean"] < weakest["test_top1"]],
+            }
+        )
+    return out
 
 
 def ablation_groups(cells: pd.DataFrame, compared: pd.DataFrame) -> list[dict[str, Any]]:
@@ -179,9 +228,14 @@ def ablation_groups(cells: pd.DataFrame, compared: pd.DataFrame) -> list[dict[st
     return groups
 
 
-def macros(cells: pd.DataFrame, transfer: pd.DataFrame) -> dict[str, str]:
-    """Named numbers for the prose: every cell's accuracy and CI, and the transfer check."""
+def macros(
+    cells: pd.DataFrame, transfer: pd.DataFrame, baselines: pd.DataFrame | None = None
+) -> dict[str, str]:
+    """Named numbers for the prose: every cell's accuracy and CI, the transfer check, and each
+    classical baseline's test top-1 (``\\BaselineSvcDigitsTopOne``)."""
     named = {}
+    for b in [] if baselines is None else baselines.to_dict("records"):
+        named[macro_name("baseline", b["baseline"], b["dataset"], "top1")] = fmt(b["test_top1"])
     for _, row in cells.iterrows():
         key = (row["method"], row["dataset"], row["model"])
         named[macro_name(*key, "top1")] = fmt(row["test_top1_mean"])
@@ -211,14 +265,17 @@ def write_tables(
     manifests: list[str | Path],
     out_dir: str | Path,
     compute: dict[str, Any] | None = None,
+    baselines: list[str | Path] = (),
 ) -> None:
     """Render every generated LaTeX part of the paper into ``out_dir``, for the config's selected study.
 
     Args:
         compute: the study's estimated compute (:class:`vitpeft.compute.StudyEstimate` as a dict),
             stated in the setup section with the time the runs took.
+        baselines: the classical baselines' records (:mod:`vitpeft.baselines`).
     """
     out_dir = Path(out_dir)
+    references = baselines_table(list(baselines))
     study = config["studies"][config["study"]]
     runs = pd.read_csv(runs_csv)
     cells = pd.read_csv(cell_stats_csv)
@@ -230,9 +287,10 @@ def write_tables(
     render(
         "results_table.tex.j2",
         out_dir / "results_table.tex",
-        groups=result_groups(cells, significance_marks(compared)),
+        groups=result_groups(cells, significance_marks(compared), references),
         marks=REFERENCE_MARKS,
     )
+    render("baselines.tex.j2", out_dir / "baselines.tex", standings=standings(cells, references))
     render(
         "ablation_table.tex.j2",
         out_dir / "ablation_table.tex",
@@ -247,22 +305,28 @@ def write_tables(
         out_dir / "quantization_table.tex",
         groups=result_groups(cells) if "export_top1_int_mean" in cells else [],
     )
-    named = {"StudyTitle": tex_escape(study.get("title", "A PEFT study")), **macros(cells, transfer)}
+    named = {
+        "StudyTitle": tex_escape(study.get("title", "A PEFT study")),
+        **macros(cells, transfer, references),
+    }
     render("macros.tex.j2", out_dir / "macros.tex", macros=named)
     render("transfer.tex.j2", out_dir / "transfer.tex", transfer=transfer.to_dict("records"))
     compared = compared.assign(order=compared.method.map(method_sort_key)).sort_values(
         ["baseline", "dataset", "model", "order"]
     )
     render("comparisons.tex.j2", out_dir / "comparisons.tex", rows=compared.to_dict("records"))
+    criterion = ConvergenceCriterion(**config.get("convergence", {}))
     backbones = [read_json(p) for p in backbone_metas]
     render(
         "setup.tex.j2",
         out_dir / "setup.tex",
         study=study,
         config=config,
-        backbones=backbones,
         compute=compute,
         used=compute_used(runs, backbones, compute) if compute else None,
+        convergence=criterion,
+        # reported, not checked: a backbone that is still improving is weaker, not wrong
+        backbones=[{**b, "convergence": criterion.judge(b["curves"]["val_top1"])} for b in backbones],
         datasets={Path(p).parent.name: read_json(p) for p in manifests},
         methods=sorted(runs.method.unique(), key=method_sort_key),
         arches=MODEL_ARCHS,
@@ -270,6 +334,8 @@ def write_tables(
         citations=DATASET_CITATIONS,
         export=dataclasses.asdict(ExportConfig(**config.get("export", {}))),
         n_runs=len(runs),
+        baselines=references.to_dict("records"),
+        baseline_labels=BASELINE_LABELS,
         hardware=runs[["cpu", "gpu", "threads"]].drop_duplicates().to_dict("records")
         if "cpu" in runs
         else [],
