@@ -858,5 +858,7 @@ def test_the_figures_rule_draws_the_baselines_from_their_records(rich_study, tmp
     paths = {name: tmp_path / "with" / f"{name}.pdf" for name in FIGURES}
     records = sorted((rich_study / "baselines" / "digits").glob("*.json"))
     with contextlib.chdir(rich_study):
-        figures.make_figures("runs.csv", "cells.csv", "comparisons.csv", **paths, baselines=records)
+        figures.make_figures(
+            "runs.csv", "cells.csv", "comparisons.csv", run_metrics(rich_study), **paths, baselines=records
+        )
     assert "RBF SVM 98.3" in pdf_text(paths["out_params"]) and "RBF SVM 98.3" in pdf_text(paths["out_memory"])
