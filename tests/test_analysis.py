@@ -760,6 +760,7 @@ def test_baselines_are_reference_rows_and_the_text_places_the_methods_beside_the
     macros = flat(out / "macros.tex")
     assert r"\newcommand{\BaselineSvcDigitsTopOne}{98.3}" in macros
     assert r"\newcommand{\BaselineKnnDigitsTopOne}{45.0}" in macros
+    assert r"\newcommand{\RunsConverged}{8}" in macros and r"\newcommand{\RunsTotal}{8}" in macros
 
     setup = flat(out / "setup.tex")
     assert "\\paragraph{Classical references.}" in setup

@@ -305,8 +305,11 @@ def write_tables(
         out_dir / "quantization_table.tex",
         groups=result_groups(cells) if "export_top1_int_mean" in cells else [],
     )
+    converged = int(runs["converged"].fillna(False).astype(bool).sum()) if "converged" in runs else 0
     named = {
         "StudyTitle": tex_escape(study.get("title", "A PEFT study")),
+        "RunsConverged": str(converged),  # by the criterion each run was judged by (the checklist's)
+        "RunsTotal": str(len(runs)),
         **macros(cells, transfer, references),
     }
     render("macros.tex.j2", out_dir / "macros.tex", macros=named)
