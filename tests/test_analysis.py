@@ -827,6 +827,11 @@ def test_figure_one_has_one_legend_entry_per_family_rank_lines_and_no_overlappin
     # three grey reference lines across the panel, at the baselines' accuracies
     flat_lines = [line for line in ax.get_lines() if list(line.get_xdata()) == [0, 1]]
     assert sorted(line.get_ydata()[0] for line in flat_lines) == [70.3, 70.6, 70.9]
+    # the labels keep the lines' order, bottom to top
+    heights = {t.get_text(): box.y0 for t, box in text_boxes(fig) if t in ax.texts}
+    assert (
+        heights["Logistic regression 70.3"] < heights["RBF SVM 70.6"] < heights["$k$-nearest neighbours 70.9"]
+    )
     ours = {id(t) for a in fig.axes for t in a.texts}
     for (a, box_a), (b, box_b) in itertools.combinations(text_boxes(fig), 2):
         if id(a) in ours or id(b) in ours:  # matplotlib's own ticks include some outside the view

@@ -107,31 +107,25 @@ def variant_label(method: str, varying: set[str]) -> str:
     return " ".join(parts + ([f"r={fields['r']}"] if "r" in varying else []))
 
 
-def separate_labels(fig, texts, pad_px: float = 1.0, rounds: int = 200) -> None:
+def separate_labels(fig, texts, pad_px: float = 1.0) -> None:
     """Shift annotations up (in their offset points) until no two overlap on the canvas.
 
-    Each round lifts the upper of every overlapping pair just clear of the lower; lifting only up
-    cannot cycle, so this ends.
+    From the lowest up, each label is lifted just clear of every label already placed that it
+    overlaps; labels keep their vertical order, and each moves no further than it must.
     """
     fig.draw_without_rendering()  # settle the axis limits the labels are placed by
     renderer = fig.canvas.get_renderer()
     points_per_px = 72.0 / fig.dpi
-    for _ in range(rounds):
-        boxes = [text.get_window_extent(renderer) for text in texts]
-        order = sorted(range(len(texts)), key=lambda i: (boxes[i].y0, boxes[i].x0))
-        moved = False
-        for low_at, i in enumerate(order):
-            for j in order[low_at + 1 :]:
-                if boxes[i].overlaps(boxes[j]):
-                    lift = (boxes[i].y1 - boxes[j].y0 + pad_px) * points_per_px
-                    x, y = texts[j].xyann
-                    texts[j].xyann = (x, y + lift)
-                    moved = True
-                    break
-            if moved:
-                break
-        if not moved:
-            return
+    boxes = [text.get_window_extent(renderer) for text in texts]
+    placed = []
+    for i in sorted(range(len(texts)), key=lambda i: (boxes[i].y0, boxes[i].x0)):
+        box = boxes[i]
+        while (hit := next((p for p in placed if box.overlaps(p)), None)) is not None:
+            lift = hit.y1 - box.y0 + pad_px
+            box = box.translated(0, lift)
+            x, y = texts[i].xyann
+            texts[i].xyann = (x, y + lift * points_per_px)
+        placed.append(box)
 
 
 def flip_labels_near_the_right_edge(fig, labels, edge: float = 0.8) -> None:
