@@ -88,13 +88,14 @@ def benchmark_cpu_s(path: Path) -> float:
 
 
 def train_time_s(job: Job, root: Path) -> float:
-    """The training time a train or pretrain job recorded in its JSON output (0 if none)."""
+    """The training time a train or pretrain job recorded in its JSON outputs, summed over its
+    runs (a train job trains every seed of a model x dataset x method; 0 if none)."""
+    total = 0.0
     for output in job.outputs:
         if output.endswith(".json") and (root / output).exists():
             record = json.loads((root / output).read_text())
-            if "train_time_s" in record:
-                return float(record["train_time_s"])
-    return 0.0
+            total += float(record.get("train_time_s", 0.0))
+    return total
 
 
 def summarize(root: Path, log: Path) -> dict:

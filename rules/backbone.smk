@@ -15,9 +15,9 @@ rule pretrain:
         "../envs/vitpeft.yaml"
     threads: config["pretrain"]["threads"]
     resources:
-        gpu=job_resource("gpu", pretraining_run),
-        mem_mb=job_resource("mem_mb", pretraining_run),
-        runtime=job_resource("runtime", pretraining_run),
+        gpu=job_resource("gpu", pretraining_runs),
+        mem_mb=job_resource("mem_mb", pretraining_runs),
+        runtime=job_resource("runtime", pretraining_runs),
     params:
         run=pretrain_config,
     script:

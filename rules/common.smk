@@ -28,7 +28,11 @@ print(compute.summary(config, STUDY_COMPUTE), file=sys.stderr)
 STUDY = study_config.study(config)
 METHODS = study_config.study_methods(config)
 PAPER_DIR = Path(workflow.basedir) / "paper"
-RUN_DIR = "results/runs/{dataset}/{method}/{model}/seed{seed}"
+# One training job (and one export job) per model x dataset x method covers every seed, in one
+# process: the imports and set-up of torch, timm and peft cost several seconds per process, as much
+# as a whole demo run's training. The runs keep a folder each.
+JOB_DIR = "results/runs/{dataset}/{method}/{model}"
+RUN_DIR = f"{JOB_DIR}/seed{{seed}}"
 SPLIT_FILES = ["train.npz", "val.npz", "test.npz", "manifest.json"]
 
 
@@ -86,9 +90,14 @@ def train_inputs(wildcards):
     return inputs
 
 
+def seed_files(name):
+    """``name`` in the folder of every seed of a job's model x dataset x method, in seed order."""
+    return [f"{JOB_DIR}/seed{seed}/{name}" for seed in STUDY["seeds"]]
+
+
 def export_inputs(wildcards):
     run_files = {
-        name: f"{RUN_DIR}/{name}.{ext}".format(**wildcards)
+        name: [path.format(**wildcards) for path in seed_files(f"{name}.{ext}")]
         for name, ext in [
             ("metrics", "json"),
             ("config", "json"),
@@ -99,33 +108,33 @@ def export_inputs(wildcards):
     return {**train_inputs(wildcards), **run_files}
 
 
-def training_run(wildcards):
-    return study_config.resolve_run(
-        config,
-        wildcards.model,
-        wildcards.dataset,
-        wildcards.method,
-        int(wildcards.seed),
-    )
+def training_runs(wildcards):
+    """The runs of one training job: every seed of the study, in seed order."""
+    return [
+        study_config.resolve_run(
+            config, wildcards.model, wildcards.dataset, wildcards.method, seed
+        )
+        for seed in STUDY["seeds"]
+    ]
 
 
-def pretraining_run(wildcards):
-    return study_config.pretrain_run(config, wildcards.model)
+def pretraining_runs(wildcards):
+    return [study_config.pretrain_run(config, wildcards.model)]
 
 
-def job_resource(name, run_of=training_run):
-    """A resource of the job whose run ``run_of(wildcards)`` gives (more on a retry)."""
+def job_resource(name, runs_of=training_runs):
+    """A resource of the job whose runs ``runs_of(wildcards)`` gives (more on a retry)."""
     return lambda wildcards, attempt: compute.job_resources(
-        config, run_of(wildcards), attempt
+        config, runs_of(wildcards), attempt
     )[name]
 
 
-def run_config(wildcards):
-    return canonical(training_run(wildcards).to_dict())
+def run_configs(wildcards):
+    return [canonical(run.to_dict()) for run in training_runs(wildcards)]
 
 
 def pretrain_config(wildcards):
-    return canonical(pretraining_run(wildcards).to_dict())
+    return canonical(pretraining_runs(wildcards)[0].to_dict())
 
 
 def dataset_spec(wildcards):

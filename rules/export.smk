@@ -1,19 +1,20 @@
-# Every run merged and exported: safetensors and ONNX, checked numerically. Methods whose merged
-# model is INT-N (QA-LoRA) also export their integer codes as an INT-N ONNX file.
+# Every run merged and exported: safetensors and ONNX, checked numerically; one job per model x
+# dataset x method, for all its seeds. Methods whose merged model is INT-N (QA-LoRA) also export
+# their integer codes as an INT-N ONNX file.
 
 
 rule export:
     input:
         unpack(export_inputs),
     output:
-        report=f"{RUN_DIR}/export/report.json",
-        weights=f"{RUN_DIR}/export/model.safetensors",
-        meta=f"{RUN_DIR}/export/model.json",
-        onnx=f"{RUN_DIR}/export/model.onnx",
+        report=seed_files("export/report.json"),
+        weights=seed_files("export/model.safetensors"),
+        meta=seed_files("export/model.json"),
+        onnx=seed_files("export/model.onnx"),
     log:
-        f"{RUN_DIR}/export.log",
+        seed_files("export.log"),
     benchmark:
-        f"{RUN_DIR}/export/benchmark.tsv"
+        f"{JOB_DIR}/export_benchmark.tsv"
     wildcard_constraints:
         method=method_wildcard(
             f for f in METHODS_BY_FAMILY if f not in INT_EXPORT_FAMILIES
@@ -23,7 +24,8 @@ rule export:
     threads: config["threads"]
     resources:
         mem_mb=job_resource("mem_mb"),
-        runtime=lambda wildcards, attempt: 60 * attempt,  # on CPU: merges, ONNX exports, test passes
+        # on CPU, per seed: merges, ONNX exports, test passes
+        runtime=lambda wildcards, attempt: 60 * len(STUDY["seeds"]) * attempt,
     params:
         export=canonical(config["export"]),
     script:
@@ -33,6 +35,6 @@ rule export:
 use rule export as export_int with:
     output:
         **rules.export.output,
-        int_onnx=f"{RUN_DIR}/export/model_int.onnx",
+        int_onnx=seed_files("export/model_int.onnx"),
     wildcard_constraints:
         method=method_wildcard(INT_EXPORT_FAMILIES),

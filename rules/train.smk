@@ -1,18 +1,20 @@
-# One job per model x dataset x method x seed, and the cell target that gathers a method's runs.
+# One job per model x dataset x method, training its seeds one after another in one process (a
+# run target, results/runs/.../seed0/metrics.json, builds its job), and the cell target that
+# gathers a method's runs.
 
 
 rule train:
     input:
         unpack(train_inputs),
     output:
-        metrics=f"{RUN_DIR}/metrics.json",
-        config=f"{RUN_DIR}/config.json",
-        provenance=f"{RUN_DIR}/provenance.json",
-        checkpoint=f"{RUN_DIR}/checkpoint.safetensors",
+        metrics=seed_files("metrics.json"),
+        config=seed_files("config.json"),
+        provenance=seed_files("provenance.json"),
+        checkpoint=seed_files("checkpoint.safetensors"),
     log:
-        f"{RUN_DIR}/train.log",
+        seed_files("train.log"),
     benchmark:
-        f"{RUN_DIR}/benchmark.tsv"
+        f"{JOB_DIR}/benchmark.tsv"
     conda:
         "../envs/vitpeft.yaml"
     threads: config["threads"]
@@ -21,7 +23,7 @@ rule train:
         mem_mb=job_resource("mem_mb"),
         runtime=job_resource("runtime"),
     params:
-        run=run_config,
+        runs=run_configs,
         # a param: metrics.json records the verdict by this criterion, so a change reruns the runs
         convergence=canonical(config["convergence"]),
     script:

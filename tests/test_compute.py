@@ -128,13 +128,15 @@ def full_study(demo_config):
 def test_a_gpu_jobs_runtime_request_is_its_estimate_with_the_margin_and_the_floor(full_study):
     margin, floor = full_study["resources"]["runtime_margin"], full_study["resources"]["min_runtime"]
     for method in ("full", "lora_r8", "qlora4_r8", "adalora_r8", "qalora4_r8", "linear"):
-        run = study_config.resolve_run(full_study, "deit_small", "cifar10", method, 0)
-        minutes = 60 * compute.gpu_hours(full_study, compute.estimated_flops(full_study, run))
-        request = compute.job_resources(full_study, run)
+        # a job trains the three seeds of a deit_small CIFAR-10 cell one after another
+        runs = [study_config.resolve_run(full_study, "deit_small", "cifar10", method, s) for s in range(3)]
+        flops = sum(compute.estimated_flops(full_study, run) for run in runs)
+        minutes = 60 * compute.gpu_hours(full_study, flops)
+        request = compute.job_resources(full_study, runs)
         assert max(floor, margin * minutes) <= request["runtime"] < max(floor, margin * minutes) + 1
-        assert minutes < request["runtime"] <= 3 * minutes  # a deit_small CIFAR-10 run: within 3x
+        assert minutes < request["runtime"] <= 3 * minutes  # within 3x of its estimate
         assert request["gpu"] == 1 and request["mem_mb"] == 24000  # memory as the config gives it
-        assert compute.job_resources(full_study, run, attempt=2)["runtime"] in (
+        assert compute.job_resources(full_study, runs, attempt=2)["runtime"] in (
             2 * request["runtime"] - 1,
             2 * request["runtime"],
         )
@@ -144,7 +146,7 @@ def test_a_gpu_jobs_runtime_request_is_its_estimate_with_the_margin_and_the_floo
 
 def test_the_full_studys_requests_follow_its_estimate(full_study):
     estimate = compute.estimate_study(full_study)
-    assert estimate.jobs == 3 * 3 * 11 * 3
+    assert (estimate.runs, estimate.jobs) == (3 * 3 * 11 * 3, 3 * 3 * 11)  # a job trains 3 seeds
     requested = compute.requested_gpu_hours(full_study)
     floor_hours = estimate.jobs * full_study["resources"]["min_runtime"] / 60
     margin = full_study["resources"]["runtime_margin"]
@@ -179,6 +181,9 @@ def test_a_cpu_study_asks_for_its_models_base_times_its_datasets_factors(demo_co
     assert resources("deit_tiny", "glyphs", attempt=2) == {"mem_mb": 4000, "runtime": 41, "gpu": 0}
     pretrain = compute.job_resources(config, study_config.pretrain_run(config, "deit_tiny"))
     assert pretrain == {"mem_mb": 2000, "runtime": 21, "gpu": 0}
+    # A job of several seeds asks for their summed time and the largest memory.
+    seeds = [study_config.resolve_run(config, "deit_tiny", "glyphs", "lora_r8", s) for s in range(3)]
+    assert compute.job_resources(config, seeds) == {"mem_mb": 2000, "runtime": 62, "gpu": 0}  # 61.5 up
 
 
 def test_the_summary_states_gpu_hours_and_requests_or_that_the_study_runs_on_cpu(full_study, demo_config):

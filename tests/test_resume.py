@@ -227,3 +227,44 @@ def test_a_job_killed_with_sigkill_resumes_to_the_metrics_of_an_uninterrupted_ru
     assert {k: v for k, v in resumed.items() if k not in MACHINE_FIELDS} == {
         k: v for k, v in uninterrupted.items() if k not in MACHINE_FIELDS
     }
+
+
+def test_a_job_of_several_seeds_trains_each_as_alone_and_a_rerun_keeps_the_finished_ones(
+    tmp_path, tiny_config
+):
+    """The rule train's job trains every seed in one process. Each seed ends as it would alone; when
+    the job dies after a seed has finished, Snakemake deletes all the job's outputs before the rerun,
+    and the finished seed comes back from its kept final state instead of training again."""
+    from vitpeft import config as study_config
+    from vitpeft.data import prepare_dataset
+    from vitpeft.io import read_json
+    from vitpeft.runs import RESUME_NAME, train_run, train_runs
+
+    prepare_dataset(tiny_config["datasets"]["digits"], tmp_path / "data")
+    runs = [
+        study_config.resolve_run(tiny_config, "deit_tiny", "digits", "scratch", s).to_dict() for s in (0, 1)
+    ]
+    dirs = [tmp_path / "job" / f"seed{s}" for s in (0, 1)]
+    logs = [d / "train.log" for d in dirs]
+    alone = train_run(runs[1], tmp_path / "data", None, tmp_path / "alone", threads=1)
+
+    diverging = {**runs[1], "method": {**runs[1]["method"], "lr": 1e38}}  # seed 1 dies at its step 2
+    with pytest.raises(FloatingPointError):
+        train_runs([runs[0], diverging], tmp_path / "data", None, dirs, logs, threads=1, checkpoint_every=5)
+    first = read_json(dirs[0] / "metrics.json")
+    assert (dirs[0] / RESUME_NAME).exists()  # kept: the job did not finish
+    assert "stopping, the loss is nan" in logs[1].read_text()  # the traceback is in the seed's log
+
+    for name in ("metrics.json", "config.json", "provenance.json", "checkpoint.safetensors"):
+        (dirs[0] / name).unlink()  # what Snakemake does to a job's outputs before rerunning it
+    train_runs(runs, tmp_path / "data", None, dirs, logs, threads=1, checkpoint_every=5)
+    assert "resuming from" in logs[0].read_text() and "epoch 1/" not in logs[0].read_text()
+    assert "resuming from" not in logs[1].read_text()  # it died before its first state: afresh
+    again = [read_json(d / "metrics.json") for d in dirs]
+
+    def results(metrics):
+        return {k: v for k, v in metrics.items() if k not in MACHINE_FIELDS}
+
+    assert results(again[0]) == results(first)
+    assert results(again[1]) == results(alone)
+    assert not any((d / RESUME_NAME).exists() for d in dirs)  # removed once the whole job is written

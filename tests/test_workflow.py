@@ -29,22 +29,24 @@ def planned_jobs(output: str) -> dict[str, int]:
 DEMO = yaml.safe_load((REPO / "config.yaml").read_text())
 SEEDS = len(DEMO["studies"]["demo"]["seeds"])
 CELLS = len(DEMO["studies"]["demo"]["methods"]) + 1  # + the scratch baseline of the transfer check
-RUNS = CELLS * SEEDS
+# One train job (and one export job) per model x dataset x method, for all its seeds; the demo has
+# one model and one dataset, so a job per cell.
+JOBS = CELLS
 # QA-LoRA's export also writes its INT-N ONNX file (rule export_int); every other run's is rule export
-INT_RUNS = sum(m.startswith("qalora") for m in DEMO["studies"]["demo"]["methods"]) * SEEDS
+INT_JOBS = sum(m.startswith("qalora") for m in DEMO["studies"]["demo"]["methods"])
 UP_TO_CELLS = {
     "prepare_data": 2,
     "pretrain": 1,
-    "train": RUNS,
-    "export": RUNS - INT_RUNS,
-    "export_int": INT_RUNS,
+    "train": JOBS,
+    "export": JOBS - INT_JOBS,
+    "export_int": INT_JOBS,
     "cell": CELLS,
 }
 ANALYSIS = {"aggregate": 1, "stats": 1, "figures": 1, "tables": 1, "checklist": 1, "paper": 1}
 # logistic regression, an RBF SVM and k-NN on each dataset: inputs of the figures and tables
 BASELINES = {"baseline": 3 * len(DEMO["studies"]["demo"]["datasets"])}
 UP_TO_PAPER = {**UP_TO_CELLS, **BASELINES, **ANALYSIS}
-ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export": SEEDS, "cell": 1}
+ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": 1, "export": 1, "cell": 1}
 
 
 @pytest.mark.parametrize(
@@ -58,9 +60,9 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export": SEEDS, "
         ("results/lora_r16_digits", ONE_CELL),
         (
             "results/qalora4_r8_digits",
-            {"prepare_data": 2, "pretrain": 1, "train": SEEDS, "export_int": SEEDS, "cell": 1},
+            {"prepare_data": 2, "pretrain": 1, "train": 1, "export_int": 1, "cell": 1},
         ),
-        ("results/scratch_digits", {"prepare_data": 1, "train": SEEDS, "export": SEEDS, "cell": 1}),
+        ("results/scratch_digits", {"prepare_data": 1, "train": 1, "export": 1, "cell": 1}),
         *[
             (
                 f"results/lora_r8_{dataset}",
@@ -218,14 +220,14 @@ def test_the_full_study_is_one_flag_away(tmp_path):
     full = study_config.load({**copy.deepcopy(DEMO), "study": "full"})
     line = compute.summary(full, compute.estimate_study(full))
     assert "GPU-hours" in line and result.stderr.count(line) == 1
-    runs = 3 * 3 * 11 * 3  # models x datasets x methods x seeds; no scratch: hub weights
-    int_runs = 3 * 3 * 1 * 3  # qalora4_r8
+    jobs = 3 * 3 * 11  # models x datasets x methods, each job all 3 seeds; no scratch: hub weights
+    int_jobs = 3 * 3 * 1  # qalora4_r8
     assert planned_jobs(plan) == {
         "download": 3,
         "prepare_data": 3,
-        "train": runs,
-        "export": runs - int_runs,
-        "export_int": int_runs,
+        "train": jobs,
+        "export": jobs - int_jobs,
+        "export_int": int_jobs,
         "cell": 33,
         "baseline": 3 * 3,  # three classical baselines on each dataset
         "aggregate": 1,
@@ -264,11 +266,12 @@ def test_slurm_profile_asks_for_each_training_jobs_resources(tmp_path):
         for rule, body in blocks
         if rule in ("train", "pretrain")
     }
-    # vit_w64_d4's base from config.yaml; pretraining on glyphs gets three times the time.
+    # vit_w64_d4's base from config.yaml (5 min per run); pretraining on glyphs gets three times a
+    # run's time, as does a train job of three seeds.
     assert resources["pretrain"] == {**resources["train"], "runtime": "15"}
     assert {k: resources["train"][k] for k in ("mem_mb", "runtime", "gpu", "slurm_partition")} == {
         "mem_mb": "2000",
-        "runtime": "5",
+        "runtime": "15",
         "gpu": "0",
         "slurm_partition": "REPLACE-ME-gpu-partition",
     }

@@ -21,6 +21,7 @@ This module imports neither torch nor timm: Snakemake imports it when it parses 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,18 +152,23 @@ def estimated_flops(config: dict[str, Any], run: RunConfig) -> float:
     return run_flops(run, split_sizes(config["datasets"][run.dataset]))
 
 
-def study_runs(config: dict[str, Any]) -> list[RunConfig]:
-    """Every training job of the selected study: its runs, then its backbone pretraining jobs."""
+def study_jobs(config: dict[str, Any]) -> list[list[RunConfig]]:
+    """The runs of every training job of the selected study: one job per model x dataset x method
+    with all its seeds, then one per backbone pretraining."""
     selected = study(config)
-    runs = [
-        resolve_run(config, model, dataset, method, seed)
+    jobs = [
+        [resolve_run(config, model, dataset, method, seed) for seed in selected["seeds"]]
         for model in selected["models"]
         for dataset in selected["datasets"]
         for method in study_methods(config)
-        for seed in selected["seeds"]
     ]
     pretrained = [m for m in selected["models"] if config["models"][m]["backbone"]["source"] == "pretrain"]
-    return runs + [pretrain_run(config, model) for model in pretrained]
+    return jobs + [[pretrain_run(config, model)] for model in pretrained]
+
+
+def study_runs(config: dict[str, Any]) -> list[RunConfig]:
+    """Every training run of the selected study, pretraining included."""
+    return [run for job in study_jobs(config) for run in job]
 
 
 def gpu_hours(config: dict[str, Any], flops: float) -> float:
@@ -170,41 +176,43 @@ def gpu_hours(config: dict[str, Any], flops: float) -> float:
     return flops / (config["compute"]["gpu_tflops"] * TERA) / 3600.0
 
 
-def runtime_minutes(config: dict[str, Any], run: RunConfig, attempt: int = 1) -> int:
-    """A GPU training job's wall-time request: its estimate times ``resources.runtime_margin``,
-    at least ``resources.min_runtime`` minutes (start-up, data loading, scheduler), times
-    ``attempt``; rounded up."""
+def runtime_minutes(config: dict[str, Any], runs: Sequence[RunConfig], attempt: int = 1) -> int:
+    """A GPU training job's wall-time request: the estimate of its runs (trained one after another)
+    times ``resources.runtime_margin``, at least ``resources.min_runtime`` minutes (start-up, data
+    loading, scheduler), times ``attempt``; rounded up."""
     section = config["resources"]
-    estimate = 60.0 * gpu_hours(config, estimated_flops(config, run))
+    estimate = 60.0 * gpu_hours(config, sum(estimated_flops(config, run) for run in runs))
     return math.ceil(max(section["min_runtime"], section["runtime_margin"] * estimate) * attempt)
 
 
-def job_resources(config: dict[str, Any], run: RunConfig, attempt: int = 1) -> dict[str, int]:
-    """What one training or pretrain job asks a scheduler for.
+def job_resources(
+    config: dict[str, Any], runs: RunConfig | Sequence[RunConfig], attempt: int = 1
+) -> dict[str, int]:
+    """What one training or pretrain job asks a scheduler for; its ``runs`` (one, or every seed of
+    a model x dataset x method) train one after another on the same device.
 
-    ``resources.models`` gives a model's memory (and, for a CPU study, wall time) on a dataset of
-    factor 1 (``resources.default`` for a model not listed); ``resources.datasets`` scales them per
-    dataset (factor 1 for a dataset not listed). A GPU study (``resources.gpu`` > 0) asks for the
-    wall time of :func:`runtime_minutes` instead, derived from the run's FLOPs. A retry
+    ``resources.models`` gives a model's memory (and, for a CPU study, wall time per run) on a
+    dataset of factor 1 (``resources.default`` for a model not listed); ``resources.datasets``
+    scales them per dataset (factor 1 for a dataset not listed). A GPU study (``resources.gpu`` > 0)
+    asks for the wall time of :func:`runtime_minutes` instead, derived from the runs' FLOPs. A retry
     (``attempt`` 2, 3, ...) asks for that many times more memory and time, so a job killed by
     the scheduler can succeed when resubmitted (it resumes from its last saved state).
 
     Returns:
-        ``mem_mb`` (MiB) and ``runtime`` (minutes), rounded up, and ``gpu`` (0 for a CPU study).
+        ``mem_mb`` (MiB, the largest run's) and ``runtime`` (minutes, all runs), rounded up, and
+        ``gpu`` (0 for a CPU study).
     """
+    runs = [runs] if isinstance(runs, RunConfig) else list(runs)
     section = config["resources"]
-    base = section["models"].get(run.model.name, section["default"])
-    factors = section["datasets"].get(run.dataset, {})
-    if section["gpu"] > 0:
-        runtime = runtime_minutes(config, run, attempt)
-    else:
-        minutes = base.get("runtime", section["default"]["runtime"])
-        runtime = math.ceil(minutes * factors.get("runtime", 1.0) * attempt)
-    return {
-        "mem_mb": math.ceil(base["mem_mb"] * factors.get("mem_mb", 1.0) * attempt),
-        "runtime": runtime,
-        "gpu": section["gpu"],
-    }
+    memory, minutes = [], 0.0
+    for run in runs:
+        base = section["models"].get(run.model.name, section["default"])
+        factors = section["datasets"].get(run.dataset, {})
+        memory.append(math.ceil(base["mem_mb"] * factors.get("mem_mb", 1.0) * attempt))
+        minutes += base.get("runtime", section["default"]["runtime"]) * factors.get("runtime", 1.0)
+    gpu_study = section["gpu"] > 0
+    runtime = runtime_minutes(config, runs, attempt) if gpu_study else math.ceil(minutes * attempt)
+    return {"mem_mb": max(memory), "runtime": runtime, "gpu": section["gpu"]}
 
 
 @dataclass(frozen=True)
@@ -212,12 +220,14 @@ class StudyEstimate:
     """The selected study's training compute, estimated from its config.
 
     Attributes:
-        jobs: training and pretrain jobs.
-        flops: their summed FLOPs (:func:`run_flops`).
+        runs: training and pretraining runs.
+        jobs: the jobs they train in (:func:`study_jobs`).
+        flops: the runs' summed FLOPs (:func:`run_flops`).
         gpu_tflops: the assumed sustained throughput of one GPU, TFLOP/s (``compute.gpu_tflops``).
         gpu_hours: those FLOPs at that throughput.
     """
 
+    runs: int
     jobs: int
     flops: float
     gpu_tflops: float
@@ -225,15 +235,16 @@ class StudyEstimate:
 
 
 def estimate_study(config: dict[str, Any]) -> StudyEstimate:
-    """Sum :func:`run_flops` over every training job of the study."""
-    runs = study_runs(config)
-    flops = sum(estimated_flops(config, run) for run in runs)
-    return StudyEstimate(len(runs), flops, config["compute"]["gpu_tflops"], gpu_hours(config, flops))
+    """Sum :func:`run_flops` over every training run of the study."""
+    jobs = study_jobs(config)
+    flops = sum(estimated_flops(config, run) for runs in jobs for run in runs)
+    runs = sum(len(runs) for runs in jobs)
+    return StudyEstimate(runs, len(jobs), flops, config["compute"]["gpu_tflops"], gpu_hours(config, flops))
 
 
 def requested_gpu_hours(config: dict[str, Any]) -> float:
     """The study's training jobs' runtime requests times their GPUs, summed: what a cluster books."""
-    jobs = (job_resources(config, run) for run in study_runs(config))
+    jobs = (job_resources(config, runs) for runs in study_jobs(config))
     return sum(job["runtime"] * job["gpu"] for job in jobs) / 60.0
 
 
@@ -241,7 +252,8 @@ def summary(config: dict[str, Any], estimate: StudyEstimate) -> str:
     """One line for the workflow's log: the study's estimated compute (:func:`estimate_study`)
     and what its jobs request."""
     line = (
-        f"vitpeft: the {config['study']} study's {estimate.jobs} training jobs need an estimated "
+        f"vitpeft: the {config['study']} study's {estimate.runs} training runs ({estimate.jobs} jobs) "
+        f"need an estimated "
         f"{estimate.flops:.3g} FLOPs, {estimate.gpu_hours:.3g} GPU-hours at a sustained "
         f"{estimate.gpu_tflops:g} TFLOP/s per GPU (compute.gpu_tflops)"
     )

@@ -37,7 +37,7 @@ from torch import nn
 
 from vitpeft.config import ExportConfig
 from vitpeft.data.pipeline import BatchPreprocessor
-from vitpeft.io import atomic_path, hardware, read_json, remove_partial_writes, write_json
+from vitpeft.io import atomic_path, hardware, logging_to, read_json, remove_partial_writes, write_json
 from vitpeft.methods import INT_EXPORT_FAMILIES, parse_method_name
 from vitpeft.quant import bnb, replace_block_linears, replace_modules
 from vitpeft.quant.groupwise import GroupQuantLinear
@@ -272,6 +272,25 @@ def export_run(
         raise ExportMismatch(f"{run_dir}: " + "; ".join(failed))
     write_json(out_dir / "report.json", report)
     return report
+
+
+def export_runs(
+    run_dirs: list[str | Path],
+    data_dir: str | Path,
+    backbone: str | Path | None,
+    out_dirs: list[str | Path],
+    logs: list[str | Path],
+    export: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`export_run` for each run of a job (one model x dataset x method, every seed) in this
+    process, each logging to its own file."""
+    if not len(run_dirs) == len(out_dirs) == len(logs):
+        raise ValueError(f"{len(run_dirs)} runs, {len(out_dirs)} folders and {len(logs)} logs")
+    reports = []
+    for run_dir, out_dir, log in zip(run_dirs, out_dirs, logs, strict=True):
+        with logging_to(log):
+            reports.append(export_run(run_dir, data_dir, backbone, out_dir, export))
+    return reports
 
 
 def save_merged(model: nn.Module, run, out_dir: Path) -> None:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
@@ -179,6 +180,23 @@ def provenance(**extra: Any) -> dict[str, Any]:
         "hardware": hardware(),
         **extra,
     }
+
+
+@contextlib.contextmanager
+def logging_to(path: str | os.PathLike) -> Iterator[None]:
+    """Send stdout and stderr to ``path`` while the block runs (one run's log, in a job of several
+    runs); an exception's traceback is written there too before it propagates."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    saved = sys.stdout, sys.stderr
+    with open(path, "w", buffering=1) as handle:
+        sys.stdout = sys.stderr = handle
+        try:
+            yield
+        except BaseException:
+            traceback.print_exc(file=handle)
+            raise
+        finally:
+            sys.stdout, sys.stderr = saved
 
 
 def log_to_file(path: str | os.PathLike) -> None:

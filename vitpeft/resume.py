@@ -87,15 +87,20 @@ class ResumeFile:
         key: a hash of everything the run depends on; a state saved under another key is ignored.
         time_before_s: training seconds the loaded state had cost (0 without one); the trainer
             adds them to its own, so a run's training time spans its interrupted attempts.
+        save_last_step: also save after the last optimizer step (given as ``last_step``), so that
+            the state holds the finished training (a job of several runs keeps it until all are done).
     """
 
     path: Path
     every: int
     key: str
     time_before_s: float = field(default=0.0, init=False)
+    save_last_step: bool = False
 
-    def due(self, global_step: int) -> bool:
-        return self.every > 0 and global_step % self.every == 0
+    def due(self, global_step: int, last_step: int | None = None) -> bool:
+        if self.every <= 0:
+            return False
+        return global_step % self.every == 0 or (self.save_last_step and global_step == last_step)
 
     def save(self, state: dict[str, Any], train_time_s: float) -> None:
         """Write atomically: a kill during the write leaves the previous state in place."""

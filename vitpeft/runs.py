@@ -23,6 +23,7 @@ from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.io import (
     atomic_path,
     config_hash,
+    logging_to,
     provenance,
     read_json,
     remove_partial_writes,
@@ -175,6 +176,7 @@ def train_run(
     threads: int | None = None,
     checkpoint_every: int = 0,
     convergence: dict[str, Any] | None = None,
+    keep_resume: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate one run; write ``metrics.json``, ``config.json``, ``provenance.json`` and
     ``checkpoint.safetensors`` (the trainable parameters) into ``out_dir``.
@@ -183,7 +185,9 @@ def train_run(
 
     Every ``checkpoint_every`` optimizer steps the resume state goes to ``out_dir/resume.pt``; a
     rerun of a killed job (``--rerun-incomplete``, or a SLURM requeue) goes on from it and ends with
-    the same metrics, apart from time and memory. It is deleted once the outputs are written.
+    the same metrics, apart from time and memory. It is deleted once the outputs are written,
+    unless ``keep_resume``: then it holds the finished training (saved at the last step too), so
+    that a rerun of a job of several runs killed after this one only re-evaluates it.
 
     ``convergence`` (the config's section; its defaults if None) judges the validation curve, the
     whole one even after a resume (the curves are part of the resume state); the verdict and the
@@ -195,6 +199,7 @@ def train_run(
     desc = f"{run.method.name}/{run.model.name}/{run.dataset}/seed{run.seed}"
     remove_partial_writes(out_dir)  # a killed attempt's; its resume state, if any, is kept
     resume = resume_file(run_dict, data_dir, backbone, out_dir / RESUME_NAME, checkpoint_every)
+    resume.save_last_step = keep_resume
     trained = _train(run, data_dir, backbone, threads, desc, resume)
     model, splits, params, history = trained.model, trained.splits, trained.params, trained.history
     train_time, device = trained.train_time_s, trained.device
@@ -219,7 +224,7 @@ def train_run(
         # Memory is of the last attempt when a run was resumed; see vitpeft.memory.
         "train_peak_mem_mb": trained.memory.peaks["train"],
         "eval_peak_mem_mb": trained.memory.peaks["eval"],
-        "peak_mem_mb": trained.memory.process_peak_mb(),  # setup, training and evaluation
+        "peak_mem_mb": trained.memory.process_peak_mb(),  # the job process: setup, training, evaluation, earlier seeds
         "micro_batch_size": history.micro_batch_size[-1],
         "accumulation_steps": math.ceil(run.train.batch_size / history.micro_batch_size[-1]),
         "oom_backoffs": sum(history.oom_backoffs),
@@ -244,9 +249,50 @@ def train_run(
         ),
     )
     write_json(out_dir / "metrics.json", metrics)  # last: its presence marks the run complete
-    resume.remove()
+    if not keep_resume:
+        resume.remove()
     print(f"{desc}: test top-1 {test['top1']:.2f}%  ({train_time:.1f} s)", file=sys.stderr)
     return metrics
+
+
+def train_runs(
+    run_dicts: list[dict[str, Any]],
+    data_dir: str | Path,
+    backbone: str | Path | None,
+    out_dirs: list[str | Path],
+    logs: list[str | Path],
+    threads: int | None = None,
+    checkpoint_every: int = 0,
+    convergence: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`train_run` for each run in turn, in this process, each logging to its own file.
+
+    The rule train's job: one model x dataset x method, every seed. Each run is seeded and set up
+    afresh, so it ends as it would in a process of its own. The resume states are kept until every
+    run is written: Snakemake deletes a job's outputs before rerunning it, so after a kill a
+    finished run goes on from its final state (a test pass) instead of training again.
+    """
+    if not len(run_dicts) == len(out_dirs) == len(logs):
+        raise ValueError(f"{len(run_dicts)} runs, {len(out_dirs)} folders and {len(logs)} logs")
+    results = []
+    for run_dict, out_dir, log in zip(run_dicts, out_dirs, logs, strict=True):
+        with logging_to(log):
+            results.append(
+                train_run(
+                    run_dict,
+                    data_dir,
+                    backbone,
+                    out_dir,
+                    threads,
+                    checkpoint_every,
+                    convergence,
+                    keep_resume=True,
+                )
+            )
+        print(f"{log}: test top-1 {results[-1]['test_top1']:.2f}%", file=sys.stderr)
+    for out_dir in out_dirs:
+        (Path(out_dir) / RESUME_NAME).unlink(missing_ok=True)
+    return results
 
 
 def pretrain_backbone(

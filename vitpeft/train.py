@@ -249,7 +249,7 @@ def fit(
                     method.after_step(
                         at.global_step
                     )  # before the next zero_grad: AdaLoRA reads the gradients
-                if resume is not None and resume.due(at.global_step):
+                if resume is not None and resume.due(at.global_step, cfg.epochs * per_epoch):
                     resume.save(
                         _snapshot(at, history, method, optimizer, scheduler, generator),
                         train_time_s=resume.time_before_s + time.perf_counter() - fit_started,
