@@ -22,7 +22,13 @@ from vitpeft.export import (
 from vitpeft.io import read_json, write_json
 from vitpeft.methods.qalora_layer import QALoraLinear
 from vitpeft.quant.groupwise import GroupQuantLinear
-from vitpeft.quant.onnx_int import export_int_onnx, export_onnx, integer_weight_types, session
+from vitpeft.quant.onnx_int import (
+    FloatOnnxExporter,
+    export_int_onnx,
+    export_onnx,
+    integer_weight_types,
+    session,
+)
 from vitpeft.reproduce import KERNEL_RTOL
 
 QALORA = {"qalora": {"group_size": 16}}
@@ -86,6 +92,41 @@ def test_int_onnx_keeps_uint4_codes_and_matches_pytorch(tiny_model, tmp_path):
             < 1e-5
         )
     assert (tmp_path / "int.onnx").stat().st_size < 0.5 * (tmp_path / "float.onnx").stat().st_size
+
+
+def test_a_series_of_models_shares_one_traced_graph_with_each_its_own_weights(tiny_model, tmp_path):
+    """A job's seeds: the same architecture, other weights. One trace; every file computes its model."""
+    x = torch.rand(5, 3, 16, 16)
+    exporter = FloatOnnxExporter()
+    models = []
+    for seed in range(3):
+        model = copy.deepcopy(tiny_model).eval()
+        with torch.no_grad():
+            torch.manual_seed(seed)
+            for p in model.parameters():  # every weight of the model differs between the seeds
+                p.add_(torch.randn_like(p) * 0.05)
+        models.append(model)
+        exporter.export(model, x[:2], tmp_path / f"seed{seed}.onnx")
+    assert exporter.traced == 1
+    for seed, model in enumerate(models):
+        onnx_logits = session(tmp_path / f"seed{seed}.onnx").run(None, {"images": x.numpy()})[0]
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert np.abs(onnx_logits - expected).max() < 1e-4 * np.abs(expected).max(), seed
+    # the file of a reused graph is the one torch would have written for that model
+    export_onnx(models[2], x[:2], tmp_path / "traced.onnx")
+    assert (tmp_path / "traced.onnx").read_bytes() == (tmp_path / "seed2.onnx").read_bytes()
+
+
+def test_a_model_whose_weights_do_not_fit_the_graph_is_traced_afresh(tiny_model, tmp_path):
+    x = torch.rand(2, 3, 16, 16)
+    exporter = FloatOnnxExporter()
+    exporter.export(tiny_model, x, tmp_path / "a.onnx")
+    other = copy.deepcopy(tiny_model)
+    other.reset_classifier(7)  # another head: other shapes
+    exporter.export(other.eval(), x, tmp_path / "b.onnx")
+    assert exporter.traced == 2
+    assert session(tmp_path / "b.onnx").run(None, {"images": x.numpy()})[0].shape == (2, 7)
 
 
 def test_int_onnx_stores_8_bit_codes_as_uint8(tiny_model, tmp_path):

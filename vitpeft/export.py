@@ -41,7 +41,7 @@ from vitpeft.io import atomic_path, hardware, logging_to, read_json, remove_part
 from vitpeft.methods import INT_EXPORT_FAMILIES, parse_method_name
 from vitpeft.quant import bnb, replace_block_linears, replace_modules
 from vitpeft.quant.groupwise import GroupQuantLinear
-from vitpeft.quant.onnx_int import export_int_onnx, export_onnx, integer_weight_types, session
+from vitpeft.quant.onnx_int import FloatOnnxExporter, export_int_onnx, integer_weight_types, session
 from vitpeft.reproduce import tolerance
 from vitpeft.runs import load_trained
 from vitpeft.train import Split, evaluate
@@ -174,6 +174,7 @@ def export_run(
     backbone: str | Path | None,
     out_dir: str | Path,
     export: dict[str, Any] | None = None,
+    onnx_exporter: FloatOnnxExporter | None = None,
 ) -> dict[str, Any]:
     """Merge, save and check one finished run; write ``report.json`` last, into ``out_dir``.
 
@@ -181,6 +182,9 @@ def export_run(
     ``model.onnx`` (float); for a method whose merge is INT-N (QA-LoRA) also ``model_int.onnx``
     (the integer codes). The naive route's INT-N model is evaluated in PyTorch only. Every model is run on the whole
     test split, which training never saw: logit gaps, prediction flips and top-1 come from it.
+
+    ``onnx_exporter`` writes the float ONNX file; pass one exporter for a series of runs of one
+    architecture (:class:`~vitpeft.quant.onnx_int.FloatOnnxExporter`), so that they share a graph.
 
     Raises:
         ExportMismatch: if the rebuilt model's test top-1 is not the trained one
@@ -215,7 +219,7 @@ def export_run(
             "group_size": cfg.requantize_group_size,
         }
     save_merged(float_model, run, out_dir)
-    export_onnx(float_model, batches[0][:2], out_dir / "model.onnx")
+    (onnx_exporter or FloatOnnxExporter()).export(float_model, batches[0][:2], out_dir / "model.onnx")
     files = {"safetensors": out_dir / "model.safetensors", "onnx": out_dir / "model.onnx"}
     if exact_int:
         files["int_onnx"] = out_dir / "model_int.onnx"
@@ -286,10 +290,11 @@ def export_runs(
     process, each logging to its own file."""
     if not len(run_dirs) == len(out_dirs) == len(logs):
         raise ValueError(f"{len(run_dirs)} runs, {len(out_dirs)} folders and {len(logs)} logs")
-    reports = []
+    reports, onnx_exporter = [], FloatOnnxExporter()
     for run_dir, out_dir, log in zip(run_dirs, out_dirs, logs, strict=True):
         with logging_to(log):
-            reports.append(export_run(run_dir, data_dir, backbone, out_dir, export))
+            reports.append(export_run(run_dir, data_dir, backbone, out_dir, export, onnx_exporter))
+    print(f"{len(run_dirs)} runs exported, {onnx_exporter.traced} ONNX graphs traced", file=sys.stderr)
     return reports
 
 

@@ -77,6 +77,70 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> No
         onnx.save(proto, str(tmp))
 
 
+class FloatOnnxExporter:
+    """:func:`export_onnx` for a series of float models of one architecture, such as a job's seeds.
+
+    Tracing a ViT with torch's exporter takes seconds, the same each time; models that differ only
+    in their weights share one graph. The first model is exported by torch; each initializer of its
+    graph is then bound to the weight it holds: by name, or as the transpose torch folded into a
+    ``MatMul`` (found by exact equality). A later model with the same weight names and shapes is
+    written as that graph with its own weights in the bound initializers. Where a binding is not
+    unique, or the weights do not fit, the model is traced afresh. The other initializers are
+    constants of the architecture (shapes, scalars), the same for every model. The export's checks
+    compare every file's ONNX Runtime logits with its PyTorch model, so a graph that did not fit
+    would fail its job loudly.
+    """
+
+    def __init__(self):
+        self._graph = None  # the first model's ModelProto
+        self._bindings: dict[str, tuple[str, bool]] = {}  # initializer -> (weight, transposed)
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self.traced = 0  # how many models were traced by torch (the rest reused a graph)
+
+    def export(self, model: nn.Module, example: torch.Tensor, path: str | Path) -> None:
+        import onnx
+        from onnx import numpy_helper
+
+        weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        if self._graph is None or {k: w.shape for k, w in weights.items()} != self._shapes:
+            proto = _to_proto(copy.deepcopy(model).cpu().eval(), example)
+            self.traced += 1
+            self._bind(proto, weights)
+        else:
+            proto = copy.deepcopy(self._graph)
+            for init in proto.graph.initializer:
+                if init.name in self._bindings:
+                    name, transposed = self._bindings[init.name]
+                    value = weights[name].T if transposed else weights[name]
+                    init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), init.name))
+        with atomic_path(path) as tmp:
+            onnx.save(proto, str(tmp))
+
+    def _bind(self, proto, weights: dict[str, np.ndarray]) -> None:
+        from onnx import numpy_helper
+
+        bindings = {}
+        for init in proto.graph.initializer:
+            value = numpy_helper.to_array(init)
+            if init.name in weights and np.array_equal(value, weights[init.name]):
+                bindings[init.name] = (init.name, False)
+                continue
+            matches = [
+                (name, transposed)
+                for name, weight in weights.items()
+                for transposed in (False, True)
+                if (weight.T if transposed else weight).shape == value.shape
+                and np.array_equal(weight.T if transposed else weight, value)
+            ]
+            if value.size > 1 and len(matches) > 1:  # ambiguous: which weight would a later model put here?
+                self._graph = None
+                return
+            if matches and value.size > 1:
+                bindings[init.name] = matches[0]
+        self._graph, self._bindings = proto, bindings
+        self._shapes = {k: w.shape for k, w in weights.items()}
+
+
 def export_int_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> int:
     """Export a model whose block Linears are GroupQuantLinear, with their codes as UINT4/UINT8.
 
