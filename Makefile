@@ -10,10 +10,13 @@ TEX_PACKAGES := texlive-latex-recommended texlive-fonts-recommended latexmk popp
 
 .PHONY: paper test lint format setup tex clean
 
-paper: setup tex
+# The venv (pip, mostly unpacking torch) and TeX (apt) install side by side.
+paper:
+	$(MAKE) --no-print-directory -j2 setup tex
 	$(BIN)/snakemake --cores $(CORES) paper.pdf
 
-test: setup tex
+test:
+	$(MAKE) --no-print-directory -j2 setup tex
 	$(BIN)/pytest
 	$(MAKE) lint
 

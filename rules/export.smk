@@ -3,9 +3,26 @@
 # their integer codes as an INT-N ONNX file.
 
 
+rule onnx_graph:
+    input:
+        manifest="resources/data/{dataset}/manifest.json",
+    output:
+        "resources/onnx/{model}_{dataset}.onnx",
+    log:
+        "results/logs/onnx_graph/{model}_{dataset}.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    params:
+        model=lambda wildcards: canonical(config["models"][wildcards.model]),
+    script:
+        "../workflow_scripts/onnx_graph.py"
+
+
 rule export:
     input:
         unpack(export_inputs),
+        # the float graph, traced once per architecture; each run's weights fill it
+        graph="resources/onnx/{model}_{dataset}.onnx",
     output:
         report=seed_files("export/report.json"),
         weights=seed_files("export/model.safetensors"),

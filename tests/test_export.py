@@ -28,6 +28,7 @@ from vitpeft.quant.onnx_int import (
     export_onnx,
     integer_weight_types,
     session,
+    trace_graph,
 )
 from vitpeft.reproduce import KERNEL_RTOL
 
@@ -116,6 +117,26 @@ def test_a_series_of_models_shares_one_traced_graph_with_each_its_own_weights(ti
     # the file of a reused graph is the one torch would have written for that model
     export_onnx(models[2], x[:2], tmp_path / "traced.onnx")
     assert (tmp_path / "traced.onnx").read_bytes() == (tmp_path / "seed2.onnx").read_bytes()
+
+
+def test_a_graph_traced_ahead_is_filled_with_each_models_weights_without_tracing(tiny_model, tmp_path):
+    """The rule onnx_graph traces the architecture once (fresh weights: norms of ones, biases of
+    zeros, which alone would bind ambiguously); every export job fills that graph."""
+    x = torch.rand(4, 3, 16, 16)
+    trace_graph(tiny_model, x[:2], tmp_path / "graph.onnx")
+    exporter = FloatOnnxExporter(tmp_path / "graph.onnx")
+    trained = copy.deepcopy(tiny_model).eval()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    exporter.export(trained, x[:2], tmp_path / "model.onnx")
+    assert exporter.traced == 0
+    onnx_logits = session(tmp_path / "model.onnx").run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        expected = trained(x).numpy()
+    assert np.abs(onnx_logits - expected).max() < 1e-4 * np.abs(expected).max()
+    export_onnx(trained, x[:2], tmp_path / "traced.onnx")  # what torch writes for it
+    assert (tmp_path / "traced.onnx").read_bytes() == (tmp_path / "model.onnx").read_bytes()
 
 
 def test_a_model_whose_weights_do_not_fit_the_graph_is_traced_afresh(tiny_model, tmp_path):

@@ -37,6 +37,7 @@ INT_JOBS = sum(m.startswith("qalora") for m in DEMO["studies"]["demo"]["methods"
 UP_TO_CELLS = {
     "prepare_data": 2,
     "pretrain": 1,
+    "onnx_graph": 1,  # the float ONNX graph of the model on the dataset, traced once for all exports
     "train": JOBS,
     "export": JOBS - INT_JOBS,
     "export_int": INT_JOBS,
@@ -46,7 +47,7 @@ ANALYSIS = {"aggregate": 1, "stats": 1, "figures": 1, "tables": 1, "checklist": 
 # logistic regression, an RBF SVM and k-NN on each dataset: inputs of the figures and tables
 BASELINES = {"baseline": 3 * len(DEMO["studies"]["demo"]["datasets"])}
 UP_TO_PAPER = {**UP_TO_CELLS, **BASELINES, **ANALYSIS}
-ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": 1, "export": 1, "cell": 1}
+ONE_CELL = {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "train": 1, "export": 1, "cell": 1}
 
 
 @pytest.mark.parametrize(
@@ -60,9 +61,9 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": 1, "export": 1, "cell": 1
         ("results/lora_r16_digits", ONE_CELL),
         (
             "results/qalora4_r8_digits",
-            {"prepare_data": 2, "pretrain": 1, "train": 1, "export_int": 1, "cell": 1},
+            {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "train": 1, "export_int": 1, "cell": 1},
         ),
-        ("results/scratch_digits", {"prepare_data": 1, "train": 1, "export": 1, "cell": 1}),
+        ("results/scratch_digits", {"prepare_data": 1, "onnx_graph": 1, "train": 1, "export": 1, "cell": 1}),
         *[
             (
                 f"results/lora_r8_{dataset}",
@@ -77,7 +78,7 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "train": 1, "export": 1, "cell": 1
         ),
         (
             "results/runs/digits/qalora4_r8/vit_w64_d4/seed0/export/model_int.onnx",
-            {"prepare_data": 2, "pretrain": 1, "train": 1, "export_int": 1},
+            {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "train": 1, "export_int": 1},
         ),
         ("resources/data/digits/manifest.json", {"prepare_data": 1}),
         ("resources/backbones/vit_w64_d4_glyphs.safetensors", {"prepare_data": 1, "pretrain": 1}),
@@ -225,6 +226,7 @@ def test_the_full_study_is_one_flag_away(tmp_path):
     assert planned_jobs(plan) == {
         "download": 3,
         "prepare_data": 3,
+        "onnx_graph": 3 * 3,  # models x datasets
         "train": jobs,
         "export": jobs - int_jobs,
         "export_int": int_jobs,

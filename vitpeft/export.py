@@ -35,13 +35,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vitpeft.config import ExportConfig
+from vitpeft.config import ExportConfig, ModelSpec
+from vitpeft.data import arrays
 from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.io import atomic_path, hardware, logging_to, read_json, remove_partial_writes, write_json
 from vitpeft.methods import INT_EXPORT_FAMILIES, parse_method_name
+from vitpeft.models import create_model
 from vitpeft.quant import bnb, replace_block_linears, replace_modules
 from vitpeft.quant.groupwise import GroupQuantLinear
-from vitpeft.quant.onnx_int import FloatOnnxExporter, export_int_onnx, integer_weight_types, session
+from vitpeft.quant.onnx_int import (
+    FloatOnnxExporter,
+    export_int_onnx,
+    integer_weight_types,
+    session,
+    trace_graph,
+)
 from vitpeft.reproduce import tolerance
 from vitpeft.runs import load_trained
 from vitpeft.train import Split, evaluate
@@ -285,17 +293,27 @@ def export_runs(
     out_dirs: list[str | Path],
     logs: list[str | Path],
     export: dict[str, Any] | None = None,
+    graph: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`export_run` for each run of a job (one model x dataset x method, every seed) in this
-    process, each logging to its own file."""
+    process, each logging to its own file; their float ONNX files are ``graph`` (the architecture's,
+    from :func:`write_graph`) filled with each run's weights."""
     if not len(run_dirs) == len(out_dirs) == len(logs):
         raise ValueError(f"{len(run_dirs)} runs, {len(out_dirs)} folders and {len(logs)} logs")
-    reports, onnx_exporter = [], FloatOnnxExporter()
+    reports, onnx_exporter = [], FloatOnnxExporter(graph)
     for run_dir, out_dir, log in zip(run_dirs, out_dirs, logs, strict=True):
         with logging_to(log):
             reports.append(export_run(run_dir, data_dir, backbone, out_dir, export, onnx_exporter))
     print(f"{len(run_dirs)} runs exported, {onnx_exporter.traced} ONNX graphs traced", file=sys.stderr)
     return reports
+
+
+def write_graph(model: str, model_entry: dict[str, Any], data_dir: str | Path, path: str | Path) -> None:
+    """Trace the float ONNX graph of ``model`` with the dataset's classes, once for all its runs."""
+    spec = ModelSpec(name=model, **model_entry)
+    classes = len(arrays.load_manifest(data_dir)["class_names"])
+    trace_graph(create_model(spec, classes), torch.zeros(2, 3, spec.img_size, spec.img_size), path)
+    print(f"{model}: the ONNX graph with {classes} classes -> {path}", file=sys.stderr)
 
 
 def save_merged(model: nn.Module, run, out_dir: Path) -> None:

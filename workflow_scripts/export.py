@@ -14,4 +14,5 @@ export_runs(
     out_dirs=[Path(path).parent for path in snakemake.output.report],
     logs=snakemake.log,
     export=snakemake.params.export,
+    graph=snakemake.input.graph,
 )

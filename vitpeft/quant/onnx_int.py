@@ -21,6 +21,7 @@ accumulation (level 1) so that the check measures the export, not that extra app
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -77,46 +78,62 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> No
         onnx.save(proto, str(tmp))
 
 
+BINDINGS_KEY = "vitpeft.weight_bindings"  # metadata of a saved graph: initializer -> [weight, transposed]
+
+
 class FloatOnnxExporter:
-    """:func:`export_onnx` for a series of float models of one architecture, such as a job's seeds.
+    """:func:`export_onnx` for a series of float models of one architecture, such as a study's runs.
 
     Tracing a ViT with torch's exporter takes seconds, the same each time; models that differ only
-    in their weights share one graph. The first model is exported by torch; each initializer of its
-    graph is then bound to the weight it holds: by name, or as the transpose torch folded into a
-    ``MatMul`` (found by exact equality). A later model with the same weight names and shapes is
-    written as that graph with its own weights in the bound initializers. Where a binding is not
-    unique, or the weights do not fit, the model is traced afresh. The other initializers are
-    constants of the architecture (shapes, scalars), the same for every model. The export's checks
-    compare every file's ONNX Runtime logits with its PyTorch model, so a graph that did not fit
-    would fail its job loudly.
+    in their weights share one graph. A graph is traced once, from the first model or ahead of the
+    jobs (:func:`trace_graph`, the rule onnx_graph); each of its initializers is bound to the weight
+    it holds: by name, or as the transpose torch folded into a ``MatMul`` (found by exact equality).
+    A model with the graph's weight names and shapes is written as that graph with its own weights
+    in the bound initializers. The other initializers are constants of the architecture (shapes,
+    scalars), the same for every model. A model that does not fit is traced afresh. The export's
+    checks compare every file's ONNX Runtime logits with its PyTorch model, so a graph that did not
+    fit would fail its job loudly, never pass silently.
+
+    Args:
+        graph: a graph saved by :func:`trace_graph` to start from (None: trace the first model).
     """
 
-    def __init__(self):
-        self._graph = None  # the first model's ModelProto
+    def __init__(self, graph: str | Path | None = None):
+        self._graph = None  # ModelProto
         self._bindings: dict[str, tuple[str, bool]] = {}  # initializer -> (weight, transposed)
         self._shapes: dict[str, tuple[int, ...]] = {}
         self.traced = 0  # how many models were traced by torch (the rest reused a graph)
+        if graph is not None:
+            self._load(graph)
 
     def export(self, model: nn.Module, example: torch.Tensor, path: str | Path) -> None:
         import onnx
-        from onnx import numpy_helper
 
-        weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        weights = _weights(model)
         if self._graph is None or {k: w.shape for k, w in weights.items()} != self._shapes:
             proto = _to_proto(copy.deepcopy(model).cpu().eval(), example)
             self.traced += 1
             self._bind(proto, weights)
         else:
-            proto = copy.deepcopy(self._graph)
-            for init in proto.graph.initializer:
-                if init.name in self._bindings:
-                    name, transposed = self._bindings[init.name]
-                    value = weights[name].T if transposed else weights[name]
-                    init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), init.name))
+            proto = self._filled(weights)
         with atomic_path(path) as tmp:
             onnx.save(proto, str(tmp))
 
-    def _bind(self, proto, weights: dict[str, np.ndarray]) -> None:
+    def _filled(self, weights: dict[str, np.ndarray]):
+        from onnx import numpy_helper
+
+        proto = copy.deepcopy(self._graph)
+        del proto.metadata_props[:]
+        for init in proto.graph.initializer:
+            if init.name in self._bindings:
+                name, transposed = self._bindings[init.name]
+                value = weights[name].T if transposed else weights[name]
+                init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), init.name))
+        return proto
+
+    def _bind(self, proto, weights: dict[str, np.ndarray]) -> bool:
+        """Bind ``proto``'s initializers to ``weights``; False (and no graph kept) if a binding is
+        not unique: a later model's weight would then have no known place."""
         from onnx import numpy_helper
 
         bindings = {}
@@ -125,6 +142,8 @@ class FloatOnnxExporter:
             if init.name in weights and np.array_equal(value, weights[init.name]):
                 bindings[init.name] = (init.name, False)
                 continue
+            if value.size <= 1:  # a scalar constant of the architecture
+                continue
             matches = [
                 (name, transposed)
                 for name, weight in weights.items()
@@ -132,13 +151,66 @@ class FloatOnnxExporter:
                 if (weight.T if transposed else weight).shape == value.shape
                 and np.array_equal(weight.T if transposed else weight, value)
             ]
-            if value.size > 1 and len(matches) > 1:  # ambiguous: which weight would a later model put here?
+            if len(matches) > 1:
                 self._graph = None
-                return
-            if matches and value.size > 1:
+                return False
+            if matches:
                 bindings[init.name] = matches[0]
         self._graph, self._bindings = proto, bindings
         self._shapes = {k: w.shape for k, w in weights.items()}
+        return True
+
+    def save(self, path: str | Path) -> None:
+        """The graph with its bindings and weight shapes in its metadata, atomically."""
+        import onnx
+
+        proto = copy.deepcopy(self._graph)
+        record = {
+            "bindings": self._bindings,
+            "shapes": {k: list(v) for k, v in self._shapes.items()},
+        }
+        onnx.helper.set_model_props(proto, {BINDINGS_KEY: json.dumps(record)})
+        with atomic_path(path) as tmp:
+            onnx.save(proto, str(tmp))
+
+    def _load(self, path: str | Path) -> None:
+        import onnx
+
+        proto = onnx.load(str(path))
+        props = {p.key: p.value for p in proto.metadata_props}
+        if BINDINGS_KEY not in props:
+            raise ValueError(f"{path}: not a graph saved by trace_graph (no {BINDINGS_KEY} metadata)")
+        record = json.loads(props[BINDINGS_KEY])
+        self._graph = proto
+        self._bindings = {k: (name, transposed) for k, (name, transposed) in record["bindings"].items()}
+        self._shapes = {k: tuple(v) for k, v in record["shapes"].items()}
+
+
+def _weights(model: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def trace_graph(model: nn.Module, example: torch.Tensor, path: str | Path, seed: int = 0) -> None:
+    """Trace ``model``'s architecture once and save the graph with its weight bindings, for
+    :class:`FloatOnnxExporter` to fill with the weights of every run of that architecture.
+
+    The weights are first replaced by distinct random values (the graph does not depend on them):
+    freshly initialized layers share values (norms of ones, biases of zeros), which would make the
+    bindings ambiguous.
+
+    Raises:
+        RuntimeError: a binding is still not unique.
+    """
+    model = copy.deepcopy(model).cpu().eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator))
+    exporter = FloatOnnxExporter()
+    if not exporter._bind(_to_proto(model, example.cpu()), _weights(model)):
+        raise RuntimeError("the traced graph's initializers do not bind uniquely to the model's weights")
+    exporter.save(path)
 
 
 def export_int_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> int:
