@@ -95,6 +95,21 @@ def test_int_onnx_keeps_uint4_codes_and_matches_pytorch(tiny_model, tmp_path):
     assert (tmp_path / "int.onnx").stat().st_size < 0.5 * (tmp_path / "float.onnx").stat().st_size
 
 
+def test_int_onnx_files_of_a_series_share_one_trace_and_equal_their_own_exports(tiny_model, tmp_path):
+    x = torch.randn(2, 3, 16, 16)
+    graphs = FloatOnnxExporter()
+    for seed in range(2):
+        torch.manual_seed(seed)
+        int_model = merge(
+            trained_like(prepare(copy.deepcopy(tiny_model), "qalora4_r8", QALORA).model), "qalora4_r8"
+        )
+        export_int_onnx(int_model, x, tmp_path / f"shared{seed}.onnx", graphs)
+        export_int_onnx(int_model, x, tmp_path / f"alone{seed}.onnx")
+        assert (tmp_path / f"shared{seed}.onnx").read_bytes() == (tmp_path / f"alone{seed}.onnx").read_bytes()
+    assert graphs.traced == 1
+    assert (tmp_path / "shared0.onnx").read_bytes() != (tmp_path / "shared1.onnx").read_bytes()
+
+
 def test_a_series_of_models_shares_one_traced_graph_with_each_its_own_weights(tiny_model, tmp_path):
     """A job's seeds: the same architecture, other weights. One trace; every file computes its model."""
     x = torch.rand(5, 3, 16, 16)

@@ -183,6 +183,7 @@ def export_run(
     out_dir: str | Path,
     export: dict[str, Any] | None = None,
     onnx_exporter: FloatOnnxExporter | None = None,
+    int_graphs: FloatOnnxExporter | None = None,
 ) -> dict[str, Any]:
     """Merge, save and check one finished run; write ``report.json`` last, into ``out_dir``.
 
@@ -191,8 +192,9 @@ def export_run(
     (the integer codes). The naive route's INT-N model is evaluated in PyTorch only. Every model is run on the whole
     test split, which training never saw: logit gaps, prediction flips and top-1 come from it.
 
-    ``onnx_exporter`` writes the float ONNX file; pass one exporter for a series of runs of one
-    architecture (:class:`~vitpeft.quant.onnx_int.FloatOnnxExporter`), so that they share a graph.
+    ``onnx_exporter`` writes the float ONNX file, ``int_graphs`` traces the INT-N file's float
+    stand-in; pass the same two for a series of runs of one architecture
+    (:class:`~vitpeft.quant.onnx_int.FloatOnnxExporter`), so that they share their graphs.
 
     Raises:
         ExportMismatch: if the rebuilt model's test top-1 is not the trained one
@@ -231,7 +233,7 @@ def export_run(
     files = {"safetensors": out_dir / "model.safetensors", "onnx": out_dir / "model.onnx"}
     if exact_int:
         files["int_onnx"] = out_dir / "model_int.onnx"
-        int_format["layers"] = export_int_onnx(int_model, batches[0][:2], files["int_onnx"])
+        int_format["layers"] = export_int_onnx(int_model, batches[0][:2], files["int_onnx"], int_graphs)
         int_format["onnx_weight_types"] = integer_weight_types(files["int_onnx"])
 
     logits = {
@@ -300,11 +302,14 @@ def export_runs(
     from :func:`write_graph`) filled with each run's weights."""
     if not len(run_dirs) == len(out_dirs) == len(logs):
         raise ValueError(f"{len(run_dirs)} runs, {len(out_dirs)} folders and {len(logs)} logs")
-    reports, onnx_exporter = [], FloatOnnxExporter(graph)
+    reports, onnx_exporter, int_graphs = [], FloatOnnxExporter(graph), FloatOnnxExporter()
     for run_dir, out_dir, log in zip(run_dirs, out_dirs, logs, strict=True):
         with logging_to(log):
-            reports.append(export_run(run_dir, data_dir, backbone, out_dir, export, onnx_exporter))
-    print(f"{len(run_dirs)} runs exported, {onnx_exporter.traced} ONNX graphs traced", file=sys.stderr)
+            reports.append(
+                export_run(run_dir, data_dir, backbone, out_dir, export, onnx_exporter, int_graphs)
+            )
+    traced = onnx_exporter.traced + int_graphs.traced
+    print(f"{len(run_dirs)} runs exported, {traced} ONNX graphs traced", file=sys.stderr)
     return reports
 
 

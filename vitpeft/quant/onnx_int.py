@@ -109,15 +109,19 @@ class FloatOnnxExporter:
     def export(self, model: nn.Module, example: torch.Tensor, path: str | Path) -> None:
         import onnx
 
+        proto = self.proto(model, example)
+        with atomic_path(path) as tmp:
+            onnx.save(proto, str(tmp))
+
+    def proto(self, model: nn.Module, example: torch.Tensor):
+        """``model``'s ONNX ModelProto: the shared graph with its weights, or a fresh trace."""
         weights = _weights(model)
         if self._graph is None or {k: w.shape for k, w in weights.items()} != self._shapes:
             proto = _to_proto(copy.deepcopy(model).cpu().eval(), example)
             self.traced += 1
             self._bind(proto, weights)
-        else:
-            proto = self._filled(weights)
-        with atomic_path(path) as tmp:
-            onnx.save(proto, str(tmp))
+            return copy.deepcopy(proto)  # the caller may rewrite its copy (export_int_onnx does)
+        return self._filled(weights)
 
     def _filled(self, weights: dict[str, np.ndarray]):
         from onnx import numpy_helper
@@ -213,17 +217,21 @@ def trace_graph(model: nn.Module, example: torch.Tensor, path: str | Path, seed:
     exporter.save(path)
 
 
-def export_int_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> int:
+def export_int_onnx(
+    model: nn.Module, example: torch.Tensor, path: str | Path, graphs: FloatOnnxExporter | None = None
+) -> int:
     """Export a model whose block Linears are GroupQuantLinear, with their codes as UINT4/UINT8.
 
-    Returns the number of layers rewritten to ``DequantizeLinear`` of integer codes.
+    ``graphs`` traces the float stand-in, or fills the graph it traced for an earlier model of the
+    same architecture (a job's seeds). Returns the number of layers rewritten to
+    ``DequantizeLinear`` of integer codes.
     """
     import ml_dtypes
     import onnx
     from onnx import helper, numpy_helper
 
     stand_in, layers = _stand_in(model)
-    proto = _to_proto(stand_in, example)
+    proto = (graphs or FloatOnnxExporter()).proto(stand_in, example)
     graph = proto.graph
     initializers = {init.name: init for init in graph.initializer}
     nodes = []
