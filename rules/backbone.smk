@@ -11,6 +11,7 @@ rule pretrain:
         "results/logs/pretrain/{model}_{dataset}.log",
     benchmark:
         "results/benchmarks/pretrain/{model}_{dataset}.tsv"
+    priority: 10000  # on the critical path: every run but scratch needs the backbone
     conda:
         "../envs/vitpeft.yaml"
     threads: config["pretrain"]["threads"]

@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints and the input functions of every stage.
 import dataclasses
+import math
 import re
 import sys
 from pathlib import Path
@@ -127,6 +128,16 @@ def job_resource(name, runs_of=training_runs):
     return lambda wildcards, attempt: compute.job_resources(
         config, runs_of(wildcards), attempt
     )[name]
+
+
+def job_priority(wildcards):
+    """Longest first: a train job's estimated FLOPs, in hundredths of a decade. Snakemake starts
+    the ready job of highest priority; a long job started last would leave the other cores idle at
+    the end. (Pretraining goes before all: every run but scratch waits for it.)"""
+    flops = sum(
+        compute.estimated_flops(config, run) for run in training_runs(wildcards)
+    )
+    return round(100 * math.log10(flops))
 
 
 def run_configs(wildcards):

@@ -15,6 +15,7 @@ rule train:
         seed_files("train.log"),
     benchmark:
         f"{JOB_DIR}/benchmark.tsv"
+    priority: job_priority
     conda:
         "../envs/vitpeft.yaml"
     threads: config["threads"]

@@ -277,3 +277,19 @@ def test_slurm_profile_asks_for_each_training_jobs_resources(tmp_path):
         "gpu": "0",
         "slurm_partition": "REPLACE-ME-gpu-partition",
     }
+
+
+def test_the_longest_jobs_start_first(tmp_path):
+    """Pretraining (every run but scratch waits for it), then train jobs by their estimated FLOPs:
+    a long job started last would leave the other cores idle at the end."""
+    plan = snakemake("-n", "paper.pdf", workdir=tmp_path).stdout
+    blocks = re.findall(r"^rule (\w+):\n((?:    .*\n)+)", plan, re.M)
+    priority = {
+        re.search(r"method=(\w+)", body)[1] if rule == "train" else rule: int(
+            re.search(r"priority: (\d+)", body)[1]
+        )
+        for rule, body in blocks
+        if rule in ("train", "pretrain")
+    }
+    assert priority["pretrain"] > max(v for k, v in priority.items() if k != "pretrain")
+    assert priority["full"] > priority["lora_r16"] > priority["lora_r4"] > priority["linear"]
