@@ -221,8 +221,10 @@ def published_table(cells: pd.DataFrame, compared: pd.DataFrame, tmp_path) -> st
 
 
 def table_rows(text: str) -> list[list[str]]:
+    """The body rows of a rendered table, cells stripped of their ``\\raggedright``."""
     body = text.split(r"\midrule")[1].split(r"\bottomrule")[0]
-    return [[c.strip() for c in line.split(" & ")] for line in body.strip().split("\\\\\n") if "&" in line]
+    lines = [line for line in body.split(r"\tabularnewline") if "&" in line]
+    return [[re.sub(r"^\\raggedright\s*", "", c.strip()) for c in line.split(" & ")] for line in lines]
 
 
 def test_the_demo_shows_the_published_rows_and_says_it_is_not_comparable(tmp_path):
