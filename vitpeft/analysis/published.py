@@ -44,7 +44,7 @@ class PublishedResult:
     baseline: str | None = None
 
 
-DEIT_PROTOCOL = "fine-tuned with the protocol of \\citet{touvron2021deit}, one run"
+DEIT_PROTOCOL = "fine-tuned with the protocol of \\citet{touvron2021deit}; no interval reported"
 PUBLISHED = (
     PublishedResult(
         "caron2021dino",
