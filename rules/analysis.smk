@@ -108,3 +108,36 @@ rule checklist:
         methods=METHODS,
     script:
         "../workflow_scripts/checklist.py"
+
+
+# The findings section and the abstract's closing sentences, chosen by the statistics.
+rule findings:
+    input:
+        runs="results/analysis/runs.csv",
+        cells="results/analysis/cell_stats.csv",
+        comparisons="results/analysis/comparisons.csv",
+        rank_ablation="results/analysis/rank_ablation.json",
+    output:
+        findings="results/paper/findings.tex",
+        abstract="results/paper/abstract_findings.tex",
+    log:
+        "results/logs/findings.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    script:
+        "../workflow_scripts/findings.py"
+
+
+# Published numbers beside the study's cells (vitpeft.analysis.published holds them, cited).
+rule published:
+    input:
+        cells="results/analysis/cell_stats.csv",
+        comparisons="results/analysis/comparisons.csv",
+    output:
+        "results/paper/published.tex",
+    log:
+        "results/logs/published.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    script:
+        "../workflow_scripts/published.py"

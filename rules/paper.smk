@@ -8,6 +8,8 @@ rule paper:
         generated=rules.tables.output,
         figures=rules.figures.output,
         checklist=rules.checklist.output.tex,
+        findings=rules.findings.output,
+        published=rules.published.output,
     output:
         "paper.pdf",
     log:

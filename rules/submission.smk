@@ -5,7 +5,11 @@
 rule submission:
     input:
         paper="paper.pdf",
-        generated=rules.tables.output,
+        generated=[
+            *rules.tables.output,
+            *rules.findings.output,
+            *rules.published.output,
+        ],
         figures=rules.figures.output,
         tables=rules.stats.output,
         checklist_tex=rules.checklist.output.tex,
