@@ -92,10 +92,12 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tiny_study, tmp_path):
         "aggregate": "1",
         "stats": "1",
         "figures": "1",
+        "findings": "1",
+        "published": "1",
         "tables": "1",
         "checklist": "1",
         "paper": "1",
-        "total": "9",
+        "total": "11",
     }
 
     # Changing only the paper's prose reruns only LaTeX. Snakemake compares the checksums of small

@@ -43,7 +43,16 @@ UP_TO_CELLS = {
     "export_int": INT_JOBS,
     "cell": CELLS,
 }
-ANALYSIS = {"aggregate": 1, "stats": 1, "figures": 1, "tables": 1, "checklist": 1, "paper": 1}
+ANALYSIS = {
+    "aggregate": 1,
+    "stats": 1,
+    "figures": 1,
+    "findings": 1,  # the findings section and the abstract's last sentences
+    "published": 1,  # published numbers beside the study's
+    "tables": 1,
+    "checklist": 1,
+    "paper": 1,
+}
 # logistic regression, an RBF SVM and k-NN on each dataset: inputs of the figures and tables
 BASELINES = {"baseline": 3 * len(DEMO["studies"]["demo"]["datasets"])}
 UP_TO_PAPER = {**UP_TO_CELLS, **BASELINES, **ANALYSIS}
@@ -235,6 +244,8 @@ def test_the_full_study_is_one_flag_away(tmp_path):
         "aggregate": 1,
         "stats": 1,
         "figures": 1,
+        "findings": 1,
+        "published": 1,
         "tables": 1,
         "checklist": 1,
         "paper": 1,
