@@ -339,15 +339,18 @@ def render_tables(root, out, title="T", compute=None, model_kwargs=None):
 
 
 def test_the_setup_states_the_estimated_compute_and_the_time_the_runs_took(study_tables, tmp_path):
-    estimate = {"jobs": 8, "flops": 4.0e13, "gpu_tflops": 250, "gpu_hours": 4.0e13 / 250e12 / 3600}
+    estimate = {"runs": 8, "jobs": 3, "flops": 4.0e13, "gpu_tflops": 250, "gpu_hours": 4.0e13 / 250e12 / 3600}
     out = render_tables(study_tables, tmp_path / "paper", compute=estimate)
     setup = " ".join((out / "setup.tex").read_text().split())  # lines joined, as LaTeX reads them
-    assert r"8 training jobs take an estimated 4\ensuremath{\times 10^{13}} FLOPs" in setup
+    assert (
+        r"8 training runs (in 3 jobs, each training every seed of a model, dataset and method) take an estimated 4\ensuremath{\times 10^{13}} FLOPs"
+        in setup
+    )
     assert r"4.44\ensuremath{\times 10^{-5}} GPU-hours at an assumed sustained 250\,TFLOP/s" in setup
     # 8 runs of 12.5 s each: 100 s, so 0.4 TFLOP/s
     assert r"0.0278 device-hours in all, so they sustained 0.4\,TFLOP/s" in setup
-    # Until every job of the estimate has reported, no sustained rate.
-    partial = render_tables(study_tables, tmp_path / "partial", compute={**estimate, "jobs": 9})
+    # Until every run of the estimate has reported, no sustained rate.
+    partial = render_tables(study_tables, tmp_path / "partial", compute={**estimate, "runs": 9})
     assert "device-hours in all." in (partial / "setup.tex").read_text()
 
 

@@ -63,10 +63,10 @@ def fmt_general(value: float) -> str:
 def compute_used(
     runs: pd.DataFrame, backbones: list[dict[str, Any]], estimate: dict[str, Any]
 ) -> dict[str, Any]:
-    """Device-hours that the reported training jobs took, and, once every job of the estimate has
+    """Device-hours that the reported training runs took, and, once every run of the estimate has
     reported, the FLOP/s they sustained (the estimated FLOPs over the measured time)."""
     seconds = float(runs.train_time_s.sum()) + sum(b["train_time_s"] for b in backbones)
-    complete = len(runs) + len(backbones) == estimate["jobs"] and seconds > 0
+    complete = len(runs) + len(backbones) == estimate["runs"] and seconds > 0
     return {"hours": seconds / 3600.0, "tflops": estimate["flops"] / seconds / 1e12 if complete else None}
 
 
