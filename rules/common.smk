@@ -11,7 +11,6 @@ from vitpeft.baselines import BASELINE_NAMES
 from vitpeft.data.sources import ARCHIVES, archive_md5, archive_url
 from vitpeft.io import canonical
 from vitpeft.methods import (
-    METHOD_WILDCARD,
     INT_EXPORT_FAMILIES,
     method_config,
     method_wildcard,
@@ -37,13 +36,30 @@ RUN_DIR = f"{JOB_DIR}/seed{{seed}}"
 SPLIT_FILES = ["train.npz", "val.npz", "test.npz", "manifest.json"]
 
 
+# A method is any lower-case name here, not only one in the grammar (METHOD_WILDCARD): a target
+# naming an unknown method then reaches known_names, which says what is known. The split of
+# {method}_{dataset} stays unique: a dataset name has no underscore.
 wildcard_constraints:
-    method=METHOD_WILDCARD,
+    method=r"[a-z][a-z0-9_]*",
     dataset=r"[a-z][a-z0-9]*",
     model=r"[a-z][a-z0-9_]*",
     seed=r"\d+",
     archive="|".join(re.escape(a.name) for a in ARCHIVES.values()),
     baseline="|".join(BASELINE_NAMES),
+
+
+def known_names(wildcards):
+    """Stop the workflow in one line, as a bad config value does, if a requested target names a
+    dataset, model or method that the config does not know. An exception raised in an input
+    function reaches the user wrapped in Snakemake's InputFunctionException, with a traceback;
+    SystemExit passes through it."""
+    names = ("dataset", "model", "method")
+    try:
+        study_config.check_target_names(
+            config, **{name: getattr(wildcards, name, None) for name in names}
+        )
+    except study_config.ConfigError as err:
+        raise SystemExit(f"ConfigError: {err}") from None
 
 
 def dataset_files(dataset):
@@ -52,6 +68,7 @@ def dataset_files(dataset):
 
 def dataset_archive(wildcards):
     """The downloaded archive a dataset is converted from, if it comes from one."""
+    known_names(wildcards)
     kind = config["datasets"][wildcards.dataset]["kind"]
     return (
         {"archive": f"resources/downloads/{ARCHIVES[kind].name}"}
@@ -80,6 +97,7 @@ def backbone_files(model):
 
 
 def train_inputs(wildcards):
+    known_names(wildcards)
     inputs = {"data": dataset_files(wildcards.dataset)}
     if not method_config(wildcards.method, config["methods"]).uses_pretrained_backbone:
         return inputs
@@ -111,6 +129,7 @@ def export_inputs(wildcards):
 
 def training_runs(wildcards):
     """The runs of one training job: every seed of the study, in seed order."""
+    known_names(wildcards)
     return [
         study_config.resolve_run(
             config, wildcards.model, wildcards.dataset, wildcards.method, seed
@@ -120,6 +139,7 @@ def training_runs(wildcards):
 
 
 def pretraining_runs(wildcards):
+    known_names(wildcards)
     return [study_config.pretrain_run(config, wildcards.model)]
 
 
@@ -149,6 +169,7 @@ def pretrain_config(wildcards):
 
 
 def dataset_spec(wildcards):
+    known_names(wildcards)
     return canonical(config["datasets"][wildcards.dataset])
 
 
@@ -164,6 +185,7 @@ def cell_run_dirs(method, dataset):
 
 def cell_runs(wildcards):
     """Each run of a cell: the metrics, provenance and export report that the cell reads."""
+    known_names(wildcards)
     runs = cell_run_dirs(wildcards.method, wildcards.dataset)
     return {
         "metrics": [f"{run}/metrics.json" for run in runs],

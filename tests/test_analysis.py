@@ -116,6 +116,7 @@ def fake_run(root, method, seed, acc, **extra):
             "packages": {"torch": "2.14.1", "timm": "1.0.31", "peft": "0.21.2"},
             "hardware": {"cpu": "Test CPU", "hostname": "h"},
             "threads": 1,
+            "device": "cpu",
         },
     )
     return run_dir / "metrics.json"
@@ -730,6 +731,11 @@ def render_with_baselines(root, out):
 
 def flat(path):
     return " ".join(path.read_text().split())
+
+
+def test_the_setup_names_the_device_the_runs_trained_on(study_tables, tmp_path):
+    setup = flat(render_tables(study_tables, tmp_path / "paper") / "setup.tex")
+    assert r"\paragraph{Hardware.} Test CPU, 1 thread(s) per job, training on the CPU." in setup
 
 
 def test_baselines_are_reference_rows_and_the_text_places_the_methods_beside_them(study_tables, tmp_path):

@@ -191,6 +191,29 @@ def test_bad_config_fails_before_any_job(tmp_path, edit, message):
     assert "Job stats" not in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        (
+            "results/lora_r8_cifar11",
+            f"unknown dataset 'cifar11'; the datasets section defines {sorted(DEMO['datasets'])}",
+        ),
+        ("results/dora_r8_digits", "method 'dora_r8': unknown method 'dora_r8'; the known forms are: full, "),
+        (
+            "results/runs/digits/lora_r8/vit_giant/seed0/metrics.json",
+            f"unknown model 'vit_giant'; the models section defines {sorted(DEMO['models'])}",
+        ),
+    ],
+)
+def test_a_target_naming_an_unknown_dataset_model_or_method_fails_in_one_line(tmp_path, target, says):
+    result = snakemake("-n", target, workdir=tmp_path, check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "ConfigError" in line]
+    assert len(errors) == 1 and errors[0].startswith("ConfigError: requested target: ") and says in errors[0]
+    assert "Traceback" not in result.stderr + result.stdout and "KeyError" not in result.stderr
+    assert "Job stats" not in result.stdout
+
+
 def pins(lines):
     return dict(
         line.strip().split("==") for line in lines if "==" in line and not line.strip().startswith("#")

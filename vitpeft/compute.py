@@ -28,6 +28,7 @@ from typing import Any
 from vitpeft import config as study_config
 from vitpeft.config import ModelSpec, RunConfig, pretrain_run, resolve_run, study, study_methods
 from vitpeft.data.sources import split_sizes
+from vitpeft.device import may_use_cuda
 from vitpeft.methods.adalora import AdaLoraConfig
 from vitpeft.methods.base import MethodConfig
 from vitpeft.methods.linear import LinearConfig
@@ -185,6 +186,12 @@ def runtime_minutes(config: dict[str, Any], runs: Sequence[RunConfig], attempt: 
     return math.ceil(max(section["min_runtime"], section["runtime_margin"] * estimate) * attempt)
 
 
+def job_gpus(config: dict[str, Any]) -> int:
+    """GPUs a training job asks a scheduler for: ``resources.gpu`` where its ``device`` may be
+    CUDA (``cuda`` or ``auto``); none for ``cpu`` or ``mps``, which train without a booked GPU."""
+    return config["resources"]["gpu"] if may_use_cuda(config.get("device", "auto")) else 0
+
+
 def job_resources(
     config: dict[str, Any], runs: RunConfig | Sequence[RunConfig], attempt: int = 1
 ) -> dict[str, int]:
@@ -193,14 +200,14 @@ def job_resources(
 
     ``resources.models`` gives a model's memory (and, for a CPU study, wall time per run) on a
     dataset of factor 1 (``resources.default`` for a model not listed); ``resources.datasets``
-    scales them per dataset (factor 1 for a dataset not listed). A GPU study (``resources.gpu`` > 0)
+    scales them per dataset (factor 1 for a dataset not listed). A GPU study (:func:`job_gpus` > 0)
     asks for the wall time of :func:`runtime_minutes` instead, derived from the runs' FLOPs. A retry
     (``attempt`` 2, 3, ...) asks for that many times more memory and time, so a job killed by
     the scheduler can succeed when resubmitted (it resumes from its last saved state).
 
     Returns:
         ``mem_mb`` (MiB, the largest run's) and ``runtime`` (minutes, all runs), rounded up, and
-        ``gpu`` (0 for a CPU study).
+        ``gpu`` (:func:`job_gpus`: 0 for a CPU or MPS study).
     """
     runs = [runs] if isinstance(runs, RunConfig) else list(runs)
     section = config["resources"]
@@ -210,9 +217,9 @@ def job_resources(
         factors = section["datasets"].get(run.dataset, {})
         memory.append(math.ceil(base["mem_mb"] * factors.get("mem_mb", 1.0) * attempt))
         minutes += base.get("runtime", section["default"]["runtime"]) * factors.get("runtime", 1.0)
-    gpu_study = section["gpu"] > 0
-    runtime = runtime_minutes(config, runs, attempt) if gpu_study else math.ceil(minutes * attempt)
-    return {"mem_mb": max(memory), "runtime": runtime, "gpu": section["gpu"]}
+    gpus = job_gpus(config)
+    runtime = runtime_minutes(config, runs, attempt) if gpus > 0 else math.ceil(minutes * attempt)
+    return {"mem_mb": max(memory), "runtime": runtime, "gpu": gpus}
 
 
 @dataclass(frozen=True)
@@ -258,11 +265,16 @@ def summary(config: dict[str, Any], estimate: StudyEstimate) -> str:
         f"{estimate.gpu_tflops:g} TFLOP/s per GPU (compute.gpu_tflops)"
     )
     resources = config["resources"]
-    if resources["gpu"] > 0:
+    if job_gpus(config) > 0:
         return (
             f"{line}; their SLURM runtime requests add up to {requested_gpu_hours(config):.3g} GPU-hours "
             f"(resources.runtime_margin {resources['runtime_margin']:g}, "
             f"at least resources.min_runtime {resources['min_runtime']} min per job)"
+        )
+    if resources["gpu"] > 0:  # booked for nothing: the device is the CPU or MPS
+        return (
+            f"{line}; its jobs train on device {config['device']!r} and book no GPU (resources.gpu "
+            f"{resources['gpu']} is for CUDA), their runtime requests are the measured ones of resources"
         )
     return (
         f"{line}; it runs on CPU (resources.gpu: 0), its runtime requests are the measured ones of resources"

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitpeft import device as devices
 from vitpeft.convergence import ConvergenceCriterion
 from vitpeft.data.sources import check_kind
-from vitpeft.methods import config_from_dict, method_config
+from vitpeft.methods import config_from_dict, method_config, parse_method_name
 from vitpeft.methods.base import MethodConfig
 from vitpeft.quant import INT_BITS, check_groups
 
@@ -293,7 +294,7 @@ def pretrain_run(config: dict[str, Any], model: str) -> RunConfig:
 
 
 # Keys that say how jobs are scheduled, not what they compute: the paper does not depend on them.
-SCHEDULING_KEYS = ("resources", "checkpoint_every", "threads")
+SCHEDULING_KEYS = ("resources", "checkpoint_every", "threads", "device")
 
 
 def results_view(config: dict[str, Any]) -> dict[str, Any]:
@@ -313,6 +314,45 @@ def check_compute(config: dict[str, Any]) -> None:
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or value < least or value == 0:
             raise ConfigError(f"{key}: must be a number {rule}, got {value!r}")
+
+
+def check_device(config: dict[str, Any], method: str) -> None:
+    """Refuse ``method`` if the configured ``device`` cannot train it, naming both.
+
+    ``auto`` is checked against every device it may pick (:func:`vitpeft.device.candidates`).
+    """
+    requested = config.get("device", "auto")
+    family, _ = parse_method_name(method)
+    for device_type in devices.candidates(requested):
+        reason = devices.unsupported(family, device_type)
+        if reason:
+            picks = "" if requested == device_type else f" (which may pick {device_type} here)"
+            raise ConfigError(
+                f"device: {requested!r}{picks}: method {method!r} cannot train on {device_type}: {reason}"
+            )
+
+
+def check_target_names(
+    config: dict[str, Any], dataset: str | None = None, model: str | None = None, method: str | None = None
+) -> None:
+    """Check the names a requested target carries (e.g. ``results/lora_r8_cifar11``) as
+    :func:`validate` checks the study's: a dataset or model the config defines, and a method that
+    parses, is valid with the config's hyperparameters and can train on its device.
+
+    Raises:
+        ConfigError: naming the value and what is known.
+    """
+    for section, name in (("datasets", dataset), ("models", model)):
+        if name is not None and name not in config[section]:
+            raise ConfigError(
+                f"requested target: unknown {section[:-1]} {name!r}; the {section} section defines {sorted(config[section])}"
+            )
+    if method is not None:
+        try:
+            method_config(method, config.get("methods", {}))
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"requested target: method {method!r}: {err}") from err
+        check_device(config, method)
 
 
 def validate(config: dict[str, Any]) -> None:
@@ -369,6 +409,8 @@ def validate(config: dict[str, Any]) -> None:
                     method_cfg.check_widths(model_widths, model=model)
             except (ValueError, TypeError) as err:
                 raise ConfigError(f"{where}: {method!r}: {err}") from err
+    for method in study_methods(config):
+        check_device(config, method)
     check_compute(config)
     every = config.get("checkpoint_every", 0)
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:

@@ -138,6 +138,9 @@ def cpu_name() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
+    if platform.system() == "Darwin":  # e.g. "Apple M2"; platform.processor() says only "arm"
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            return subprocess.check_output(["sysctl", "-n", "machdep.cpu.brand_string"], text=True).strip()
     return platform.processor() or platform.machine()
 
 
@@ -158,6 +161,7 @@ def hardware() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from vitpeft import device as devices
 from vitpeft.config import RunConfig
 from vitpeft.convergence import ConvergenceCriterion
 from vitpeft.data import arrays
@@ -47,10 +48,6 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(threads)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_splits(data_dir: str | Path, device: torch.device) -> dict[str, Split]:
@@ -134,9 +131,12 @@ def _set_up(
     return prepared, splits, preprocess
 
 
-def _train(run: RunConfig, data_dir, backbone, threads, desc, resume: ResumeFile) -> Trained:
+def _train(
+    run: RunConfig, data_dir, backbone, threads, desc, resume: ResumeFile, requested_device: str
+) -> Trained:
     seed_everything(run.seed, threads)
-    device = default_device()
+    device = devices.select(requested_device)
+    print(f"{desc}: {devices.describe(device)} (config device: {requested_device})", file=sys.stderr)
     memory = PhasePeaks(device)
     prepared, splits, preprocess = _set_up(run, data_dir, backbone, device, probe=True)
     params = count_parameters(prepared.model)
@@ -177,6 +177,7 @@ def train_run(
     checkpoint_every: int = 0,
     convergence: dict[str, Any] | None = None,
     keep_resume: bool = False,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Train and evaluate one run; write ``metrics.json``, ``config.json``, ``provenance.json`` and
     ``checkpoint.safetensors`` (the trainable parameters) into ``out_dir``.
@@ -192,6 +193,9 @@ def train_run(
     ``convergence`` (the config's section; its defaults if None) judges the validation curve, the
     whole one even after a resume (the curves are part of the resume state); the verdict and the
     criterion go into the metrics (:meth:`ConvergenceCriterion.judge`).
+
+    ``device`` is the config's (:func:`vitpeft.device.select`); the one used goes into the
+    provenance.
     """
     criterion = ConvergenceCriterion(**(convergence or {}))
     run = RunConfig.from_dict(run_dict)
@@ -200,9 +204,9 @@ def train_run(
     remove_partial_writes(out_dir)  # a killed attempt's; its resume state, if any, is kept
     resume = resume_file(run_dict, data_dir, backbone, out_dir / RESUME_NAME, checkpoint_every)
     resume.save_last_step = keep_resume
-    trained = _train(run, data_dir, backbone, threads, desc, resume)
+    trained = _train(run, data_dir, backbone, threads, desc, resume, device)
     model, splits, params, history = trained.model, trained.splits, trained.params, trained.history
-    train_time, device = trained.train_time_s, trained.device
+    train_time = trained.train_time_s
     with trained.memory.phase("eval"):
         test = evaluate(model, splits["test"], trained.preprocess, run.train.eval_batch_size)
     metrics = {
@@ -243,7 +247,8 @@ def train_run(
     write_json(
         out_dir / "provenance.json",
         provenance(
-            device=str(device),
+            device=str(trained.device),  # the one used, whatever the config asked
+            device_requested=device,
             threads=torch.get_num_threads(),
             backbone_weights=str(backbone) if backbone else None,
         ),
@@ -264,6 +269,7 @@ def train_runs(
     threads: int | None = None,
     checkpoint_every: int = 0,
     convergence: dict[str, Any] | None = None,
+    device: str = "auto",
 ) -> list[dict[str, Any]]:
     """:func:`train_run` for each run in turn, in this process, each logging to its own file.
 
@@ -287,6 +293,7 @@ def train_runs(
                     checkpoint_every,
                     convergence,
                     keep_resume=True,
+                    device=device,
                 )
             )
         print(f"{log}: test top-1 {results[-1]['test_top1']:.2f}%", file=sys.stderr)
@@ -302,6 +309,7 @@ def pretrain_backbone(
     meta_out: str | Path,
     threads: int | None = None,
     checkpoint_every: int = 0,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Train the backbone from random init on the source dataset; save weights and a record.
 
@@ -312,7 +320,7 @@ def pretrain_backbone(
     weights_out = Path(weights_out)
     state = weights_out.with_name(f"{weights_out.stem}.{RESUME_NAME}")
     resume = resume_file(run_dict, data_dir, None, state, checkpoint_every)
-    trained = _train(run, data_dir, None, threads, desc, resume)
+    trained = _train(run, data_dir, None, threads, desc, resume, device)
     model, history, train_time = trained.model, trained.history, trained.train_time_s
     test = evaluate(model, trained.splits["test"], trained.preprocess, run.train.eval_batch_size)
     meta = {
@@ -321,7 +329,7 @@ def pretrain_backbone(
         "train_time_s": train_time,
         "curves": dataclasses.asdict(history),
         "data_manifest_sha256": sha256_file(Path(data_dir) / "manifest.json"),
-        "provenance": provenance(),
+        "provenance": provenance(device=str(trained.device)),
     }
     save_backbone(model, weights_out, meta_out, meta)
     resume.remove()

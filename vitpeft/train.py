@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from vitpeft import device as devices
 from vitpeft.config import TrainConfig
 from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.memory import PhasePeaks
@@ -163,13 +164,13 @@ def fit(
     model = method.model
     device = train.images.device
     generator = torch.Generator().manual_seed(seed)
-    # fused AdamW: one kernel for all tensors on CUDA; on CPU the reference loop (bit-exact resumes)
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, fused=device.type == "cuda")
+    # fused AdamW: one kernel for all tensors where torch has it; on CPU the reference loop
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, fused=devices.fused_adamw(device))
     forward = torch.compile(model) if cfg.compile else model  # the same parameters, compiled graphs
     per_epoch = steps_per_epoch(len(train), cfg)
     scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * per_epoch), cfg.epochs * per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = devices.autocast(device)
     history = History()
     fit_started = time.perf_counter()
     at = Position(epoch=1, micro_size=math.ceil(cfg.batch_size / cfg.accumulation_steps))
@@ -231,8 +232,7 @@ def fit(
                     # Retried outside the except block, so the failed attempt's tensors are freed.
                     at.micro_size, at.oom_backoffs = math.ceil(at.micro_size / 2), at.oom_backoffs + 1
                     restore_rng(before, generator)
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
+                    devices.empty_cache(device)
                     print(
                         f"{desc}: out of memory; micro-batch now {at.micro_size} images, "
                         f"{math.ceil(cfg.batch_size / at.micro_size)} per step of {cfg.batch_size}",

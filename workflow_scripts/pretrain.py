@@ -4,8 +4,12 @@ from pathlib import Path
 
 import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
 
-from vitpeft.io import log_to_file
-from vitpeft.runs import pretrain_backbone
+from vitpeft.device import enable_mps_fallback
+
+enable_mps_fallback(snakemake.config["device"])  # before torch loads (vitpeft.device)
+
+from vitpeft.io import log_to_file  # noqa: E402
+from vitpeft.runs import pretrain_backbone  # noqa: E402
 
 log_to_file(snakemake.log[0])
 pretrain_backbone(
@@ -16,4 +20,6 @@ pretrain_backbone(
     threads=snakemake.threads,
     # From the config, not a param: it leaves results unchanged, so changing it must rerun nothing.
     checkpoint_every=snakemake.config["checkpoint_every"],
+    # Also from the config: on another device a run is the same experiment (provenance names it).
+    device=snakemake.config["device"],
 )

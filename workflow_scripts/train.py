@@ -4,7 +4,11 @@ from pathlib import Path
 
 import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
 
-from vitpeft.runs import train_runs
+from vitpeft.device import enable_mps_fallback
+
+enable_mps_fallback(snakemake.config["device"])  # before torch loads (vitpeft.device)
+
+from vitpeft.runs import train_runs  # noqa: E402
 
 train_runs(
     snakemake.params.runs,
@@ -15,5 +19,7 @@ train_runs(
     threads=snakemake.threads,
     # From the config, not a param: it leaves results unchanged, so changing it must rerun nothing.
     checkpoint_every=snakemake.config["checkpoint_every"],
+    # Also from the config: on another device a run is the same experiment (provenance names it).
+    device=snakemake.config["device"],
     convergence=snakemake.params.convergence,
 )

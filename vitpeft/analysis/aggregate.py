@@ -9,7 +9,10 @@ import pandas as pd
 from vitpeft.io import atomic_write, read_json
 
 KEYS = ["dataset", "method", "model", "seed"]
-PROVENANCE_COLUMNS = ["git_commit", "git_dirty", "torch", "timm", "peft", "hostname", "cpu", "gpu", "threads"]
+PROVENANCE_COLUMNS = [
+    *["git_commit", "git_dirty", "torch", "timm", "peft", "hostname", "cpu", "gpu", "threads"],
+    "device",  # the one the run trained on (vitpeft.device)
+]
 
 
 def export_columns(report: dict) -> dict:

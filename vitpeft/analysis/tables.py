@@ -19,6 +19,7 @@ from vitpeft.analysis.style import macro_name, method_label, method_sort_key
 from vitpeft.baselines import BASELINE_LABELS, BASELINE_NAMES
 from vitpeft.config import MODEL_ARCHS, ExportConfig, model_spec
 from vitpeft.convergence import ConvergenceCriterion
+from vitpeft.device import NAMES as DEVICE_NAMES
 from vitpeft.io import atomic_write, read_json
 from vitpeft.methods import parse_method_name
 
@@ -339,7 +340,10 @@ def write_tables(
         n_runs=len(runs),
         baselines=references.to_dict("records"),
         baseline_labels=BASELINE_LABELS,
-        hardware=runs[["cpu", "gpu", "threads"]].drop_duplicates().to_dict("records")
+        hardware=runs.reindex(columns=["cpu", "gpu", "device", "threads"])
+        .drop_duplicates()
+        .to_dict("records")
         if "cpu" in runs
         else [],
+        device_names=DEVICE_NAMES,
     )

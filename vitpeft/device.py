@@ -1,0 +1,162 @@
+"""The training device: which one a job uses (the config's ``device``), and what runs there.
+
+``auto`` picks CUDA, then Apple's MPS, then the CPU. Per device:
+
+- autocast: bf16 on CUDA, as before. On MPS bf16 only where the device has it (macOS 14 or
+  newer); otherwise fp32, not fp16, which would need a gradient scaler. The CPU trains in fp32.
+- fused AdamW: where torch has the fused kernel (``torch.utils._foreach_utils``: CUDA, MPS and
+  the CPU in torch 2.14), except on the CPU, which keeps the reference loop as before (its
+  resumes are bit-exact).
+- ``PYTORCH_ENABLE_MPS_FALLBACK=1`` runs the ops that MPS lacks on the CPU. torch reads it when it
+  loads, so :func:`enable_mps_fallback` sets it before anything imports torch.
+- bitsandbytes (QLoRA): its 0.50 release runs 4-bit and LLM.int8() on MPS through slower
+  pure-torch fallbacks (its README's support table; bitsandbytes PR #1983); before that MPS
+  needed a hub kernel on macOS 26, so an older bitsandbytes is refused when the workflow loads.
+  QA-LoRA is pure torch and runs everywhere.
+
+This module imports torch only inside functions: the workflow reads it while it loads, and a
+job's script calls :func:`enable_mps_fallback` before torch is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+NAMES = {"cuda": "a CUDA GPU", "mps": "Apple silicon's GPU (MPS)", "cpu": "the CPU"}  # in the paper
+MPS_FALLBACK = "PYTORCH_ENABLE_MPS_FALLBACK"
+# Method families whose quantized layers bitsandbytes computes, and the least bitsandbytes
+# release that runs them on each device (absent: any release we pin).
+BNB_FAMILIES = ("qlora",)
+BNB_MIN_VERSION = {"mps": (0, 50)}
+
+
+def candidates(requested: str, system: str | None = None, machine: str | None = None) -> tuple[str, ...]:
+    """The device types a job may end up on, as far as the workflow can tell when it loads.
+
+    ``auto`` may pick MPS only on Apple silicon (macOS on arm64), and CUDA anywhere else.
+    """
+    if requested not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {requested!r}")
+    if requested != "auto":
+        return (requested,)
+    system = platform.system() if system is None else system
+    machine = platform.machine() if machine is None else machine
+    return ("mps", "cpu") if (system, machine) == ("Darwin", "arm64") else ("cuda", "cpu")
+
+
+def may_use_cuda(requested: str) -> bool:
+    """Whether a job under ``device: requested`` may train on a GPU that a scheduler books."""
+    return requested in ("auto", "cuda")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("+")[0].split(".")[:2] if part.isdigit())
+
+
+def unsupported(family: str, device_type: str, bnb_version: str | None = None) -> str | None:
+    """Why a method of ``family`` cannot train on ``device_type``, or None if it can.
+
+    Args:
+        bnb_version: the installed bitsandbytes version (looked up when None; not imported).
+    """
+    if family not in BNB_FAMILIES or device_type not in BNB_MIN_VERSION:
+        return None
+    least = BNB_MIN_VERSION[device_type]
+    if bnb_version is None:
+        try:
+            bnb_version = metadata.version("bitsandbytes")
+        except metadata.PackageNotFoundError:
+            return f"bitsandbytes is not installed; {device_type} needs bitsandbytes >= {'.'.join(map(str, least))}"
+    if _version(bnb_version) < least:
+        return (
+            f"bitsandbytes {bnb_version} cannot quantize on {device_type}; "
+            f"it needs bitsandbytes >= {'.'.join(map(str, least))}"
+        )
+    return None
+
+
+def enable_mps_fallback(requested: str) -> bool:
+    """Set ``PYTORCH_ENABLE_MPS_FALLBACK=1`` if the job may train on MPS; whether it is set.
+
+    Raises:
+        RuntimeError: torch is already imported, so setting it now would do nothing.
+    """
+    if "mps" not in candidates(requested):
+        return os.environ.get(MPS_FALLBACK) == "1"
+    if os.environ.get(MPS_FALLBACK) != "1":
+        if "torch" in sys.modules:
+            raise RuntimeError(f"{MPS_FALLBACK} must be set before torch is imported")
+        os.environ[MPS_FALLBACK] = "1"
+    return True
+
+
+def select(requested: str = "auto"):
+    """The ``torch.device`` to train on: the requested one, or for ``auto`` the first of CUDA,
+    MPS and the CPU that this machine has.
+
+    Raises:
+        RuntimeError: the requested device is not available here.
+    """
+    import torch
+
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if requested == "auto":
+        return torch.device(next(kind for kind in ("cuda", "mps", "cpu") if available[kind]))
+    if requested not in available:
+        raise ValueError(f"device must be one of {DEVICES}, got {requested!r}")
+    if not available[requested]:
+        raise RuntimeError(f"device: {requested!r} is not available on {platform.node()}")
+    return torch.device(requested)
+
+
+def autocast_dtype(device):
+    """The dtype that training autocasts to on ``device``, or None for fp32."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "mps" and torch.backends.mps.is_macos_or_newer(14, 0):
+        return torch.bfloat16  # MPS has bf16 from macOS 14 on
+    return None
+
+
+def autocast(device):
+    """The autocast context of a training step on ``device`` (disabled where it trains in fp32)."""
+    import torch
+
+    dtype = autocast_dtype(device)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def fused_adamw(device) -> bool:
+    """Whether AdamW uses torch's fused kernel on ``device``; never on the CPU (see the module)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return device.type != "cpu" and device.type in _get_fused_kernels_supported_devices()
+
+
+def empty_cache(device) -> None:
+    """Hand the allocator's cached blocks back (after an out-of-memory step)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def describe(device) -> str:
+    """One line for a run's log: the device and how it trains there."""
+    dtype = autocast_dtype(device)
+    parts = [
+        f"autocast {str(dtype).removeprefix('torch.')}" if dtype else "fp32",
+        "fused AdamW" if fused_adamw(device) else "AdamW reference loop",
+    ]
+    if device.type == "mps":
+        state = "set" if os.environ.get(MPS_FALLBACK) == "1" else "not set"
+        parts.append(f"{MPS_FALLBACK}=1 {state} (ops MPS lacks run on the CPU)")
+    return f"device {device.type}: " + ", ".join(parts)
