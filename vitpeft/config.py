@@ -324,6 +324,35 @@ def augment_config(dataset_spec: dict[str, Any]) -> AugmentConfig:
     return AugmentConfig(**augment)
 
 
+def training_recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """The regularizers and augmentation the study's runs train with, for the paper's setup.
+
+    Returns:
+        ``train``: the ``train`` section with its defaults (label smoothing, drop path, ...);
+        ``augment``: one entry per distinct augmentation, ``{"datasets": [...], "augment": {...}}``
+        (the fields of :class:`AugmentConfig` and ``mixes``); ``ema``: family -> weight EMA decay,
+        for the families that keep one.
+    """
+    groups: list[dict[str, Any]] = []
+    for name in study(config)["datasets"]:
+        augment = augment_config(config["datasets"][name])
+        fields = {**dataclasses.asdict(augment), "mixes": augment.mixes}
+        same = [group for group in groups if group["augment"] == fields]
+        if same:
+            same[0]["datasets"].append(name)
+        else:
+            groups.append({"datasets": [name], "augment": fields})
+    return {
+        "train": dataclasses.asdict(TrainConfig(**config["train"])),
+        "augment": groups,
+        "ema": {
+            family: hp["ema_decay"]
+            for family, hp in config.get("methods", {}).items()
+            if hp.get("ema_decay", 0) > 0
+        },
+    }
+
+
 def pretrain_run(config: dict[str, Any], model: str) -> RunConfig:
     """The run config of the pretrain rule for ``model``: full training from random init."""
     dataset = config["models"][model]["backbone"]["dataset"]
