@@ -10,6 +10,7 @@ from scipy import stats as scipy_stats
 
 from vitpeft.analysis import aggregate, figures, stats, tables
 from vitpeft.analysis.style import FAMILY_LABELS, macro_name, method_colour, method_label
+from vitpeft.config import merged
 from vitpeft.io import read_json, write_json
 
 
@@ -293,8 +294,9 @@ def pdf_text(path) -> str:
     return subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
 
 
-def render_tables(root, out, title="T", compute=None, model_kwargs=None):
-    """Every generated LaTeX part from the stats in ``root``, for a one-dataset, two-seed config."""
+def render_tables(root, out, title="T", compute=None, model_kwargs=None, recipe=None):
+    """Every generated LaTeX part from the stats in ``root``, for a one-dataset, two-seed config
+    (``recipe``: merged into the config)."""
     manifest = {
         "source": {"name": "digits", "split_seed": 0},
         "class_names": list("0123456789"),
@@ -324,6 +326,7 @@ def render_tables(root, out, title="T", compute=None, model_kwargs=None):
         "train": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0.5, "grad_clip": 1.0},
         "methods": {"full": {"lr": 0.001}, "lora": {"lr": 0.005}},
     }
+    config = merged(config, recipe or {})
     tables.write_tables(
         root / "runs.csv",
         root / "cells.csv",
@@ -353,6 +356,30 @@ def test_the_setup_states_the_estimated_compute_and_the_time_the_runs_took(study
     # Until every run of the estimate has reported, no sustained rate.
     partial = render_tables(study_tables, tmp_path / "partial", compute={**estimate, "runs": 9})
     assert "device-hours in all." in (partial / "setup.tex").read_text()
+
+
+def test_the_setup_states_the_training_recipe(study_tables, tmp_path):
+    plain = " ".join((render_tables(study_tables, tmp_path / "plain") / "setup.tex").read_text().split())
+    assert "gradient clipping at norm 1.0" in plain
+    assert "Mixup" not in plain and "RandAugment" not in plain and "moving average" not in plain
+    recipe = {
+        "datasets": {
+            "digits": {
+                "augment": {"randaugment": True, "randaugment_magnitude": 27, "mixup_alpha": 0.8}
+                | {"cutmix_alpha": 1.0, "cutmix_switch_prob": 0.5, "erasing_prob": 0.25}
+            }
+        },
+        "train": {"label_smoothing": 0.1, "drop_path_rate": 0.1, "grad_clip": 0.0},
+        "methods": {"full": {"ema_decay": 0.99992}},
+    }
+    out = render_tables(study_tables, tmp_path / "recipe", recipe=recipe)
+    setup = " ".join((out / "setup.tex").read_text().split())
+    assert "no gradient clipping" in setup
+    assert "after RandAugment (2 ops at magnitude 27 of 30)" in setup
+    assert "with probability 0.25 a random box of the image is replaced by noise" in setup
+    assert r"by CutMix ($\alpha = 1.0$) with probability 0.5, else by Mixup ($\alpha = 0.8$)" in setup
+    assert "label smoothing 0.1, stochastic depth 0.1" in setup
+    assert "full keep an exponential moving average of their weights (decay 0.99992 per step)" in setup
 
 
 def test_style_names_and_colours():

@@ -157,3 +157,63 @@ def test_a_throughput_or_runtime_margin_out_of_range_is_refused_naming_the_key(
     raw.setdefault(section, {})[key] = value
     with pytest.raises(ConfigError, match=key):  # the schema refuses it first when the workflow loads
         study_config.load(raw)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        (
+            "augment",
+            "mix_prob",
+            1.5,
+            "datasets.digits: augment.mix_prob must be a probability in [0, 1], got 1.5",
+        ),
+        ("augment", "mix_prob", -0.5, "datasets.digits: augment.mix_prob must be a probability in [0, 1]"),
+        (
+            "augment",
+            "cutmix_switch_prob",
+            2,
+            "augment.cutmix_switch_prob must be a probability in [0, 1], got 2",
+        ),
+        ("augment", "erasing_prob", -0.25, "augment.erasing_prob must be a probability in [0, 1], got -0.25"),
+        ("augment", "cutmix_alpha", -1.0, "augment.cutmix_alpha must be >= 0, got -1.0"),
+        ("augment", "randaugment_magnitude", 31, "augment.randaugment_magnitude must be in [0, 30], got 31"),
+        ("augment", "randaugment_num_ops", -2, "augment.randaugment_num_ops must be >= 0, got -2"),
+        ("train", "drop_path_rate", 1.0, "train.drop_path_rate must be in [0, 1), got 1.0"),
+        ("train", "drop_path_rate", -0.1, "train.drop_path_rate must be in [0, 1), got -0.1"),
+        ("train", "label_smoothing", 1.0, "train.label_smoothing must be in [0, 1), got 1.0"),
+        ("full", "ema_decay", 1.0, "full: ema_decay must be in [0, 1), got 1.0"),
+        ("lora", "ema_decay", -0.9, "lora_r4: ema_decay must be in [0, 1), got -0.9"),
+        ("adalora", "ema_decay", 0.999, "adalora_r8: ema_decay must be 0, got 0.999"),
+    ],
+)
+def test_a_recipe_value_out_of_range_is_refused_naming_key_and_value(
+    demo_config, section, key, value, message
+):
+    def edit(config):
+        if section == "augment":
+            config["datasets"]["digits"]["augment"][key] = value
+        elif section == "train":
+            config["train"][key] = value
+        else:
+            config["methods"][section][key] = value
+
+    bad = copy.deepcopy(demo_config)
+    edit(bad)
+    with pytest.raises(ConfigError) as err:
+        study_config.validate(bad)
+    assert message in str(err.value)
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    edit(raw)
+    with pytest.raises(ConfigError, match=key):  # the schema refuses most of them first, naming the key
+        study_config.load(raw)
+
+
+def test_the_recipe_keys_default_off(demo_config):
+    run = study_config.resolve_run(demo_config, "vit_w64_d4", "digits", "full", 0)
+    assert run.train.drop_path_rate == 0.0 and run.train.label_smoothing == 0.0
+    assert not run.augment.mixes and not run.augment.randaugment and run.augment.erasing_prob == 0.0
+    assert all(
+        study_config.resolve_run(demo_config, "vit_w64_d4", "digits", m, 0).method.ema_decay == 0.0
+        for m in study_config.study_methods(demo_config)
+    )

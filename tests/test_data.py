@@ -242,3 +242,114 @@ def test_mixup_gives_convex_images_and_soft_targets():
         AugmentConfig(mixup_alpha=-1)
     plain = BatchPreprocessor(8, (0.0,) * 3, (1.0,) * 3)
     assert plain.mix(x, labels)[1] is labels
+
+
+def test_randaugment_takes_its_ops_and_magnitude_from_the_config():
+    augment = AugmentConfig(randaugment=True, randaugment_num_ops=3, randaugment_magnitude=27)
+    prep = BatchPreprocessor(8, (0.0,) * 3, (1.0,) * 3, augment)
+    assert (prep.randaugment.num_ops, prep.randaugment.magnitude) == (3, 27)
+    images = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
+    none = BatchPreprocessor(
+        8, (0.0,) * 3, (1.0,) * 3, AugmentConfig(randaugment=True, randaugment_num_ops=0)
+    )
+    torch.testing.assert_close(none(images, train=True), images.permute(0, 3, 1, 2).float() / 255)
+
+
+def box_of_partner(mixed: torch.Tensor, x: torch.Tensor, partner: int) -> torch.Tensor:
+    """Pixels of ``mixed[0]`` taken from ``x[partner]`` instead of ``x[0]`` (all channels)."""
+    return ((mixed[0] == x[partner]) & (mixed[0] != x[0])).all(0)
+
+
+def test_cutmix_pastes_a_box_and_mixes_the_labels_by_its_area():
+    prep = BatchPreprocessor(16, (0.0,) * 3, (1.0,) * 3, AugmentConfig(cutmix_alpha=1.0), num_classes=8)
+    x, labels = torch.rand(8, 3, 16, 16), torch.arange(8)  # every pixel differs between images
+    torch.manual_seed(0)
+    for _ in range(5):
+        mixed, target = prep.mix(x, labels)
+        torch.testing.assert_close(target.sum(1), torch.ones(8))
+        own = target[0, 0].item()
+        if own == 1.0:
+            continue  # an empty box
+        partner = int(target[0, 1:].argmax()) + 1
+        pasted = box_of_partner(mixed, x, partner)
+        rows, cols = pasted.any(1).nonzero(), pasted.any(0).nonzero()
+        assert pasted.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)  # a box
+        assert (mixed[0][:, ~pasted] == x[0][:, ~pasted]).all()  # the rest is the image's own
+        assert target[0, partner].item() == pytest.approx(pasted.float().mean().item())  # by area
+        assert own == pytest.approx(1 - pasted.float().mean().item())
+
+
+@pytest.mark.parametrize(("switch", "cutmixed"), [(0.0, 0), (1.0, 40), (0.5, None)])
+def test_the_switch_probability_chooses_cutmix_over_mixup(switch, cutmixed):
+    augment = AugmentConfig(mixup_alpha=0.8, cutmix_alpha=1.0, cutmix_switch_prob=switch)
+    prep = BatchPreprocessor(16, (0.0,) * 3, (1.0,) * 3, augment, num_classes=4)
+    x, labels = torch.rand(4, 3, 16, 16), torch.arange(4)
+    torch.manual_seed(0)
+    kinds = []
+    for _ in range(40):
+        mixed, target = prep.mix(x, labels)
+        partner = int(target[0, 1:].argmax()) + 1
+        # CutMix leaves every pixel one image's; MixUp blends them all (unless its weight is 0 or 1).
+        whole = (mixed[0] == x[0]).all(0) | (mixed[0] == x[partner]).all(0)
+        kinds.append(bool(whole.all()))
+    if cutmixed is None:
+        assert 10 < sum(kinds) < 30
+    else:
+        assert sum(kinds) == cutmixed
+
+
+def test_the_mix_probability_leaves_that_share_of_batches_unmixed():
+    x, labels = torch.rand(4, 3, 8, 8), torch.arange(4)
+    prep = BatchPreprocessor(
+        8,
+        (0.0,) * 3,
+        (1.0,) * 3,
+        AugmentConfig(mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=0.25),
+        num_classes=4,
+    )
+    torch.manual_seed(0)
+    unmixed = 0
+    for _ in range(200):
+        mixed, target = prep.mix(x, labels)
+        if target is labels:  # passed through: integer labels, the images untouched
+            assert mixed is x
+            unmixed += 1
+        else:
+            assert target.shape == (4, 4)
+    assert 120 < unmixed < 180  # 150 expected
+    never = AugmentConfig(mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=0.0)
+    assert BatchPreprocessor(8, (0.0,) * 3, (1.0,) * 3, never, num_classes=4).mix(x, labels)[1] is labels
+
+
+def test_random_erasing_fills_one_box_per_image_with_noise_at_training_only():
+    images = torch.randint(0, 256, (16, 8, 8, 3), dtype=torch.uint8)
+    plain = BatchPreprocessor(16, (0.5,) * 3, (0.5,) * 3)
+    erasing = BatchPreprocessor(16, (0.5,) * 3, (0.5,) * 3, AugmentConfig(erasing_prob=1.0))
+    torch.manual_seed(0)
+    erased, clean = erasing(images, train=True), plain(images, train=True)
+    for image, original in zip(erased, clean, strict=True):
+        changed = (image != original).any(0)
+        rows, cols = changed.any(1).nonzero(), changed.any(0).nonzero()
+        assert 0 < changed.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    torch.testing.assert_close(erasing(images, train=False), plain(images, train=False))
+    half = BatchPreprocessor(16, (0.5,) * 3, (0.5,) * 3, AugmentConfig(erasing_prob=0.5))
+    torch.manual_seed(0)
+    touched = (half(images, train=True) != clean).flatten(1).any(1)
+    assert 0 < touched.sum() < 16
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("mix_prob", 1.5),
+        ("mix_prob", -0.1),
+        ("cutmix_switch_prob", 2.0),
+        ("erasing_prob", -0.25),
+        ("cutmix_alpha", -1.0),
+        ("randaugment_magnitude", 31),
+        ("randaugment_num_ops", -1),
+    ],
+)
+def test_augment_config_rejects_out_of_range_values_naming_them(key, value):
+    with pytest.raises(ValueError, match=rf"augment\.{key} must .*got {value!r}"):
+        AugmentConfig(**{key: value})

@@ -13,6 +13,7 @@ from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.models import create_model
 from vitpeft.reproduce import MACHINE_FIELDS  # of the machine, not the run
 from vitpeft.resume import ResumeFile
+from vitpeft.runs import seed_everything
 from vitpeft.train import Split, fit
 
 EPOCHS, BATCH = 2, 8
@@ -29,15 +30,25 @@ def data():
 
 
 def preprocessor():
-    # Every random source of training: the data generator (shuffle, affine), and torch's global
-    # generator (RandAugment, MixUp).
-    augment = AugmentConfig(scale=(0.8, 1.0), translate=0.1, hflip=True, randaugment=True, mixup_alpha=0.2)
+    # Every random source of training: the data generator (shuffle, affine), torch's global
+    # generator (RandAugment, MixUp, CutMix and the choice between them, erasing noise) and
+    # Python's (erasing boxes).
+    augment = AugmentConfig(
+        scale=(0.8, 1.0),
+        translate=0.1,
+        hflip=True,
+        randaugment=True,
+        mixup_alpha=0.2,
+        cutmix_alpha=1.0,
+        mix_prob=0.8,
+        erasing_prob=0.5,
+    )
     return BatchPreprocessor(16, (0.5,) * 3, (0.5,) * 3, augment, num_classes=10)
 
 
 def new_method(tiny_spec, name, model_wrapper=None, schedule_steps=EPOCHS * 64 // BATCH):
-    """The same initial model every call, as a rerun of the job would build it."""
-    torch.manual_seed(0)
+    """The same initial model and random state every call, as a rerun of the job would build it."""
+    seed_everything(0)  # torch's, numpy's and Python's generators, as a run seeds them
     model = create_model(tiny_spec, num_classes=10)
     method = prepare(model, name, total_steps=schedule_steps)
     if model_wrapper is not None:
@@ -45,7 +56,7 @@ def new_method(tiny_spec, name, model_wrapper=None, schedule_steps=EPOCHS * 64 /
     return method
 
 
-def train(method, resume=None, accumulation=1, kill_at=None):
+def train(method, resume=None, accumulation=1, kill_at=None, ema_decay=0.0):
     if kill_at is not None:
         hook = method.after_step
 
@@ -58,7 +69,18 @@ def train(method, resume=None, accumulation=1, kill_at=None):
         method = dataclasses.replace(method, after_step=after_step)
     cfg = TrainConfig(epochs=EPOCHS, batch_size=BATCH, warmup_epochs=0.5, accumulation_steps=accumulation)
     train_split, val_split = data()
-    return fit(method, train_split, val_split, preprocessor(), cfg, 1e-3, 0.05, seed=0, resume=resume)
+    return fit(
+        method,
+        train_split,
+        val_split,
+        preprocessor(),
+        cfg,
+        1e-3,
+        0.05,
+        seed=0,
+        resume=resume,
+        ema_decay=ema_decay,
+    )
 
 
 def trainable(method):
@@ -105,6 +127,22 @@ def test_a_killed_fit_resumes_to_the_same_weights_and_curves(
         assert state["rank_pattern"] == expected_state["rank_pattern"]
         for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
             assert_same_weights(state[key], expected_state[key])
+
+
+@pytest.mark.parametrize(("name", "kill_at"), [("full", 5), ("lora_r4", 11)])
+def test_a_killed_fit_with_a_weight_average_resumes_to_the_same_average(tmp_path, tiny_spec, name, kill_at):
+    expected = new_method(tiny_spec, name)
+    expected_history = train(expected, ema_decay=0.9)
+
+    resume = ResumeFile(tmp_path / "resume.pt", every=4, key="run")
+    with pytest.raises(Killed):
+        train(new_method(tiny_spec, name), resume, kill_at=kill_at, ema_decay=0.9)
+    assert torch.load(resume.path, weights_only=True)["ema"]  # the average is part of the state
+
+    resumed = new_method(tiny_spec, name)
+    history = train(resumed, ResumeFile(resume.path, every=4, key="run"), ema_decay=0.9)
+    assert history == expected_history  # its validation curve is the average's
+    assert_same_weights(trainable(resumed), trainable(expected))  # the final weights: the average
 
 
 def test_a_state_of_another_run_is_ignored_with_a_warning(tmp_path, tiny_spec, capsys):

@@ -170,3 +170,71 @@ def test_compiled_training_follows_eager_training(tiny_spec):
     assert results[True][1].keys() == results[False][1].keys()  # no "_orig_mod." wrapper in the names
     for name, param in results[True][1].items():
         torch.testing.assert_close(param, results[False][1][name], rtol=1e-4, atol=1e-5)
+
+
+def test_the_weight_average_is_validated_and_becomes_the_final_weights(tiny_spec):
+    import dataclasses
+
+    rng = np.random.default_rng(3)
+    split = Split(
+        torch.from_numpy(rng.integers(0, 256, (48, 8, 8, 3)).astype(np.uint8)),
+        torch.from_numpy(rng.integers(0, 10, 48)),
+    )
+    prep = BatchPreprocessor(16, (0.5,) * 3, (0.5,) * 3)
+    cfg, decay = TrainConfig(epochs=2, batch_size=16), 0.8
+
+    def trainable(method):
+        return {n: p.detach().clone() for n, p in method.model.named_parameters() if p.requires_grad}
+
+    # The same training without the average, its weights recorded after every optimizer step.
+    torch.manual_seed(0)
+    plain = prepare(create_model(tiny_spec, num_classes=10), "lora_r4")
+    average, steps = trainable(plain), []
+    plain = dataclasses.replace(plain, after_step=lambda step: steps.append(trainable(plain)))
+    plain_history = fit(plain, split, split, prep, cfg, 1e-2, 0.05, seed=0)
+    for weights in steps:  # ema <- decay * ema + (1 - decay) * weights, from the initial weights
+        average = {n: decay * average[n] + (1 - decay) * weights[n] for n in average}
+
+    torch.manual_seed(0)
+    averaged = prepare(create_model(tiny_spec, num_classes=10), "lora_r4")
+    history = fit(averaged, split, split, prep, cfg, 1e-2, 0.05, seed=0, ema_decay=decay)
+    assert history.train_loss == plain_history.train_loss  # the average does not steer training
+    final = trainable(averaged)
+    assert final.keys() == average.keys() and len(steps) == 6
+    for name in final:
+        torch.testing.assert_close(final[name], average[name], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(final[n], steps[-1][n]) for n in final)  # not the last step's
+    # What the last epoch validated is what the model now holds.
+    again = evaluate(averaged.model, split, prep, cfg.eval_batch_size)
+    assert (history.val_top1[-1], history.val_loss[-1]) == (again["top1"], again["loss"])
+    assert history.val_loss != plain_history.val_loss
+
+
+def test_drop_path_reaches_the_timm_model_and_adds_no_weights(tiny_config, tiny_spec):
+    import dataclasses
+
+    from timm.layers import DropPath
+
+    from vitpeft import config as study_config
+    from vitpeft.runs import build_model
+
+    tiny_config["train"]["drop_path_rate"] = 0.2
+    run = study_config.resolve_run(tiny_config, "deit_tiny", "digits", "scratch", 0)
+    assert run.train.drop_path_rate == 0.2
+    model = build_model(run, num_classes=10, backbone=None)
+    first, last = model.blocks[0].drop_path1, model.blocks[-1].drop_path1
+    assert not isinstance(first, DropPath)  # rate 0 at the first block: timm's linear rule over depth
+    assert isinstance(last, DropPath) and last.drop_prob == pytest.approx(0.2)
+    plain = build_model(
+        dataclasses.replace(run, train=dataclasses.replace(run.train, drop_path_rate=0.0)), 10, None
+    )
+    assert not isinstance(plain.blocks[-1].drop_path1, DropPath)
+    assert plain.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(
+        8, 3, tiny_config["models"]["deit_tiny"]["img_size"], tiny_config["models"]["deit_tiny"]["img_size"]
+    )
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.equal(model(x), model(x))  # branches dropped at random while training
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))

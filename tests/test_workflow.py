@@ -284,7 +284,19 @@ def test_the_full_study_resolves_hub_models_at_224_px_and_per_dataset_budgets():
     config = study_config.load({**copy.deepcopy(DEMO), "study": "full"})
     run = study_config.resolve_run(config, "deit_small", "tinyimagenet", "full", 2)
     assert (run.model.img_size, run.model.patch_size, run.model.backbone["source"]) == (224, 16, "timm")
-    assert run.train.epochs == 50 and run.method.lr == 1.25e-4
+    assert run.train.epochs == 50 and run.method.lr == 5.0e-5  # SSF's train_full.sh
+    # SSF's fine-tuning recipe (config comments): its train.py's regularizers and augmentation.
+    assert (run.train.label_smoothing, run.train.drop_path_rate, run.train.grad_clip) == (0.1, 0.0, 0.0)
+    assert run.method.ema_decay == 0.99992
+    assert (run.augment.mixup_alpha, run.augment.cutmix_alpha, run.augment.cutmix_switch_prob) == (
+        0.8,
+        1.0,
+        0.5,
+    )
+    assert run.augment.randaugment and run.augment.randaugment_magnitude == 27  # timm's m9 of 10
+    assert (run.augment.scale, run.augment.erasing_prob) == ((0.08, 1.0), 0.25)
+    adalora = study_config.resolve_run(config, "deit_small", "cifar10", "adalora_r8", 0)
+    assert adalora.method.lr == 1.0e-3 and adalora.method.ema_decay == 0.0  # pruned in place: no average
     assert study_config.resolve_run(config, "vit_small", "cifar100", "qalora4_r8", 0).train.epochs == 100
     assert config["models"]["deit_tiny"]["img_size"] == 224  # the demo's 16 px is overridden
     assert compute.job_resources(config, run)["gpu"] == 1

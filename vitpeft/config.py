@@ -44,6 +44,7 @@ MODEL_KWARGS = {"vit_w64_d4": {"embed_dim": 64, "depth": 4, "num_heads": 2}}
 MODEL_WIDTHS = {"deit_tiny": 192, "deit_small": 384, "vit_small": 384, "vit_w64_d4": 64}
 MODEL_DEPTHS = {"deit_tiny": 12, "deit_small": 12, "vit_small": 12, "vit_w64_d4": 4}  # transformer blocks
 BACKBONE_SOURCES = ("pretrain", "timm", "file")
+RANDAUGMENT_BINS = 31  # torchvision's default num_magnitude_bins: magnitudes 0..30
 
 
 @dataclass(frozen=True)
@@ -109,16 +110,34 @@ class AugmentConfig:
         translate: largest shift of the content along each axis, as a fraction of the side
             (RandomAffine's ``translate``): 0.125 moves a 32-pixel image by up to 4 pixels.
         hflip: flip left-right with probability 0.5 (wrong for digits and text).
-        randaugment: torchvision's RandAugment on every training image (slower: per image).
+        randaugment: torchvision's RandAugment on every training image (slower: per image), on
+            the uint8 image before the affine view.
+        randaugment_num_ops: RandAugment's ops per image (torchvision's ``num_ops``).
+        randaugment_magnitude: their strength, in torchvision's 31 bins: 0 (none) to 30 (each op's
+            largest). timm's ``rand-m9`` is 9 of its 10, so 27 here.
         mixup_alpha: mix pairs of training images and their labels with a Beta(alpha, alpha)
             weight (torchvision's MixUp); 0 turns it off.
+        cutmix_alpha: paste a box of another image of the batch, of area drawn from
+            Beta(alpha, alpha), and mix the labels by area (torchvision's CutMix); 0 turns it off.
+        mix_prob: probability that a batch is mixed at all, when MixUp or CutMix is on (timm's
+            ``mixup_prob``).
+        cutmix_switch_prob: probability that a mixed batch gets CutMix rather than MixUp, when
+            both are on (timm's ``mixup_switch_prob``).
+        erasing_prob: probability that an image gets one random box of its normalized pixels
+            replaced by normal noise (timm's RandomErasing, mode ``pixel``, as DeiT's ``reprob``).
     """
 
     scale: tuple[float, float] = (1.0, 1.0)
     translate: float = 0.0
     hflip: bool = False
     randaugment: bool = False
+    randaugment_num_ops: int = 2
+    randaugment_magnitude: int = 9
     mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+    cutmix_switch_prob: float = 0.5
+    erasing_prob: float = 0.0
 
     def __post_init__(self):
         low, high = self.scale
@@ -126,8 +145,23 @@ class AugmentConfig:
             raise ValueError(f"augment.scale must satisfy 0 < low <= high, got {self.scale}")
         if not 0.0 <= self.translate < 1.0:
             raise ValueError(f"augment.translate must be in [0, 1), got {self.translate}")
-        if self.mixup_alpha < 0:
-            raise ValueError(f"augment.mixup_alpha must be >= 0, got {self.mixup_alpha}")
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"augment.{key} must be >= 0, got {getattr(self, key)!r}")
+        for key in ("mix_prob", "cutmix_switch_prob", "erasing_prob"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"augment.{key} must be a probability in [0, 1], got {getattr(self, key)!r}")
+        if self.randaugment_num_ops < 0:
+            raise ValueError(f"augment.randaugment_num_ops must be >= 0, got {self.randaugment_num_ops!r}")
+        if not 0 <= self.randaugment_magnitude <= RANDAUGMENT_BINS - 1:
+            raise ValueError(
+                f"augment.randaugment_magnitude must be in [0, {RANDAUGMENT_BINS - 1}], got {self.randaugment_magnitude!r}"
+            )
+
+    @property
+    def mixes(self) -> bool:
+        """Whether training batches are mixed (MixUp or CutMix), so that targets become soft."""
+        return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.mix_prob > 0
 
 
 @dataclass(frozen=True)
@@ -140,7 +174,10 @@ class TrainConfig:
         eval_batch_size: images per forward pass at evaluation.
         warmup_epochs: linear warmup length before the cosine decay.
         grad_clip: max global gradient norm (0 disables clipping).
-        label_smoothing: cross-entropy label smoothing.
+        label_smoothing: cross-entropy label smoothing (of mixed targets too).
+        drop_path_rate: stochastic depth: the largest probability, at the last block, that a
+            block's residual branch is skipped for an image (timm's ``drop_path_rate``, rising
+            linearly from 0 at the first block). Training only; it holds no weights.
         accumulation_steps: micro-batches per optimizer step (same effective batch, less memory).
         compile: train through ``torch.compile(model)`` (worth it on a GPU for long runs).
     """
@@ -151,12 +188,16 @@ class TrainConfig:
     warmup_epochs: float = 0.5
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
+    drop_path_rate: float = 0.0
     accumulation_steps: int = 1
     compile: bool = False
 
     def __post_init__(self):
         if min(self.epochs, self.batch_size, self.eval_batch_size, self.accumulation_steps) < 1:
             raise ConfigError(f"epochs, batch sizes and accumulation_steps must be >= 1, got {self}")
+        for key in ("label_smoothing", "drop_path_rate"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"train.{key} must be in [0, 1), got {getattr(self, key)!r}")
 
 
 @dataclass(frozen=True)
@@ -265,19 +306,52 @@ def resolve_run(config: dict[str, Any], model: str, dataset: str, method: str, s
     ``by_dataset.<dataset>`` may override the training budget (``train``) and the method
     hyperparameters (``methods``) for one dataset, e.g. more epochs for a harder one.
     """
-    spec = config["datasets"][dataset]
     per_dataset = config.get("by_dataset", {}).get(dataset, {})
-    augment = dict(spec.get("augment", {}))
-    if "scale" in augment:
-        augment["scale"] = tuple(augment["scale"])
     return RunConfig(
         model=model_spec(config, model),
         dataset=dataset,
         method=method_config(method, merged(config.get("methods", {}), per_dataset.get("methods", {}))),
         seed=int(seed),
         train=TrainConfig(**merged(config["train"], per_dataset.get("train", {}))),
-        augment=AugmentConfig(**augment),
+        augment=augment_config(config["datasets"][dataset]),
     )
+
+
+def augment_config(dataset_spec: dict[str, Any]) -> AugmentConfig:
+    """A ``datasets:`` entry's ``augment`` section as an :class:`AugmentConfig`."""
+    augment = dict(dataset_spec.get("augment", {}))
+    if "scale" in augment:
+        augment["scale"] = tuple(augment["scale"])
+    return AugmentConfig(**augment)
+
+
+def training_recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """The regularizers and augmentation the study's runs train with, for the paper's setup.
+
+    Returns:
+        ``train``: the ``train`` section with its defaults (label smoothing, drop path, ...);
+        ``augment``: one entry per distinct augmentation, ``{"datasets": [...], "augment": {...}}``
+        (the fields of :class:`AugmentConfig` and ``mixes``); ``ema``: family -> weight EMA decay,
+        for the families that keep one.
+    """
+    groups: list[dict[str, Any]] = []
+    for name in study(config)["datasets"]:
+        augment = augment_config(config["datasets"][name])
+        fields = {**dataclasses.asdict(augment), "mixes": augment.mixes}
+        same = [group for group in groups if group["augment"] == fields]
+        if same:
+            same[0]["datasets"].append(name)
+        else:
+            groups.append({"datasets": [name], "augment": fields})
+    return {
+        "train": dataclasses.asdict(TrainConfig(**config["train"])),
+        "augment": groups,
+        "ema": {
+            family: hp["ema_decay"]
+            for family, hp in config.get("methods", {}).items()
+            if hp.get("ema_decay", 0) > 0
+        },
+    }
 
 
 def pretrain_run(config: dict[str, Any], model: str) -> RunConfig:
@@ -389,6 +463,10 @@ def validate(config: dict[str, Any]) -> None:
             check_kind(spec["kind"])
         except ValueError as err:
             raise ConfigError(f"datasets.{name}.kind: {err}") from err
+        try:
+            augment_config(spec)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"datasets.{name}: {err}") from err
     for dataset in config.get("by_dataset", {}):
         if dataset not in config["datasets"]:
             raise ConfigError(

@@ -22,21 +22,30 @@ from vitpeft.io import atomic_path, write_json
 
 
 def create_model(
-    spec: ModelSpec, num_classes: int, weights: str | Path | None = None, hub: bool = False
+    spec: ModelSpec,
+    num_classes: int,
+    weights: str | Path | None = None,
+    hub: bool = False,
+    drop_path_rate: float = 0.0,
 ) -> nn.Module:
     """Build ``spec``'s architecture with a fresh ``num_classes`` head.
 
     Args:
         weights: a safetensors or torch checkpoint to load into the backbone (its head is dropped).
         hub: load timm's pretrained weights from the hub (needs internet); timm resamples them.
+        drop_path_rate: stochastic depth of the training (``TrainConfig.drop_path_rate``); it
+            adds no weights, so a model built without it loads the same checkpoint.
     """
+    kwargs = dict(spec.create_kwargs)
+    if drop_path_rate > 0:
+        kwargs["drop_path_rate"] = drop_path_rate
     model = timm.create_model(
         spec.arch,
         pretrained=hub,
         num_classes=num_classes,
         img_size=spec.img_size,
         patch_size=spec.patch_size,
-        **spec.create_kwargs,
+        **kwargs,
     )
     if weights is not None:
         load_backbone(model, weights)

@@ -62,13 +62,14 @@ def load_splits(data_dir: str | Path, device: torch.device) -> dict[str, Split]:
 
 def build_model(run: RunConfig, num_classes: int, backbone: str | Path | None) -> nn.Module:
     """The run's model before the method touches it, with weights from the configured source."""
+    drop_path_rate = run.train.drop_path_rate
     if not run.method.uses_pretrained_backbone:
-        return create_model(run.model, num_classes)
+        return create_model(run.model, num_classes, drop_path_rate=drop_path_rate)
     if run.model.backbone["source"] == "timm":
-        return create_model(run.model, num_classes, hub=True)
+        return create_model(run.model, num_classes, hub=True, drop_path_rate=drop_path_rate)
     if backbone is None:
         raise ValueError(f"{run.method.name} needs backbone weights from {run.model.backbone}, got none")
-    return create_model(run.model, num_classes, weights=backbone)
+    return create_model(run.model, num_classes, weights=backbone, drop_path_rate=drop_path_rate)
 
 
 def preprocessor(model: nn.Module, run: RunConfig) -> BatchPreprocessor:
@@ -152,6 +153,7 @@ def _train(
         run.method.weight_decay,
         run.seed,
         desc=desc,
+        ema_decay=run.method.ema_decay,
         resume=resume,
         memory=memory,
     )

@@ -1,6 +1,7 @@
 """The one trainer every method goes through: AdamW on the trainable parameters only, linear
-warmup then cosine decay, gradient clipping, per-epoch validation, tqdm progress with images/s,
-a resume state every few steps, and a smaller micro-batch (same batch) when memory runs out."""
+warmup then cosine decay, gradient clipping, an optional moving average of the weights, per-epoch
+validation, tqdm progress with images/s, a resume state every few steps, and a smaller
+micro-batch (same batch) when memory runs out."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
@@ -144,6 +146,7 @@ def fit(
     desc: str = "train",
     resume: ResumeFile | None = None,
     memory: PhasePeaks | None = None,
+    ema_decay: float = 0.0,
 ) -> History:
     """Train ``method.model`` in place for ``cfg.epochs`` epochs; validate after each one.
 
@@ -157,6 +160,11 @@ def fit(
 
     With ``memory``, the peak of the training steps is recorded as its phase ``"train"`` and that
     of the per-epoch validation as ``"eval"``.
+
+    With ``ema_decay`` > 0, an exponential moving average of the weights (timm's ``ModelEmaV3``,
+    constant decay) follows every optimizer step. It is what each epoch validates, and at the end
+    its weights replace the trained ones in ``method.model``: what is then tested, saved and
+    exported is the average, as in timm's training script (and SSF's, which reports it).
 
     Raises:
         FloatingPointError: the loss is NaN or infinite; training stops there.
@@ -176,8 +184,9 @@ def fit(
     at = Position(epoch=1, micro_size=math.ceil(cfg.batch_size / cfg.accumulation_steps))
     saved = resume.load() if resume is not None else None
     phase = memory.phase if memory is not None else lambda _: contextlib.nullcontext()
+    ema = ModelEmaV3(model, decay=ema_decay) if ema_decay > 0 else None  # a copy, from the start
     if saved is not None:
-        at, history = _restore(saved, method, optimizer, scheduler, generator)
+        at, history = _restore(saved, method, optimizer, scheduler, generator, ema)
         print(
             f"{desc}: resuming from {resume.path} at step {at.global_step} of {cfg.epochs * per_epoch}",
             file=sys.stderr,
@@ -249,9 +258,11 @@ def fit(
                     method.after_step(
                         at.global_step
                     )  # before the next zero_grad: AdaLoRA reads the gradients
+                if ema is not None:
+                    ema.update(model)
                 if resume is not None and resume.due(at.global_step, cfg.epochs * per_epoch):
                     resume.save(
-                        _snapshot(at, history, method, optimizer, scheduler, generator),
+                        _snapshot(at, history, method, optimizer, scheduler, generator, ema),
                         train_time_s=resume.time_before_s + time.perf_counter() - fit_started,
                     )
                 rate = (at.seen - seen_before) / (time.perf_counter() - started)
@@ -259,7 +270,7 @@ def fit(
                 bar.set_postfix(loss=f"{at.loss_sum / at.seen:.3f}", img_s=f"{rate:.0f}", refresh=False)
         bar.close()
         with phase("eval"):
-            metrics = evaluate(model, val, preprocess, cfg.eval_batch_size)
+            metrics = evaluate(model if ema is None else ema.module, val, preprocess, cfg.eval_batch_size)
         history.epoch.append(at.epoch)
         history.train_loss.append(at.loss_sum / at.seen)
         history.val_top1.append(metrics["top1"])
@@ -277,10 +288,12 @@ def fit(
             flush=True,
         )
         at = Position(epoch=at.epoch + 1, micro_size=at.micro_size, global_step=at.global_step)
+    if ema is not None:  # frozen weights are equal in both; the trained ones become the average
+        load_trainable_state(model, trainable_state(ema.module))
     return history
 
 
-def _snapshot(at, history, method, optimizer, scheduler, generator) -> dict:
+def _snapshot(at, history, method, optimizer, scheduler, generator, ema) -> dict:
     """Everything :func:`fit` needs to go on from here (see :mod:`vitpeft.resume`)."""
     return {
         "position": {**dataclasses.asdict(at), "order": at.order},
@@ -290,11 +303,14 @@ def _snapshot(at, history, method, optimizer, scheduler, generator) -> dict:
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": capture_rng(generator),
+        "ema": trainable_state(ema.module) if ema is not None else {},
     }
 
 
-def _restore(saved, method, optimizer, scheduler, generator) -> tuple[Position, History]:
+def _restore(saved, method, optimizer, scheduler, generator, ema) -> tuple[Position, History]:
     load_trainable_state(method.model, saved["model"])
+    if ema is not None:
+        load_trainable_state(ema.module, saved["ema"])
     if method.load_state is not None:
         method.load_state(saved["method"])
     optimizer.load_state_dict(saved["optimizer"])

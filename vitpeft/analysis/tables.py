@@ -17,7 +17,7 @@ import pandas as pd
 from vitpeft.analysis.aggregate import baselines_table
 from vitpeft.analysis.style import macro_name, method_label, method_sort_key
 from vitpeft.baselines import BASELINE_LABELS, BASELINE_NAMES
-from vitpeft.config import MODEL_ARCHS, ExportConfig, model_spec
+from vitpeft.config import MODEL_ARCHS, ExportConfig, model_spec, training_recipe
 from vitpeft.convergence import ConvergenceCriterion
 from vitpeft.device import NAMES as DEVICE_NAMES
 from vitpeft.io import atomic_write, read_json
@@ -326,6 +326,7 @@ def write_tables(
         out_dir / "setup.tex",
         study=study,
         config=config,
+        recipe=training_recipe(config),
         compute=compute,
         used=compute_used(runs, backbones, compute) if compute else None,
         convergence=criterion,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.data.random_erasing import RandomErasing
 from torchvision.transforms import v2
 
 from vitpeft.config import AugmentConfig
@@ -22,12 +23,13 @@ class BatchPreprocessor:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.augment = augment or AugmentConfig()
-        self.randaugment = v2.RandAugment() if self.augment.randaugment else None
-        self.mixup = None
-        if self.augment.mixup_alpha > 0:
-            if num_classes < 2:
-                raise ValueError("mixup needs the number of classes")
-            self.mixup = v2.MixUp(alpha=self.augment.mixup_alpha, num_classes=num_classes)
+        a = self.augment
+        self.randaugment = None
+        if a.randaugment:
+            self.randaugment = v2.RandAugment(
+                num_ops=a.randaugment_num_ops, magnitude=a.randaugment_magnitude
+            )
+        self.mixer = mixer(a, num_classes)
 
     def __call__(self, images: torch.Tensor, train: bool, generator: torch.Generator | None = None):
         x = images.permute(0, 3, 1, 2)  # (B, C, H, W) uint8
@@ -42,12 +44,18 @@ class BatchPreprocessor:
             x = self._random_affine(x, generator)
         elif x.shape[-2:] != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if train and self.augment.erasing_prob > 0:
+            # timm's RandomErasing, on normalized pixels as timm's loader applies it; it draws its
+            # boxes from Python's random module and its noise from torch's global generator.
+            x = RandomErasing(self.augment.erasing_prob, mode="pixel", device=x.device)(x)
+        return x
 
     def mix(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """MixUp on a preprocessed batch: mixed images and soft targets ``(B, num_classes)``.
-        Without mixup, the batch and its integer labels pass through unchanged."""
-        return (x, labels) if self.mixup is None else self.mixup(x, labels)
+        """MixUp or CutMix on a preprocessed batch: mixed images and soft targets
+        ``(B, num_classes)``. Without them (or when the batch is drawn unmixed), the batch and its
+        integer labels pass through unchanged."""
+        return (x, labels) if self.mixer is None else self.mixer(x, labels)
 
     def _augments(self) -> bool:
         a = self.augment
@@ -66,6 +74,30 @@ class BatchPreprocessor:
             flip = torch.rand(b, generator=generator) < 0.5
         shift = uniform(-self.augment.translate, self.augment.translate, 2)  # as RandomAffine, unrounded
         return affine_views(x, self.img_size, area.sqrt(), shift, flip)
+
+
+def mixer(augment: AugmentConfig, num_classes: int):
+    """torchvision's MixUp and CutMix as ``augment`` asks for them, or None when it mixes nothing.
+
+    With both on, each mixed batch gets CutMix with probability ``cutmix_switch_prob``, else
+    MixUp; a batch is mixed at all with probability ``mix_prob`` (timm's ``Mixup`` in its
+    ``batch`` mode). Each draws from torch's global generator.
+    """
+    if not augment.mixes:
+        return None
+    if num_classes < 2:
+        raise ValueError("mixup and cutmix need the number of classes")
+    both = augment.mixup_alpha > 0 and augment.cutmix_alpha > 0
+    choices = {}  # transform: its probability among mixed batches
+    if augment.mixup_alpha > 0:
+        mixup = v2.MixUp(alpha=augment.mixup_alpha, num_classes=num_classes)
+        choices[mixup] = 1.0 - augment.cutmix_switch_prob if both else 1.0
+    if augment.cutmix_alpha > 0:
+        cutmix = v2.CutMix(alpha=augment.cutmix_alpha, num_classes=num_classes)
+        choices[cutmix] = augment.cutmix_switch_prob if both else 1.0
+    mix = v2.RandomChoice(list(choices), p=list(choices.values())) if both else next(iter(choices))
+    # Always-on mixing draws no coin, so that it draws what MixUp alone always drew.
+    return mix if augment.mix_prob == 1.0 else v2.RandomApply([mix], p=augment.mix_prob)
 
 
 def affine_views(

@@ -59,6 +59,11 @@ class AdaLoraConfig(LoraConfig):
             )
         if self.delta_t < 1 or self.orth_reg_weight < 0:
             raise ValueError(f"{self.name}: delta_t must be >= 1 and orth_reg_weight >= 0")
+        if self.ema_decay > 0:
+            raise ValueError(
+                f"{self.name}: ema_decay must be 0, got {self.ema_decay!r}: AdaLoRA prunes its singular "
+                "values in place as it trains, and an average of its weights would bring the pruned ones back"
+            )
 
 
 def schedule(config: AdaLoraConfig, total_steps: int) -> tuple[int, int]:

@@ -19,11 +19,15 @@ class MethodConfig:
         name: the method's full name in the study grammar, e.g. ``lora_r8``.
         lr: peak learning rate of the warmup + cosine schedule.
         weight_decay: AdamW decay for matrices; norms, biases and embeddings get none.
+        ema_decay: keep an exponential moving average of the weights with this decay per
+            optimizer step (timm's ``ModelEmaV3``), validate it, and make it the run's final
+            weights (tested, saved, exported); 0 keeps none.
     """
 
     name: str
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay on matrices"})
+    ema_decay: float = field(default=0.0, metadata={"help": "weight EMA decay per step; 0: none"})
 
     # Whether the run starts from the study's pretrained backbone (False: random init).
     uses_pretrained_backbone: ClassVar[bool] = True
@@ -33,6 +37,8 @@ class MethodConfig:
             raise ValueError(f"{self.name}: lr must be > 0, got {self.lr!r}")
         if self.weight_decay < 0:
             raise ValueError(f"{self.name}: weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"{self.name}: ema_decay must be in [0, 1), got {self.ema_decay!r}")
 
     def check_widths(self, in_features: dict[str, int], model: str = "model") -> None:
         """Raise ``ValueError`` if the method cannot apply to blocks with these input widths.
