@@ -370,6 +370,10 @@ def validate(config: dict[str, Any]) -> None:
             except (ValueError, TypeError) as err:
                 raise ConfigError(f"{where}: {method!r}: {err}") from err
     check_compute(config)
+    # tune.grids: imported here, since vitpeft.tune builds its runs with this module
+    from vitpeft.tune import check_grids
+
+    check_grids(config)
     every = config.get("checkpoint_every", 0)
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise ConfigError(
