@@ -101,11 +101,11 @@ def test_a_bad_grid_is_refused_at_load_naming_the_key(grids, message):
     assert message in str(error.value)
 
 
-# The tiny study, cut to two tuned families (linear and lora) and their runs: a real workflow, in
+# The tiny study, cut to the runs of its two tuned families (full and qalora): a real workflow, in
 # the seconds its 1-epoch runs take.
-LINEAR_RUN = "results/runs/digits/linear/deit_tiny/seed0/metrics.json"
-LORA_RUN = "results/runs/digits/lora_r8/deit_tiny/seed0/metrics.json"
-LORA_CHOICE = "results/tuning/digits/lora/deit_tiny/choice.json"
+FULL_RUN = "results/runs/digits/full/deit_tiny/seed0/metrics.json"
+QALORA_RUN = "results/runs/digits/qalora4_r8/deit_tiny/seed0/metrics.json"
+QALORA_CHOICE = "results/tuning/digits/qalora/deit_tiny/choice.json"
 
 
 def snakemake(workdir, config, *args):
@@ -127,10 +127,10 @@ def planned(output: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def tuned_workdir(tmp_path_factory):
-    """The linear and lora_r8 runs of the tiny study, each at its family's tuned rate."""
+    """The full and qalora4_r8 runs of the tiny study, each at its family's tuned rate."""
     workdir = tmp_path_factory.mktemp("tuned")
     config = yaml.safe_load(TINY_CONFIG.read_text())
-    snakemake(workdir, config, LINEAR_RUN, LORA_RUN)
+    snakemake(workdir, config, FULL_RUN, QALORA_RUN)
     return workdir, config
 
 
@@ -142,7 +142,7 @@ def copy_of(tuned_workdir, tmp_path):
 
 def test_runs_read_their_rate_from_their_familys_choice(tuned_workdir):
     workdir, _ = tuned_workdir
-    for family, run in (("linear", LINEAR_RUN), ("lora", LORA_RUN)):
+    for family, run in (("full", FULL_RUN), ("qalora", QALORA_RUN)):
         choice = json.loads((workdir / f"results/tuning/digits/{family}/deit_tiny/choice.json").read_text())
         assert [entry["lr"] for entry in choice["grid"]] == yaml.safe_load(TINY_CONFIG.read_text())["tune"][
             "grids"
@@ -155,26 +155,26 @@ def test_runs_read_their_rate_from_their_familys_choice(tuned_workdir):
 
 def test_a_grid_value_added_plans_only_its_familys_tuning_and_runs(tuned_workdir, tmp_path):
     workdir, config = copy_of(tuned_workdir, tmp_path)
-    assert planned(snakemake(workdir, config, "-n", LINEAR_RUN, LORA_RUN)) == {}
-    config["tune"]["grids"]["lora"].append(5.0e-3)
-    plan = snakemake(workdir, config, "-n", LINEAR_RUN, LORA_RUN)
-    # lora's tuning reruns; its run waits for the choice (a checkpoint) to know its rate; linear's
+    assert planned(snakemake(workdir, config, "-n", FULL_RUN, QALORA_RUN)) == {}
+    config["tune"]["grids"]["qalora"].append(1.0e-2)
+    plan = snakemake(workdir, config, "-n", FULL_RUN, QALORA_RUN)
+    # qalora's tuning reruns; its run waits for the choice (a checkpoint) to know its rate; full's
     # tuning and run are untouched
     assert planned(plan) == {"tune": 1, "train": 1}
     first_outputs = re.findall(r"^    output: ([^,\n]+)", plan, re.M)
-    assert sorted(first_outputs) == sorted([LORA_CHOICE, LORA_RUN])
+    assert sorted(first_outputs) == sorted([QALORA_CHOICE, QALORA_RUN])
 
 
 def test_a_rewritten_unchanged_choice_reruns_no_run_and_a_changed_one_does(tuned_workdir, tmp_path):
     workdir, config = copy_of(tuned_workdir, tmp_path)
-    before = json.loads((workdir / LORA_CHOICE).read_text())
-    snakemake(workdir, config, LORA_CHOICE, "--forcerun", "tune")  # the same grid, rewritten
-    after = json.loads((workdir / LORA_CHOICE).read_text())
+    before = json.loads((workdir / QALORA_CHOICE).read_text())
+    snakemake(workdir, config, QALORA_CHOICE, "--forcerun", "tune")  # the same grid, rewritten
+    after = json.loads((workdir / QALORA_CHOICE).read_text())
     assert after["provenance"] != before["provenance"] and after["lr"] == before["lr"]
-    assert planned(snakemake(workdir, config, "-n", LORA_RUN)) == {}
+    assert planned(snakemake(workdir, config, "-n", QALORA_RUN)) == {}
 
     other = next(lr for lr in (1.0e-4, 2.0e-4) if lr != before["lr"])
-    config["tune"]["grids"]["lora"] = [other]  # the choice can only change
-    snakemake(workdir, config, LORA_CHOICE)
-    plan = snakemake(workdir, config, "-n", LORA_RUN)
+    config["tune"]["grids"]["qalora"] = [other]  # the choice can only change
+    snakemake(workdir, config, QALORA_CHOICE)
+    plan = snakemake(workdir, config, "-n", QALORA_RUN)
     assert planned(plan) == {"train": 1} and "Params have changed" in plan
