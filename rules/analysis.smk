@@ -62,6 +62,7 @@ rule tables:
         backbones=study_backbone_metas(),
         manifests=study_manifests(),
         baselines=study_baselines(),
+        lr_choices=study_lr_choices(),  # the setup section prints each grid and its choice
     output:
         expand(
             "results/paper/{part}.tex",

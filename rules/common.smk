@@ -4,6 +4,7 @@ import math
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import vitpeft.config as study_config
 from vitpeft import compute
@@ -17,6 +18,7 @@ from vitpeft.methods import (
 )
 from vitpeft.methods import METHODS as METHODS_BY_FAMILY
 from vitpeft.submission import RUN_FILES as SUBMITTED_RUN_FILES
+from vitpeft import tune
 
 study_config.load(
     config
@@ -34,6 +36,8 @@ PAPER_DIR = Path(workflow.basedir) / "paper"
 JOB_DIR = "results/runs/{dataset}/{method}/{model}"
 RUN_DIR = f"{JOB_DIR}/seed{{seed}}"
 SPLIT_FILES = ["train.npz", "val.npz", "test.npz", "manifest.json"]
+# One tuning job per method family x model x dataset: its choice, and its short runs beside it.
+TUNE_DIR = "results/tuning/{dataset}/{family}/{model}"
 
 
 # A method is any lower-case name here, not only one in the grammar (METHOD_WILDCARD): a target
@@ -46,6 +50,7 @@ wildcard_constraints:
     seed=r"\d+",
     archive="|".join(re.escape(a.name) for a in ARCHIVES.values()),
     baseline="|".join(BASELINE_NAMES),
+    family="|".join(tune.TUNABLE_FAMILIES),
 
 
 def known_names(wildcards):
@@ -160,8 +165,62 @@ def job_priority(wildcards):
     return round(100 * math.log10(flops))
 
 
+def lr_choice(wildcards):
+    """The tuning choice a job's runs read their learning rate from, once that checkpoint has run
+    (none for a family without a grid). Ancient: a tuning job that reruns rewrites the file, but the
+    runs rerun only if the rate in it changed, which reaches them as a param (:func:`run_configs`).
+    """
+    family = tune.tuning_family(wildcards.method)
+    if family not in tune.study_families(config):
+        return {}
+    job = checkpoints.tune.get(
+        dataset=wildcards.dataset, family=family, model=wildcards.model
+    )
+    return {"lr_choice": ancient(job.output.choice)}
+
+
 def run_configs(wildcards):
-    return [canonical(run.to_dict()) for run in training_runs(wildcards)]
+    """The resolved config of each run of a training job, at its family's tuned learning rate."""
+    runs = training_runs(wildcards)
+    choice = lr_choice(wildcards)
+    if choice:
+        lr = tune.chosen_lr(choice["lr_choice"])
+        runs = [tune.with_lr(run, lr) for run in runs]
+    return [canonical(run.to_dict()) for run in runs]
+
+
+def tuning_runs(wildcards):
+    """The short runs of one tuning job, one per rate of its family's grid."""
+    return tune.tuning_runs(
+        config, wildcards.model, wildcards.dataset, wildcards.family
+    )
+
+
+def tuning_configs(wildcards):
+    return [canonical(run.to_dict()) for run in tuning_runs(wildcards)]
+
+
+def tuning_inputs(wildcards):
+    """What the method a family is tuned with trains from: the data, and its backbone."""
+    method = tune.representative_method(config, wildcards.family)
+    return train_inputs(
+        SimpleNamespace(dataset=wildcards.dataset, model=wildcards.model, method=method)
+    )
+
+
+def study_lr_choices():
+    """The choice.json of every tuning job whose rate a paper cell's runs train at."""
+    tuned = tune.study_families(config)
+    jobs = {
+        (dataset, tune.tuning_family(method))
+        for method, dataset in paper_cells()
+        if tune.tuning_family(method) in tuned
+    }
+    return [
+        f"{TUNE_DIR}/choice.json".format(dataset=dataset, family=family, model=model)
+        for dataset, family in sorted(jobs)
+        for model in STUDY["models"]
+    ]
 
 
 def pretrain_config(wildcards):

@@ -6,6 +6,7 @@
 rule train:
     input:
         unpack(train_inputs),
+        unpack(lr_choice),
     output:
         metrics=seed_files("metrics.json"),
         config=seed_files("config.json"),
@@ -24,6 +25,7 @@ rule train:
         mem_mb=job_resource("mem_mb"),
         runtime=job_resource("runtime"),
     params:
+        # at the tuned learning rate: a changed choice reruns the runs
         runs=run_configs,
         # a param: metrics.json records the verdict by this criterion, so a change reruns the runs
         convergence=canonical(config["convergence"]),

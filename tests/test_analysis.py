@@ -294,7 +294,7 @@ def pdf_text(path) -> str:
     return subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
 
 
-def render_tables(root, out, title="T", compute=None, model_kwargs=None, recipe=None):
+def render_tables(root, out, title="T", compute=None, model_kwargs=None, recipe=None, lr_choices=()):
     """Every generated LaTeX part from the stats in ``root``, for a one-dataset, two-seed config
     (``recipe``: merged into the config)."""
     manifest = {
@@ -325,8 +325,13 @@ def render_tables(root, out, title="T", compute=None, model_kwargs=None, recipe=
         "datasets": {"digits": {"kind": "sklearn_digits"}},
         "train": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0.5, "grad_clip": 1.0},
         "methods": {"full": {"lr": 0.001}, "lora": {"lr": 0.005}},
+        "tune": {"epochs": 1, "seed": 0, "grids": {"lora": [0.002, 0.005]}},
     }
     config = merged(config, recipe or {})
+    choices = []
+    for i, choice in enumerate(lr_choices):
+        choices.append(root / "tuning" / str(i) / "choice.json")
+        write_json(choices[-1], choice)
     tables.write_tables(
         root / "runs.csv",
         root / "cells.csv",
@@ -338,24 +343,61 @@ def render_tables(root, out, title="T", compute=None, model_kwargs=None, recipe=
         [root / "data" / "digits" / "manifest.json"],
         out,
         compute=compute,
+        lr_choices=choices,
     )
     return out
 
 
 def test_the_setup_states_the_estimated_compute_and_the_time_the_runs_took(study_tables, tmp_path):
-    estimate = {"runs": 8, "jobs": 3, "flops": 4.0e13, "gpu_tflops": 250, "gpu_hours": 4.0e13 / 250e12 / 3600}
+    estimate = {"runs": 8, "jobs": 4, "flops": 4.0e13, "gpu_tflops": 250, "gpu_hours": 4.0e13 / 250e12 / 3600}
     out = render_tables(study_tables, tmp_path / "paper", compute=estimate)
     setup = " ".join((out / "setup.tex").read_text().split())  # lines joined, as LaTeX reads them
-    assert (
-        r"8 training runs (in 3 jobs, each training every seed of a model, dataset and method) take an estimated 4\ensuremath{\times 10^{13}} FLOPs"
-        in setup
-    )
+    assert r"8 training runs (in 4 jobs, each training every seed" in setup
+    assert r"take an estimated 4\ensuremath{\times 10^{13}} FLOPs" in setup
     assert r"4.44\ensuremath{\times 10^{-5}} GPU-hours at an assumed sustained 250\,TFLOP/s" in setup
     # 8 runs of 12.5 s each: 100 s, so 0.4 TFLOP/s
     assert r"0.0278 device-hours in all, so they sustained 0.4\,TFLOP/s" in setup
     # Until every run of the estimate has reported, no sustained rate.
     partial = render_tables(study_tables, tmp_path / "partial", compute={**estimate, "runs": 9})
     assert "device-hours in all." in (partial / "setup.tex").read_text()
+    # The tuning runs count: with their 20 s, the 10 runs of the estimate took 120 s.
+    tuned = render_tables(
+        study_tables, tmp_path / "tuned", compute={**estimate, "runs": 10}, lr_choices=[LORA_CHOICE]
+    )
+    assert r"0.0333 device-hours in all, so they sustained 0.333\,TFLOP/s" in flat(tuned / "setup.tex")
+
+
+LORA_CHOICE = {
+    "lr": 0.005,
+    "family": "lora",
+    "method": "lora_r8",
+    "model": "deit_tiny",
+    "dataset": "digits",
+    "seed": 0,
+    "epochs": 1,
+    "criterion": "val_top1",
+    "tie_rule": "the smaller learning rate",
+    "grid": [
+        {"lr": 0.002, "val_top1": 70.0, "epochs": 1, "train_time_s": 10.0},
+        {"lr": 0.005, "val_top1": 75.0, "epochs": 1, "train_time_s": 10.0},
+    ],
+}
+
+
+def test_the_setup_prints_each_tuning_grid_and_its_choice(study_tables, tmp_path):
+    out = render_tables(study_tables, tmp_path / "paper", lr_choices=[LORA_CHOICE])
+    setup = flat(out / "setup.tex")
+    assert r"The peak learning rates of \texttt{lora} are chosen on the validation split" in setup
+    assert r"(seed 0, 1 epoch(s)" in setup and "(on a tie, the smaller rate)" in setup
+    assert (
+        r"\texttt{lora} (tuned with \texttt{lora\_r8}) on \texttt{digits}, \texttt{deit\_tiny}: "
+        r"0.002~(70.0\%), \textbf{0.005}~(75.0\%)." in setup
+    )
+    # the untuned family keeps the config's rate, stated as such; the tuned one is not listed there
+    assert "Peak learning rates set in the config: full 0.001." in setup
+    untuned = flat(render_tables(study_tables, tmp_path / "untuned") / "setup.tex")
+    assert "Peak learning rates set in the config: full 0.001, lora 0.005." in untuned
+    assert "chosen on the validation split" not in untuned
 
 
 def test_the_setup_states_the_training_recipe(study_tables, tmp_path):

@@ -146,7 +146,10 @@ def test_a_gpu_jobs_runtime_request_is_its_estimate_with_the_margin_and_the_floo
 
 def test_the_full_studys_requests_follow_its_estimate(full_study):
     estimate = compute.estimate_study(full_study)
-    assert (estimate.runs, estimate.jobs) == (3 * 3 * 11 * 3, 3 * 3 * 11)  # a job trains 3 seeds
+    # a job trains 3 seeds; a tuning job (6 families x 3 models x 3 datasets) a run per grid rate
+    tuning = 3 * 3 * 6
+    assert (estimate.runs, estimate.jobs) == (3 * 3 * 11 * 3 + tuning * 3, 3 * 3 * 11 + tuning)
+    assert estimate.tuning_runs == tuning * 3 and 0 < estimate.tuning_flops < 0.1 * estimate.flops
     requested = compute.requested_gpu_hours(full_study)
     floor_hours = estimate.jobs * full_study["resources"]["min_runtime"] / 60
     margin = full_study["resources"]["runtime_margin"]

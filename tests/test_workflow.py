@@ -34,10 +34,14 @@ CELLS = len(DEMO["studies"]["demo"]["methods"]) + 1  # + the scratch baseline of
 JOBS = CELLS
 # QA-LoRA's export also writes its INT-N ONNX file (rule export_int); every other run's is rule export
 INT_JOBS = sum(m.startswith("qalora") for m in DEMO["studies"]["demo"]["methods"])
+# One tuning job per method family with a grid (full, linear, lora, qlora, adalora, qalora) x model
+# x dataset; scratch trains at full's tuned rate.
+TUNE_JOBS = len(DEMO["tune"]["grids"])
 UP_TO_CELLS = {
     "prepare_data": 2,
     "pretrain": 1,
     "onnx_graph": 1,  # the float ONNX graph of the model on the dataset, traced once for all exports
+    "tune": TUNE_JOBS,
     "train": JOBS,
     "export": JOBS - INT_JOBS,
     "export_int": INT_JOBS,
@@ -56,7 +60,7 @@ ANALYSIS = {
 # logistic regression, an RBF SVM and k-NN on each dataset: inputs of the figures and tables
 BASELINES = {"baseline": 3 * len(DEMO["studies"]["demo"]["datasets"])}
 UP_TO_PAPER = {**UP_TO_CELLS, **BASELINES, **ANALYSIS}
-ONE_CELL = {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "train": 1, "export": 1, "cell": 1}
+ONE_CELL = {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "tune": 1, "train": 1, "export": 1, "cell": 1}
 
 
 @pytest.mark.parametrize(
@@ -70,9 +74,18 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "train": 1, "expo
         ("results/lora_r16_digits", ONE_CELL),
         (
             "results/qalora4_r8_digits",
-            {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "train": 1, "export_int": 1, "cell": 1},
+            {
+                "prepare_data": 2,
+                "pretrain": 1,
+                "onnx_graph": 1,
+                "tune": 1,
+                "train": 1,
+                "export_int": 1,
+                "cell": 1,
+            },
         ),
-        ("results/scratch_digits", {"prepare_data": 1, "onnx_graph": 1, "train": 1, "export": 1, "cell": 1}),
+        # scratch trains at full fine-tuning's tuned rate, whose tuning needs the backbone
+        ("results/scratch_digits", ONE_CELL),
         *[
             (
                 f"results/lora_r8_{dataset}",
@@ -83,11 +96,15 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "train": 1, "expo
         ("resources/downloads/tiny-imagenet-200.zip", {"download": 1}),
         (
             "results/runs/digits/full/vit_w64_d4/seed1/metrics.json",
-            {"prepare_data": 2, "pretrain": 1, "train": 1},
+            {"prepare_data": 2, "pretrain": 1, "tune": 1, "train": 1},
         ),
         (
             "results/runs/digits/qalora4_r8/vit_w64_d4/seed0/export/model_int.onnx",
-            {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "train": 1, "export_int": 1},
+            {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "tune": 1, "train": 1, "export_int": 1},
+        ),
+        (
+            "results/tuning/digits/qalora/vit_w64_d4/choice.json",
+            {"prepare_data": 2, "pretrain": 1, "tune": 1},
         ),
         ("resources/data/digits/manifest.json", {"prepare_data": 1}),
         ("resources/backbones/vit_w64_d4_glyphs.safetensors", {"prepare_data": 1, "pretrain": 1}),

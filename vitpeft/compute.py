@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitpeft import config as study_config
+from vitpeft import tune
 from vitpeft.config import ModelSpec, RunConfig, pretrain_run, resolve_run, study, study_methods
 from vitpeft.data.sources import split_sizes
 from vitpeft.device import may_use_cuda
@@ -155,7 +156,8 @@ def estimated_flops(config: dict[str, Any], run: RunConfig) -> float:
 
 def study_jobs(config: dict[str, Any]) -> list[list[RunConfig]]:
     """The runs of every training job of the selected study: one job per model x dataset x method
-    with all its seeds, then one per backbone pretraining."""
+    with all its seeds, then one per backbone pretraining, then one per learning-rate tuning (a
+    short run per grid value; :func:`tuning_jobs`)."""
     selected = study(config)
     jobs = [
         [resolve_run(config, model, dataset, method, seed) for seed in selected["seeds"]]
@@ -164,7 +166,18 @@ def study_jobs(config: dict[str, Any]) -> list[list[RunConfig]]:
         for method in study_methods(config)
     ]
     pretrained = [m for m in selected["models"] if config["models"][m]["backbone"]["source"] == "pretrain"]
-    return jobs + [[pretrain_run(config, model)] for model in pretrained]
+    return jobs + [[pretrain_run(config, model)] for model in pretrained] + tuning_jobs(config)
+
+
+def tuning_jobs(config: dict[str, Any]) -> list[list[RunConfig]]:
+    """The short runs of every tuning job of the study: one job per tuned family x model x dataset."""
+    selected = study(config)
+    return [
+        tune.tuning_runs(config, model, dataset, family)
+        for dataset in selected["datasets"]
+        for family in tune.study_families(config)
+        for model in selected["models"]
+    ]
 
 
 def study_runs(config: dict[str, Any]) -> list[RunConfig]:
@@ -227,11 +240,12 @@ class StudyEstimate:
     """The selected study's training compute, estimated from its config.
 
     Attributes:
-        runs: training and pretraining runs.
+        runs: training, pretraining and tuning runs.
         jobs: the jobs they train in (:func:`study_jobs`).
         flops: the runs' summed FLOPs (:func:`run_flops`).
         gpu_tflops: the assumed sustained throughput of one GPU, TFLOP/s (``compute.gpu_tflops``).
         gpu_hours: those FLOPs at that throughput.
+        tuning_runs, tuning_flops: the learning-rate tuning's share of ``runs`` and ``flops``.
     """
 
     runs: int
@@ -239,14 +253,25 @@ class StudyEstimate:
     flops: float
     gpu_tflops: float
     gpu_hours: float
+    tuning_runs: int = 0
+    tuning_flops: float = 0.0
 
 
 def estimate_study(config: dict[str, Any]) -> StudyEstimate:
-    """Sum :func:`run_flops` over every training run of the study."""
+    """Sum :func:`run_flops` over every training run of the study, the tuning runs included."""
     jobs = study_jobs(config)
     flops = sum(estimated_flops(config, run) for runs in jobs for run in runs)
     runs = sum(len(runs) for runs in jobs)
-    return StudyEstimate(runs, len(jobs), flops, config["compute"]["gpu_tflops"], gpu_hours(config, flops))
+    tuning = [run for runs in tuning_jobs(config) for run in runs]
+    return StudyEstimate(
+        runs,
+        len(jobs),
+        flops,
+        config["compute"]["gpu_tflops"],
+        gpu_hours(config, flops),
+        tuning_runs=len(tuning),
+        tuning_flops=sum(estimated_flops(config, run) for run in tuning),
+    )
 
 
 def requested_gpu_hours(config: dict[str, Any]) -> float:
@@ -261,7 +286,8 @@ def summary(config: dict[str, Any], estimate: StudyEstimate) -> str:
     line = (
         f"vitpeft: the {config['study']} study's {estimate.runs} training runs ({estimate.jobs} jobs) "
         f"need an estimated "
-        f"{estimate.flops:.3g} FLOPs, {estimate.gpu_hours:.3g} GPU-hours at a sustained "
+        f"{estimate.flops:.3g} FLOPs ({estimate.tuning_runs} short tuning runs: "
+        f"{estimate.tuning_flops / estimate.flops:.0%}), {estimate.gpu_hours:.3g} GPU-hours at a sustained "
         f"{estimate.gpu_tflops:g} TFLOP/s per GPU (compute.gpu_tflops)"
     )
     resources = config["resources"]

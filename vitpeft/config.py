@@ -490,6 +490,10 @@ def validate(config: dict[str, Any]) -> None:
     for method in study_methods(config):
         check_device(config, method)
     check_compute(config)
+    # tune.grids: imported here, since vitpeft.tune builds its runs with this module
+    from vitpeft.tune import check_grids
+
+    check_grids(config)
     every = config.get("checkpoint_every", 0)
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise ConfigError(

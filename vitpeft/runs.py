@@ -235,6 +235,7 @@ def train_run(
         "accumulation_steps": math.ceil(run.train.batch_size / history.micro_batch_size[-1]),
         "oom_backoffs": sum(history.oom_backoffs),
         "epochs": run.train.epochs,
+        "lr": run.method.lr,  # the peak rate it trained at: tuned (vitpeft.tune) or the config's
         **criterion.judge(history.val_top1),
         "backbone": run.model.backbone["source"] if run.method.uses_pretrained_backbone else "scratch",
         "config_hash": config_hash(run_dict),

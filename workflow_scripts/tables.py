@@ -20,4 +20,5 @@ write_tables(
     manifests=snakemake.input.manifests,
     out_dir=Path(snakemake.output[0]).parent,
     baselines=snakemake.input.baselines,
+    lr_choices=snakemake.input.lr_choices,
 )

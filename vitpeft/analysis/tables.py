@@ -22,6 +22,7 @@ from vitpeft.convergence import ConvergenceCriterion
 from vitpeft.device import NAMES as DEVICE_NAMES
 from vitpeft.io import atomic_write, read_json
 from vitpeft.methods import parse_method_name
+from vitpeft.tune import rate_family
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 SIGNIFICANCE = 0.05  # Holm-corrected p below which a difference is marked in the tables
@@ -62,12 +63,21 @@ def fmt_general(value: float) -> str:
 
 
 def compute_used(
-    runs: pd.DataFrame, backbones: list[dict[str, Any]], estimate: dict[str, Any]
+    runs: pd.DataFrame,
+    backbones: list[dict[str, Any]],
+    estimate: dict[str, Any],
+    lr_choices: list[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Device-hours that the reported training runs took, and, once every run of the estimate has
-    reported, the FLOP/s they sustained (the estimated FLOPs over the measured time)."""
-    seconds = float(runs.train_time_s.sum()) + sum(b["train_time_s"] for b in backbones)
-    complete = len(runs) + len(backbones) == estimate["runs"] and seconds > 0
+    """Device-hours that the reported training runs took (tuning runs included), and, once every
+    run of the estimate has reported, the FLOP/s they sustained (the estimated FLOPs over the
+    measured time)."""
+    tuning = [entry for choice in lr_choices for entry in choice["grid"]]
+    seconds = (
+        float(runs.train_time_s.sum())
+        + sum(b["train_time_s"] for b in backbones)
+        + sum(entry.get("train_time_s", 0.0) for entry in tuning)
+    )
+    complete = len(runs) + len(backbones) + len(tuning) == estimate["runs"] and seconds > 0
     return {"hours": seconds / 3600.0, "tflops": estimate["flops"] / seconds / 1e12 if complete else None}
 
 
@@ -267,6 +277,7 @@ def write_tables(
     out_dir: str | Path,
     compute: dict[str, Any] | None = None,
     baselines: list[str | Path] = (),
+    lr_choices: list[str | Path] = (),
 ) -> None:
     """Render every generated LaTeX part of the paper into ``out_dir``, for the config's selected study.
 
@@ -274,6 +285,8 @@ def write_tables(
         compute: the study's estimated compute (:class:`vitpeft.compute.StudyEstimate` as a dict),
             stated in the setup section with the time the runs took.
         baselines: the classical baselines' records (:mod:`vitpeft.baselines`).
+        lr_choices: the tuning jobs' ``choice.json`` files (:mod:`vitpeft.tune`): the setup
+            section prints each grid and the rate chosen.
     """
     out_dir = Path(out_dir)
     references = baselines_table(list(baselines))
@@ -321,6 +334,8 @@ def write_tables(
     render("comparisons.tex.j2", out_dir / "comparisons.tex", rows=compared.to_dict("records"))
     criterion = ConvergenceCriterion(**config.get("convergence", {}))
     backbones = [read_json(p) for p in backbone_metas]
+    choices = [read_json(p) for p in lr_choices]
+    tuned = sorted({choice["family"] for choice in choices})
     render(
         "setup.tex.j2",
         out_dir / "setup.tex",
@@ -328,7 +343,12 @@ def write_tables(
         config=config,
         recipe=training_recipe(config),
         compute=compute,
-        used=compute_used(runs, backbones, compute) if compute else None,
+        used=compute_used(runs, backbones, compute, choices) if compute else None,
+        lr_choices=choices,
+        tuned_families=tuned,
+        hand_set_lrs={
+            family: hp["lr"] for family, hp in config["methods"].items() if rate_family(family) not in tuned
+        },
         convergence=criterion,
         # reported, not checked: a backbone that is still improving is weaker, not wrong
         backbones=[{**b, "convergence": criterion.judge(b["curves"]["val_top1"])} for b in backbones],

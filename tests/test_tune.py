@@ -1,0 +1,194 @@
+"""The tune stage: families, grids, the choice, and what a grid change reruns (vitpeft.tune)."""
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from conftest import REPO, TINY_CONFIG, snakemake_command
+
+from vitpeft import compute, tune
+from vitpeft import config as study_config
+from vitpeft.config import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("method", "family"),
+    [
+        ("lora_r4", "lora"),
+        ("lora_r16", "lora"),
+        ("qlora8_r8", "qlora"),
+        ("qlora4_r8", "qlora"),
+        ("adalora_r8", "adalora"),
+        ("qalora4_r8", "qalora"),  # its own rate, not LoRA's
+        ("full", "full"),
+        ("scratch", "full"),  # the transfer check compares at the same rate
+        ("linear", "linear"),
+    ],
+)
+def test_each_method_trains_at_its_familys_rate(method, family):
+    assert tune.tuning_family(method) == family
+
+
+def test_a_family_is_tuned_with_the_middle_of_its_study_methods(demo_config):
+    config = copy.deepcopy(demo_config)
+    assert tune.representative_method(config, "lora") == "lora_r8"  # of r4, r8, r16
+    assert tune.representative_method(config, "qlora") == "qlora4_r8"  # the lower middle of 4, 8 bits
+    config["studies"]["demo"]["methods"] = ["lora_r16", "lora_r2", "lora_r32", "lora_r4"]
+    assert tune.representative_method(config, "lora") == "lora_r4"
+
+
+def test_the_choice_is_the_best_validation_top1_and_a_tie_goes_to_the_smaller_rate():
+    grid = [{"lr": 0.01, "val_top1": 96.5}, {"lr": 0.002, "val_top1": 96.5}, {"lr": 0.005, "val_top1": 96.0}]
+    assert tune.choose(grid)["lr"] == 0.002
+    grid[2]["val_top1"] = 97.0
+    assert tune.choose(grid)["lr"] == 0.005
+
+
+def test_the_short_runs_are_the_studys_run_at_each_rate_with_the_tuning_budget(demo_config):
+    runs = tune.tuning_runs(demo_config, "vit_w64_d4", "digits", "lora")
+    study_run = study_config.resolve_run(demo_config, "vit_w64_d4", "digits", "lora_r8", 0)
+    assert [run.method.lr for run in runs] == demo_config["tune"]["grids"]["lora"]
+    for run in runs:
+        assert run.seed == demo_config["tune"]["seed"] == 0
+        assert run.train.epochs == demo_config["tune"]["epochs"] < study_run.train.epochs
+        assert run.method.name == "lora_r8" and run.augment == study_run.augment
+        assert run.train.batch_size == study_run.train.batch_size
+
+
+def test_a_short_run_keeps_the_schedules_shape_and_validates_its_raw_weights(demo_config):
+    """The full study: 10 of 100 epochs warm up, and every family but AdaLoRA keeps a weight EMA of
+    decay 0.99992 (some 12,500 steps). A 10-epoch tuning run warms up for 1 epoch, and ranks the
+    rates by its own weights, not by an average still mostly made of the initial ones."""
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    full = study_config.load({**raw, "study": "full"})
+    study_run = study_config.resolve_run(full, "deit_small", "cifar10", "full", 0)
+    assert study_run.method.ema_decay > 0 and study_run.train.warmup_epochs == 10
+    (run, *_) = tune.tuning_runs(full, "deit_small", "cifar10", "full")
+    assert run.train.epochs == full["tune"]["epochs"]
+    assert run.train.warmup_epochs == pytest.approx(10 * run.train.epochs / study_run.train.epochs)
+    assert run.method.ema_decay == 0.0
+
+
+def test_the_study_estimate_counts_the_tuning_runs(demo_config):
+    estimate = compute.estimate_study(demo_config)
+    tuning = [run for job in compute.tuning_jobs(demo_config) for run in job]
+    assert estimate.tuning_runs == len(tuning) == 6 * 3  # 6 families x 3 rates, one model and dataset
+    assert estimate.tuning_flops == pytest.approx(
+        sum(compute.estimated_flops(demo_config, r) for r in tuning)
+    )
+    untuned = copy.deepcopy(demo_config)
+    del untuned["tune"]
+    without = compute.estimate_study(untuned)
+    assert estimate.runs == without.runs + 18 and estimate.jobs == without.jobs + 6
+    assert estimate.flops == pytest.approx(without.flops + estimate.tuning_flops)
+
+
+@pytest.mark.parametrize(
+    ("grids", "message"),
+    [
+        ({"lora": []}, "tune.grids.lora: must be a non-empty list of learning rates, got []"),
+        ({"lora": 0.005}, "tune.grids.lora: must be a non-empty list of learning rates, got 0.005"),
+        ({"lora": "1e-3"}, "tune.grids.lora: must be a non-empty list of learning rates, got '1e-3'"),
+        ({"qalora": [0.01, 0.0]}, "tune.grids.qalora: every learning rate must be a number > 0, got 0.0"),
+        ({"full": [-1e-3]}, "tune.grids.full: every learning rate must be a number > 0, got -0.001"),
+        ({"full": [True]}, "tune.grids.full: every learning rate must be a number > 0, got True"),
+        ({"full": ["1e-3"]}, "tune.grids.full: every learning rate must be a number > 0, got '1e-3'"),
+        ({"linear": [0.1, 0.1]}, "tune.grids.linear: a learning rate is listed twice"),
+        (
+            {"scratch": [0.001]},
+            "tune.grids.scratch: not a tunable method family (scratch trains at full's rate)",
+        ),
+        ({"dora": [0.001]}, "tune.grids.dora: not a tunable method family"),
+    ],
+)
+def test_a_bad_grid_is_refused_at_load_naming_the_key(grids, message):
+    from conftest import REPO
+
+    raw = yaml.safe_load((REPO / "config.yaml").read_text())
+    raw["tune"]["grids"] = grids
+    with pytest.raises(ConfigError) as error:
+        study_config.load(raw)
+    assert message in str(error.value)
+
+
+# The tiny study, cut to the runs of its two tuned families (full and qalora): a real workflow, in
+# the seconds its 1-epoch runs take.
+FULL_RUN = "results/runs/digits/full/deit_tiny/seed0/metrics.json"
+QALORA_RUN = "results/runs/digits/qalora4_r8/deit_tiny/seed0/metrics.json"
+QALORA_CHOICE = "results/tuning/digits/qalora/deit_tiny/choice.json"
+
+
+def snakemake(workdir, config, *args):
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = snakemake_command(workdir, path, "--cores", "2", *args)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return result.stdout + result.stderr
+
+
+def planned(output: str) -> dict[str, int]:
+    """The jobs a dry run plans, by rule (none when there is nothing to do)."""
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:")[1].split("Reasons:")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+@pytest.fixture(scope="module")
+def tuned_workdir(tmp_path_factory):
+    """The full and qalora4_r8 runs of the tiny study, each at its family's tuned rate."""
+    workdir = tmp_path_factory.mktemp("tuned")
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    snakemake(workdir, config, FULL_RUN, QALORA_RUN)
+    return workdir, config
+
+
+def copy_of(tuned_workdir, tmp_path):
+    workdir, config = tuned_workdir
+    shutil.copytree(workdir, tmp_path / "w", symlinks=True)  # copy2 keeps the files' times
+    return tmp_path / "w", copy.deepcopy(config)
+
+
+def test_runs_read_their_rate_from_their_familys_choice(tuned_workdir):
+    workdir, _ = tuned_workdir
+    for family, run in (("full", FULL_RUN), ("qalora", QALORA_RUN)):
+        choice = json.loads((workdir / f"results/tuning/digits/{family}/deit_tiny/choice.json").read_text())
+        assert [entry["lr"] for entry in choice["grid"]] == yaml.safe_load(TINY_CONFIG.read_text())["tune"][
+            "grids"
+        ][family]
+        assert choice["lr"] == tune.choose(choice["grid"])["lr"]
+        config = json.loads((workdir / run).with_name("config.json").read_text())
+        metrics = json.loads((workdir / run).read_text())
+        assert config["method"]["lr"] == metrics["lr"] == choice["lr"]
+
+
+def test_a_grid_value_added_plans_only_its_familys_tuning_and_runs(tuned_workdir, tmp_path):
+    workdir, config = copy_of(tuned_workdir, tmp_path)
+    assert planned(snakemake(workdir, config, "-n", FULL_RUN, QALORA_RUN)) == {}
+    config["tune"]["grids"]["qalora"].append(1.0e-2)
+    plan = snakemake(workdir, config, "-n", FULL_RUN, QALORA_RUN)
+    # qalora's tuning reruns; its run waits for the choice (a checkpoint) to know its rate; full's
+    # tuning and run are untouched
+    assert planned(plan) == {"tune": 1, "train": 1}
+    first_outputs = re.findall(r"^    output: ([^,\n]+)", plan, re.M)
+    assert sorted(first_outputs) == sorted([QALORA_CHOICE, QALORA_RUN])
+
+
+def test_a_rewritten_unchanged_choice_reruns_no_run_and_a_changed_one_does(tuned_workdir, tmp_path):
+    workdir, config = copy_of(tuned_workdir, tmp_path)
+    before = json.loads((workdir / QALORA_CHOICE).read_text())
+    snakemake(workdir, config, QALORA_CHOICE, "--forcerun", "tune")  # the same grid, rewritten
+    after = json.loads((workdir / QALORA_CHOICE).read_text())
+    assert after["provenance"] != before["provenance"] and after["lr"] == before["lr"]
+    assert planned(snakemake(workdir, config, "-n", QALORA_RUN)) == {}
+
+    other = next(lr for lr in (1.0e-4, 2.0e-4) if lr != before["lr"])
+    config["tune"]["grids"]["qalora"] = [other]  # the choice can only change
+    snakemake(workdir, config, QALORA_CHOICE)
+    plan = snakemake(workdir, config, "-n", QALORA_RUN)
+    assert planned(plan) == {"train": 1} and "Params have changed" in plan
