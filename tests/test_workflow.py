@@ -276,6 +276,7 @@ def test_the_full_study_is_one_flag_away(tmp_path):
         "download": 3,
         "prepare_data": 3,
         "onnx_graph": 3 * 3,  # models x datasets
+        "tune": 3 * 3 * 6,  # models x datasets x the six families with a grid
         "train": jobs,
         "export": jobs - int_jobs,
         "export_int": int_jobs,
