@@ -17,6 +17,8 @@ from vitpeft.methods import (
 )
 from vitpeft.methods import METHODS as METHODS_BY_FAMILY
 from vitpeft.submission import RUN_FILES as SUBMITTED_RUN_FILES
+from vitpeft.analysis.seed_curves import SEED_CURVES
+from vitpeft.paper import template_files
 
 study_config.load(
     config
@@ -28,6 +30,7 @@ print(compute.summary(config, STUDY_COMPUTE), file=sys.stderr)
 STUDY = study_config.study(config)
 METHODS = study_config.study_methods(config)
 PAPER_DIR = Path(workflow.basedir) / "paper"
+PAPER_TEMPLATES = PAPER_DIR / "templates"
 RUN_DIR = "results/runs/{dataset}/{method}/{model}/seed{seed}"
 SPLIT_FILES = ["train.npz", "val.npz", "test.npz", "manifest.json"]
 
@@ -217,4 +220,17 @@ def study_manifests():
 
 
 def paper_sources():
-    return sorted(str(p) for p in PAPER_DIR.rglob("*") if p.suffix in (".tex", ".bib"))
+    """The LaTeX sources both PDFs read: every .tex and .bib under paper/ but the templates, of
+    which only the chosen one is an input (:func:`paper_template`)."""
+    return sorted(
+        str(p)
+        for p in PAPER_DIR.rglob("*")
+        if p.suffix in (".tex", ".bib") and PAPER_TEMPLATES not in p.parents
+    )
+
+
+def paper_template():
+    """The chosen template's file and the files it reads."""
+    return [
+        str(p) for p in template_files(config["paper"]["template"], PAPER_TEMPLATES)
+    ]
