@@ -176,7 +176,8 @@ def test_the_paper_and_its_supplement_build_in_a_conference_template(tiny_study,
     )
     assert built.returncode == 0, built.stderr[-5000:]
     ran = re.findall(r"^(?:local)?rule (\w+):", built.stdout + built.stderr, re.M)
-    assert sorted(ran) == ["paper", "supplement", "supplement_figures"]
+    # the supplement's figures exist already if an earlier test built the shared study's supplement
+    assert set(ran) - {"supplement_figures"} == {"paper", "supplement"} and len(ran) == len(set(ran))
 
     # two columns set the same paper on fewer pages than the one-column article of the tiny study
     assert 1 < pdf_pages(study / "paper.pdf") < pdf_pages(tiny_study / "paper.pdf")

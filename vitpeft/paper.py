@@ -34,6 +34,7 @@ TEMPLATES = {
         "acmart.cls": "texlive-publishers",
         "ACM-Reference-Format.bst": "texlive-publishers",
         "xstring.sty": "texlive-latex-extra",  # one of the many packages acmart loads
+        "binhex.tex": "texlive-plain-generic",  # read by acmart's hyperxmp
         # acmart's fonts: without them it falls back to Computer Modern with a warning
         "libertine.sty": "texlive-fonts-extra",
         "zi4.sty": "texlive-fonts-extra",
