@@ -1,22 +1,24 @@
 # Two commands do all the set-up on a fresh machine:
-#   make paper   venv + pinned dependencies + TeX, then snakemake builds paper.pdf
-#   make test    the same set-up, then the test suite and the linters
+#   make paper   venv + pinned dependencies + TeX, then snakemake builds paper.pdf and supplement.pdf
+#   make test    the same set-up (TeX for every template), then the test suite and the linters
+# make paper TEMPLATE=ieee typesets in another template (article | ieee | acm) than config.yaml's
+# paper.template, installing what it needs.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
-TEX_PACKAGES := texlive-latex-recommended texlive-fonts-recommended latexmk poppler-utils
+TEMPLATE ?=
+SNAKEMAKE_CONFIG := $(if $(TEMPLATE),--config 'paper={template: $(TEMPLATE)}')
 
 .PHONY: paper test lint format setup tex clean
 
-# The venv (pip, mostly unpacking torch) and TeX (apt) install side by side.
-paper:
-	$(MAKE) --no-print-directory -j2 setup tex
-	$(BIN)/snakemake --cores $(CORES) paper.pdf
+paper: setup tex
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_CONFIG) paper.pdf supplement.pdf
 
-test:
-	$(MAKE) --no-print-directory -j2 setup tex
+# the end-to-end tests build the paper in every template
+test: TEMPLATE = all
+test: setup tex
 	$(BIN)/pytest
 	$(MAKE) lint
 
@@ -41,15 +43,17 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-# latexmk builds the paper and pdftotext reads it in the tests.
-tex:
-	@if command -v latexmk >/dev/null && command -v pdftotext >/dev/null; then :; \
+# latexmk builds the paper and pdftotext reads it in the tests. What the template needs beyond
+# that (vitpeft.paper.TEMPLATES): IEEEtran and acmart from texlive-publishers, acmart's fonts.
+tex: setup
+	@missing="$$($(BIN)/python -m vitpeft.paper missing-packages config.yaml $(TEMPLATE))" || exit 1; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		echo "Installing TeX: $(TEX_PACKAGES)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEX_PACKAGES) >/dev/null; \
+		echo "Installing TeX: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else \
-		echo "TeX is missing. Install it with: sudo apt-get install $(TEX_PACKAGES)" >&2; exit 1; \
+		echo "TeX is missing. Install it with: sudo apt-get install $$missing" >&2; exit 1; \
 	fi
 
 clean:
-	rm -rf results resources paper.pdf .snakemake
+	rm -rf results resources paper.pdf supplement.pdf .snakemake

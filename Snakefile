@@ -1,5 +1,6 @@
 # The study, from one config to one paper:
-#   snakemake --cores 2 paper.pdf              everything (the default target)
+#   snakemake --cores 2                        everything: paper.pdf and supplement.pdf (the default)
+#   snakemake --cores 2 paper.pdf              the paper only
 #   snakemake --cores 1 results/lora_r8_digits  one cell: a method on a dataset, all models x seeds
 #   snakemake -n <target>                       plan without running
 from snakemake.utils import min_version
@@ -34,6 +35,8 @@ localrules:
     tables,
     checklist,
     paper,
+    supplement_figures,
+    supplement,
     submission,
 
 
@@ -41,3 +44,4 @@ rule all:
     default_target: True
     input:
         "paper.pdf",
+        "supplement.pdf",

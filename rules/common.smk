@@ -19,6 +19,8 @@ from vitpeft.methods import (
 from vitpeft.methods import METHODS as METHODS_BY_FAMILY
 from vitpeft.submission import RUN_FILES as SUBMITTED_RUN_FILES
 from vitpeft import tune
+from vitpeft.analysis.seed_curves import SEED_CURVES
+from vitpeft.paper import template_files
 
 study_config.load(
     config
@@ -35,6 +37,7 @@ PAPER_DIR = Path(workflow.basedir) / "paper"
 # as a whole demo run's training. The runs keep a folder each.
 JOB_DIR = "results/runs/{dataset}/{method}/{model}"
 RUN_DIR = f"{JOB_DIR}/seed{{seed}}"
+PAPER_TEMPLATES = PAPER_DIR / "templates"
 SPLIT_FILES = ["train.npz", "val.npz", "test.npz", "manifest.json"]
 # One tuning job per method family x model x dataset: its choice, and its short runs beside it.
 TUNE_DIR = "results/tuning/{dataset}/{family}/{model}"
@@ -318,4 +321,17 @@ def study_manifests():
 
 
 def paper_sources():
-    return sorted(str(p) for p in PAPER_DIR.rglob("*") if p.suffix in (".tex", ".bib"))
+    """The LaTeX sources both PDFs read: every .tex and .bib under paper/ but the templates, of
+    which only the chosen one is an input (:func:`paper_template`)."""
+    return sorted(
+        str(p)
+        for p in PAPER_DIR.rglob("*")
+        if p.suffix in (".tex", ".bib") and PAPER_TEMPLATES not in p.parents
+    )
+
+
+def paper_template():
+    """The chosen template's file and the files it reads."""
+    return [
+        str(p) for p in template_files(config["paper"]["template"], PAPER_TEMPLATES)
+    ]

@@ -1,10 +1,12 @@
-# One archive to submit: the paper, its generated parts, the tables, the best run of every cell,
-# the environment lock and the data manifests, with a SHA256SUMS list.
+# One archive to submit: the paper and its supplement, their generated parts, the tables, the best
+# run of every cell, the environment lock and the data manifests, with a SHA256SUMS list.
 
 
 rule submission:
     input:
         paper="paper.pdf",
+        supplement="supplement.pdf",
+        supplement_figures=rules.supplement_figures.output,
         generated=[
             *rules.tables.output,
             *rules.findings.output,

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import REPO, TINY_CONFIG, snakemake_command
 
+from vitpeft.paper import overfull_boxes
+
 
 def job_stats(plan: str) -> dict[str, str]:
     """The job counts of a dry run's "Job stats" table."""
@@ -55,21 +57,36 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tiny_study, tmp_path):
     text = subprocess.run(
         ["pdftotext", str(tiny_study / "paper.pdf"), "-"], capture_output=True, text=True, check=True
     ).stdout
-    assert f"{metrics['test_top1']:.2f}" in text  # the appendix's per-run table
     assert f"{metrics['test_top1']:.1f}" in text  # the results table's mean over the one seed
     assert "Tiny end-to-end test of the vitpeft pipeline" in text
+    assert "supplementary material" in pdf_text(tiny_study / "paper.pdf")
     for name in ("accuracy_vs_params", "accuracy_vs_memory", "adalora_ranks", "resources", "rank_ablation"):
         assert (tiny_study / "results" / "paper" / f"{name}.pdf").read_bytes().startswith(b"%PDF-"), name
     checklist = json.loads((tiny_study / "results" / "analysis" / "checklist.json").read_text())
     assert checklist["cells"] == {"expected": 7, "complete": 7} and checklist["provenance_gaps"] == []
-    assert checklist["passed"] and "Submission checklist" in text
+    assert checklist["passed"]
 
-    # the submission package bundles the paper with what is behind it: only its own job runs
+    # the submission package bundles the paper and its supplement with what is behind them: only
+    # their own jobs run
     result = subprocess.run([*cmd, "results/submission.tar.gz"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-5000:]
+    assert sorted(re.findall(r"^(?:local)?rule (\w+):", result.stdout + result.stderr, re.M)) == [
+        "submission",
+        "supplement",
+        "supplement_figures",
+    ]
+    supplement = pdf_text(tiny_study / "supplement.pdf")
+    assert f"{metrics['test_top1']:.2f}" in supplement  # the per-run table
+    for heading in ("Every run", "Training curves of every seed", "Submission checklist"):
+        assert heading in supplement, heading
     with tarfile.open(tiny_study / "results" / "submission.tar.gz") as archive:
         names = archive.getnames()
-    assert {"submission/paper.pdf", "submission/SHA256SUMS", "submission/tables/runs.csv"} <= set(names)
+    assert {
+        "submission/paper.pdf",
+        "submission/supplement.pdf",
+        "submission/SHA256SUMS",
+        "submission/tables/runs.csv",
+    } <= set(names)
     assert "submission/best_runs/digits/qalora4_r8/deit_tiny/seed0/checkpoint.safetensors" in names
 
     again = subprocess.run([*cmd, "-n", "paper.pdf"], capture_output=True, text=True, timeout=120)
@@ -117,6 +134,77 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tiny_study, tmp_path):
     prose.write_text(prose.read_text() + "\n% a prose-only edit\n")
     plan = subprocess.run([*from_copy, "-n", "paper.pdf"], capture_output=True, text=True, timeout=120).stdout
     assert job_stats(plan) == {"paper": "1", "total": "1"}
+
+
+# The body font each template typesets in, as pdffonts names it (after the subset prefix).
+TEMPLATE_FONTS = {"ieee": "NimbusRomNo9L-Regu", "acm": "LinLibertineT"}
+
+
+def pdf_text(pdf: Path) -> str:
+    """The PDF's text with hyphenated line breaks joined and all whitespace one space."""
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    return " ".join(text.replace("-\n", "").split())
+
+
+def pdf_pages(pdf: Path) -> int:
+    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"^Pages:\s+(\d+)", info, re.M)[1])
+
+
+def pdf_fonts(pdf: Path) -> list[dict[str, str]]:
+    """pdffonts' table: each font's name (without its subset prefix), type and whether embedded."""
+    lines = subprocess.run(["pdffonts", str(pdf)], capture_output=True, text=True, check=True).stdout
+    fonts = []
+    for line in lines.splitlines()[2:]:
+        # name, type (one or two words), encoding, then the emb/sub/uni flags and the object ID
+        name, *middle, emb, _sub, _uni, _obj, _gen = line.split()
+        fonts.append({"name": name.split("+")[-1], "type": " ".join(middle[:-1]), "embedded": emb})
+    return fonts
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("template", ["ieee", "acm"])
+def test_the_paper_and_its_supplement_build_in_a_conference_template(tiny_study, tmp_path, template):
+    """From the finished tiny study, another template reruns only LaTeX: two-column pages in the
+    template's own embedded fonts, no line or table sticking out more than 10 pt, and an edit of
+    the template's file (not of another template) reruns the paper and supplement alone."""
+    workflow = copy_of_the_workflow(tmp_path / "workflow")
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study, study, symlinks=True)
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["paper"] = {"template": template}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = snakemake_command(study, tmp_path / "config.yaml", snakefile=workflow / "Snakefile")
+    built = subprocess.run(
+        [*cmd, "--cores", "1", "paper.pdf", "supplement.pdf"], capture_output=True, text=True, timeout=300
+    )
+    assert built.returncode == 0, built.stderr[-5000:]
+    ran = re.findall(r"^(?:local)?rule (\w+):", built.stdout + built.stderr, re.M)
+    # the supplement's figures exist already if an earlier test built the shared study's supplement
+    assert set(ran) - {"supplement_figures"} == {"paper", "supplement"} and len(ran) == len(set(ran))
+
+    # two columns set the same paper on fewer pages than the one-column article of the tiny study
+    assert 1 < pdf_pages(study / "paper.pdf") < pdf_pages(tiny_study / "paper.pdf")
+    assert pdf_pages(study / "supplement.pdf") >= 2
+    for name in ("paper", "supplement"):
+        fonts = pdf_fonts(study / f"{name}.pdf")
+        assert all(f["embedded"] == "yes" for f in fonts), fonts
+        assert not [f for f in fonts if f["type"].startswith("Type 3")], fonts  # no bitmap fonts
+        assert TEMPLATE_FONTS[template] in {f["name"] for f in fonts}, fonts
+        latex_log = (study / "results" / "logs" / f"{name}.tex.log").read_text(errors="replace")
+        assert max(overfull_boxes(latex_log), default=0.0) <= 10.0, name
+    assert "supplementary material" in pdf_text(study / "paper.pdf")
+
+    # only the chosen template (and what it reads) is an input of the LaTeX rules
+    plan = [*cmd, "-n", "paper.pdf", "supplement.pdf"]
+    other = workflow / "paper" / "templates" / ("acm.tex" if template == "ieee" else "ieee.tex")
+    other.write_text(other.read_text() + "\n% an edit of another template\n")
+    unchanged = subprocess.run(plan, capture_output=True, text=True, timeout=120)
+    assert "Nothing to be done" in unchanged.stdout + unchanged.stderr
+    chosen = workflow / "paper" / "templates" / f"{template}.tex"
+    chosen.write_text(chosen.read_text() + "\n% a template-only edit\n")
+    edited = subprocess.run(plan, capture_output=True, text=True, timeout=120).stdout
+    assert job_stats(edited) == {"paper": "1", "supplement": "1", "total": "2"}
 
 
 def jobs_run(log: str, *rules: str) -> list[tuple[str, str]]:

@@ -27,11 +27,12 @@ def study(tmp_path):
     rows = [finished_run(tmp_path, "lora_r8", s, v) for s, v in enumerate([70.0, 80.0, 75.0])]
     rows += [finished_run(tmp_path, "full", s, v) for s, v in enumerate([90.0, 85.0, 88.0])]
     pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
-    for name in ("paper.pdf", "macros.tex", "requirements.txt"):
+    for name in ("paper.pdf", "supplement.pdf", "macros.tex", "requirements.txt"):
         (tmp_path / name).write_text(name)
     write_json(tmp_path / "data" / "digits" / "manifest.json", {"classes": 10})
     return dict(
         paper_pdf=tmp_path / "paper.pdf",
+        supplement_pdf=tmp_path / "supplement.pdf",
         generated=[tmp_path / "macros.tex"],
         tables=[tmp_path / "runs.csv"],
         environment=[tmp_path / "requirements.txt"],
@@ -60,6 +61,7 @@ def test_archive_holds_everything_with_verifiable_checksums_and_is_deterministic
     assert len(listing) == len(sums) == len(names) - 1
     for expected in (
         "submission/paper.pdf",
+        "submission/supplement.pdf",
         "submission/paper_parts/macros.tex",
         "submission/tables/runs.csv",
         "submission/environment/requirements.txt",

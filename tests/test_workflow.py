@@ -60,6 +60,12 @@ ANALYSIS = {
 # logistic regression, an RBF SVM and k-NN on each dataset: inputs of the figures and tables
 BASELINES = {"baseline": 3 * len(DEMO["studies"]["demo"]["datasets"])}
 UP_TO_PAPER = {**UP_TO_CELLS, **BASELINES, **ANALYSIS}
+# the supplement: every seed's curves, then LaTeX over the paper's generated parts and the checklist
+SUPPLEMENT = {
+    **{rule: 1 for rule in ANALYSIS if rule != "paper"},
+    "supplement_figures": 1,
+    "supplement": 1,
+}
 ONE_CELL = {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "tune": 1, "train": 1, "export": 1, "cell": 1}
 
 
@@ -67,7 +73,8 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "tune": 1, "train
     ("target", "expected"),
     [
         ("paper.pdf", UP_TO_PAPER),
-        ("results/submission.tar.gz", {**UP_TO_PAPER, "submission": 1}),
+        ("supplement.pdf", {**UP_TO_CELLS, **BASELINES, **SUPPLEMENT}),
+        ("results/submission.tar.gz", {**UP_TO_PAPER, **SUPPLEMENT, "submission": 1}),
         ("results/lora_r8_digits", ONE_CELL),
         ("results/qlora4_r8_digits", ONE_CELL),
         ("results/adalora_r8_digits", ONE_CELL),

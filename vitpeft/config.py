@@ -369,11 +369,13 @@ def pretrain_run(config: dict[str, Any], model: str) -> RunConfig:
 
 # Keys that say how jobs are scheduled, not what they compute: the paper does not depend on them.
 SCHEDULING_KEYS = ("resources", "checkpoint_every", "threads", "device")
+# Keys that say how the paper is typeset: only the LaTeX rules depend on them.
+TYPESETTING_KEYS = ("paper",)
 
 
 def results_view(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` without its scheduling keys: what the paper's setup section is written from."""
-    return {k: v for k, v in config.items() if k not in SCHEDULING_KEYS}
+    """``config`` without its scheduling and typesetting keys: what the setup section is written from."""
+    return {k: v for k, v in config.items() if k not in SCHEDULING_KEYS + TYPESETTING_KEYS}
 
 
 def check_compute(config: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
-"""The submission package: one archive with the paper, its generated parts, the results tables,
-the best run of every cell, the environment lock and the data manifests, plus ``SHA256SUMS``.
+"""The submission package: one archive with the paper and its supplement, their generated parts,
+the results tables, the best run of every cell, the environment lock and the data manifests, plus
+``SHA256SUMS``.
 
 The archive is deterministic (sorted members, fixed times and owners), so the same results give
 the same bytes and its own checksum can be quoted.
@@ -31,6 +32,7 @@ def best_runs(runs_csv: str | Path) -> pd.DataFrame:
 
 def members(
     paper_pdf: str | Path,
+    supplement_pdf: str | Path,
     generated: list[str | Path],
     tables: list[str | Path],
     environment: list[str | Path],
@@ -38,7 +40,7 @@ def members(
     runs_csv: str | Path,
 ) -> dict[str, Path]:
     """Archive name -> file on disk."""
-    chosen = {"paper.pdf": Path(paper_pdf)}
+    chosen = {"paper.pdf": Path(paper_pdf), "supplement.pdf": Path(supplement_pdf)}
     chosen |= {f"paper_parts/{Path(p).name}": Path(p) for p in generated}
     chosen |= {f"tables/{Path(p).name}": Path(p) for p in tables}
     chosen |= {f"environment/{Path(p).name}": Path(p) for p in environment}

@@ -1,0 +1,101 @@
+"""The paper's templates, the TeX they need, LaTeX's overfull-box report and the supplement's
+per-seed curves (the builds themselves are in test_end_to_end.py)."""
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO
+
+from vitpeft import config as study_config
+from vitpeft import paper
+from vitpeft.analysis.seed_curves import seed_curves
+from vitpeft.analysis.style import method_label, method_sort_key
+from vitpeft.config import ConfigError
+
+SCHEMA = yaml.safe_load((REPO / "vitpeft" / "schemas" / "config.schema.yaml").read_text())
+
+
+def test_every_template_of_the_schema_has_its_file_and_its_tex_needs():
+    names = SCHEMA["properties"]["paper"]["properties"]["template"]["enum"]
+    assert sorted(names) == sorted(paper.TEMPLATES)
+    for name in names:
+        files = paper.template_files(name)
+        assert files[0] == REPO / "paper" / "templates" / f"{name}.tex"
+        assert all(f.exists() for f in files), files
+    # what a template reads is one of the paper rules' inputs: the two-column ones share the floats
+    assert [f.name for f in paper.template_files("ieee")] == [
+        "ieee.tex",
+        "line_breaks.tex",
+        "wide_floats.tex",
+    ]
+    assert [f.name for f in paper.template_files("article")] == ["article.tex", "line_breaks.tex"]
+
+
+def test_the_template_defaults_to_article_and_an_unknown_one_is_refused_naming_it(demo_config):
+    assert demo_config["paper"] == {"template": "article"}
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["paper"] = {"template": "neurips"}
+    with pytest.raises(ConfigError, match="'neurips' is not one of") as refused:
+        study_config.load(copy.deepcopy(config))
+    assert "['paper']['template']" in str(refused.value)
+    with pytest.raises(ValueError, match="paper.template: unknown template 'neurips'"):
+        paper.missing_packages("neurips")
+
+
+def test_the_template_is_not_part_of_what_the_tables_are_written_from(demo_config):
+    other = copy.deepcopy(demo_config)
+    other["paper"]["template"] = "acm"
+    assert study_config.results_view(other) == study_config.results_view(demo_config)
+
+
+def test_missing_tex_is_named_by_its_debian_package(monkeypatch):
+    monkeypatch.setenv("PATH", "")  # neither latexmk nor kpsewhich can be found
+    assert paper.missing_packages("article") == [
+        "latexmk",
+        "poppler-utils",
+        "texlive-fonts-recommended",
+        "texlive-latex-base",
+        "texlive-latex-recommended",
+    ]
+    acm = {"texlive-publishers", "texlive-latex-extra", "texlive-plain-generic", "texlive-fonts-extra"}
+    assert acm <= set(paper.missing_packages("acm"))
+    assert not acm - {"texlive-publishers"} & set(paper.missing_packages("ieee"))
+    assert set(paper.missing_packages("all")) == set(paper.missing_packages("acm"))
+
+
+def test_overfull_boxes_are_read_from_a_latex_log():
+    log = (
+        "Overfull \\hbox (12.34pt too wide) in paragraph at lines 3--4\n"
+        "Underfull \\hbox (badness 10000) in paragraph at lines 5--6\n"
+        "Overfull \\vbox (0.5pt too high) has occurred while \\output is active\n"
+        "Overfull \\hbox (3pt too wide) detected at line 9\n"
+    )
+    assert paper.overfull_boxes(log) == [12.34, 0.5, 3.0]
+    assert paper.overfull_boxes("no boxes here") == []
+
+
+def test_seed_curves_draw_one_panel_per_method_and_one_line_per_seed(tmp_path):
+    methods, seeds, epochs = ["full", "lora_r8", "qlora4_r8", "linear"], [0, 1, 2], 5
+    rows, curves = [], {}
+    for method in methods:
+        for seed in seeds:
+            run_dir = f"runs/digits/{method}/vit/seed{seed}"
+            rows.append(
+                {"dataset": "digits", "model": "vit", "method": method, "seed": seed, "run_dir": run_dir}
+            )
+            curves[run_dir] = {
+                "val_top1": list(np.linspace(50, 90, epochs) + seed),
+                "train_loss": [1.0] * epochs,
+            }
+    fig = seed_curves(pd.DataFrame(rows), curves, "val_top1", None)
+    drawn = [ax for ax in fig.axes if ax.lines]
+    assert len(drawn) == len(methods)  # a 2 x 3 grid: the two empty panels are hidden
+    assert sum(not ax.axison for ax in fig.axes) == 2
+    for ax in drawn:
+        assert [line.get_label() for line in ax.lines] == [f"seed {s}" for s in seeds]
+        assert list(ax.lines[2].get_ydata()) == pytest.approx(list(np.linspace(50, 90, epochs) + 2))
+    # in the paper's method order, named as in the paper
+    assert [ax.get_title() for ax in drawn] == [method_label(m) for m in sorted(methods, key=method_sort_key)]
