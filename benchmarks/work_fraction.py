@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 TIMESTAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
-JOB_START = re.compile(r"^(?:local)?rule (\w+):$")
+JOB_START = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")  # tune is a checkpoint
 FINISHED = re.compile(
     r"^Finished job(?:id:)? (\d+)"
 )  # "Finished jobid: 5 (Rule: x)" (v9), "Finished job 5." (v8)
@@ -88,13 +88,15 @@ def benchmark_cpu_s(path: Path) -> float:
 
 
 def train_time_s(job: Job, root: Path) -> float:
-    """The training time a train or pretrain job recorded in its JSON outputs, summed over its
-    runs (a train job trains every seed of a model x dataset x method; 0 if none)."""
+    """The training time a train, tune or pretrain job recorded in its JSON outputs, summed over its
+    runs (a train job trains every seed of a model x dataset x method, a tune job one short run per
+    rate of its grid, each in ``choice.json``'s ``grid``; 0 if none)."""
     total = 0.0
     for output in job.outputs:
         if output.endswith(".json") and (root / output).exists():
             record = json.loads((root / output).read_text())
             total += float(record.get("train_time_s", 0.0))
+            total += sum(float(entry.get("train_time_s", 0.0)) for entry in record.get("grid", []))
     return total
 
 
@@ -106,7 +108,7 @@ def summarize(root: Path, log: Path) -> dict:
         held = job.seconds * job.threads
         kind = kinds[job.rule]
         kind["jobs"] += 1
-        if job.rule in ("train", "pretrain"):
+        if job.rule in ("train", "tune", "pretrain"):
             trained = min(train_time_s(job, root), held)
             kinds[f"{job.rule}: training"]["core_s"] += trained
             held -= trained
@@ -117,7 +119,7 @@ def summarize(root: Path, log: Path) -> dict:
     offered = wall * cores
     held_by_jobs = sum(k["core_s"] for k in kinds.values())
     kinds["idle"]["core_s"] = max(0.0, offered - held_by_jobs)
-    training = kinds["train: training"]["core_s"]
+    training = kinds["train: training"]["core_s"] + kinds["tune: training"]["core_s"]
     return {
         "log": str(log),
         "cores": cores,
@@ -136,7 +138,7 @@ def report(summary: dict) -> str:
     lines = [
         f"log {summary['log']}",
         f"wall {summary['wall_s']:.0f} s x {summary['cores']} cores = {summary['offered_core_s']:.0f} core-s",
-        f"runs' training (metrics.json train_time_s): {summary['runs_train_time_s']:.0f} s",
+        f"runs' training (metrics.json train_time_s; the tuning runs' too): {summary['runs_train_time_s']:.0f} s",
         f"work fraction {summary['work_fraction']:.2f}"
         f" ({(summary['runs_train_time_s'] + summary['pretrain_train_time_s']) / summary['offered_core_s']:.2f}"
         " with the backbone pretraining)",

@@ -82,3 +82,26 @@ def test_work_fraction_reads_a_snakemake_log_and_splits_the_core_seconds(tmp_pat
     assert abs(sum(k["core_s"] for k in kinds.values()) - summary["offered_core_s"]) < 1e-6
     assert kinds["other"]["core_s"] % 2 == 0 and kinds["other"]["core_s"] >= 2
     assert "work fraction" in run_script("work_fraction.py", str(tmp_path))
+
+
+def test_work_fraction_counts_the_tune_checkpoint_and_its_runs_training(tmp_path):
+    """Snakemake logs a checkpoint as ``checkpoint tune:``; its grid's short runs are training."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from work_fraction import summarize
+
+    (tmp_path / "choice.json").write_text(
+        json.dumps({"grid": [{"train_time_s": 2.0}, {"train_time_s": 3.0}]})
+    )
+    log = tmp_path / "x.snakemake.log"
+    log.write_text(
+        "Provided cores: 1\n"
+        "[Thu Nov 26 10:00:00 2026]\n"
+        "checkpoint tune:\n"
+        "    output: choice.json\n"
+        "    jobid: 1\n"
+        "[Thu Nov 26 10:00:10 2026]\n"
+        "Finished jobid: 1 (Rule: tune)\n"
+    )
+    summary = summarize(tmp_path, log)
+    assert summary["kinds"]["tune"]["jobs"] == 1
+    assert summary["runs_train_time_s"] == 5.0 and summary["work_fraction"] == 0.5
