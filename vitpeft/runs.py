@@ -66,7 +66,7 @@ def build_model(run: RunConfig, num_classes: int, backbone: str | Path | None) -
     """The run's model before the method touches it, with weights from the configured source."""
     if not run.method.uses_pretrained_backbone:
         return create_model(run.model, num_classes)
-    if run.model.backbone["source"] == "timm":
+    if run.model.backbone["source"] in ("timm", "hf"):  # weights from the hub, or an hf folder
         return create_model(run.model, num_classes, hub=True)
     if backbone is None:
         raise ValueError(f"{run.method.name} needs backbone weights from {run.model.backbone}, got none")
