@@ -31,7 +31,7 @@ def test_run_config_round_trips_through_json_dict(demo_config):
     run = study_config.resolve_run(demo_config, "vit_w64_d4", "digits", "lora_r8", 2)
     again = RunConfig.from_dict(run.to_dict())
     assert again == run
-    assert again.method.r == 8 and again.method.target_modules == ("attn.qkv", "attn.proj")
+    assert again.method.r == 8 and again.method.target_modules == ("attention_qkv", "attention_out")
 
 
 def test_pretrain_run_uses_pretrain_budget(demo_config):

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vitpeft import config as study_config
 from vitpeft import tune
+from vitpeft.architecture import TIMM_VIT, BlockLayout
 from vitpeft.config import ModelSpec, RunConfig, pretrain_run, resolve_run, study, study_methods
 from vitpeft.data.sources import split_sizes
 from vitpeft.device import may_use_cuda
@@ -61,7 +61,7 @@ class Trained:
     adapters: dict[str, tuple[int, int]] | None = None
 
 
-def trained_weights(method: MethodConfig) -> Trained:
+def trained_weights(method: MethodConfig, layout: BlockLayout = TIMM_VIT) -> Trained:
     """What ``method`` trains, by its config's family.
 
     A family not known here is costed as full fine-tuning: an upper bound, so that its jobs ask
@@ -73,7 +73,7 @@ def trained_weights(method: MethodConfig) -> Trained:
         # AdaLoRA masks pruned ranks rather than shrinking its matrices: it computes at init_r.
         rank = method.init_r if isinstance(method, AdaLoraConfig) else method.r
         pooling = method.group_size if isinstance(method, QALoraConfig) else 1
-        return Trained(adapters={path: (rank, pooling) for path in method.target_modules})
+        return Trained(adapters={path: (rank, pooling) for path in method.target_paths(layout)})
     return Trained(backbone=True)  # FullConfig (and ScratchConfig), or a family not known here
 
 
@@ -94,25 +94,26 @@ class _Tally:
 
 
 def image_flops(model: ModelSpec, method: MethodConfig, num_classes: int) -> PassFlops:
-    """Forward and backward FLOPs of one training image through a timm ViT under ``method``.
+    """Forward and backward FLOPs of one training image through a ViT under ``method``.
 
     The architecture is timm's (:data:`vitpeft.config.MODEL_ARCHS`) at the spec's input and patch
     size, with the ``embed_dim``, ``depth``, ``mlp_ratio``, ``in_chans``, ``class_token`` and
-    ``reg_tokens`` of ``model.kwargs`` where given; other keyword arguments are taken not to
-    change the matrix products.
+    ``reg_tokens`` of ``model.kwargs`` where given (other keyword arguments are taken not to
+    change the matrix products), or a transformers ViT/DeiT's as its config gives it
+    (:meth:`vitpeft.config.ModelSpec.geometry`).
     """
-    kwargs = model.create_kwargs
-    width = kwargs.get("embed_dim", study_config.MODEL_WIDTHS[model.name])
-    depth = kwargs.get("depth", study_config.MODEL_DEPTHS[model.name])
-    hidden = int(width * kwargs.get("mlp_ratio", 4.0))
+    geometry = model.geometry()
+    width, depth, hidden = geometry.width, geometry.depth, geometry.hidden
     patches = (model.img_size // model.patch_size) ** 2
-    tokens = patches + int(kwargs.get("class_token", True)) + kwargs.get("reg_tokens", 0)
-    trained = trained_weights(method)
+    tokens = patches + geometry.extra_tokens
+    layout = model.layout
+    shapes = layout.shapes(width, hidden)
+    trained = trained_weights(method, layout)
     adapters = trained.adapters or {}
     full = trained.backbone
     tally = _Tally()
     # The patch embedding (a strided convolution): the images need no gradient.
-    tally.linear(patches, kwargs.get("in_chans", 3) * model.patch_size**2, width, full, input_grad=False)
+    tally.linear(patches, geometry.in_chans * model.patch_size**2, width, full, input_grad=False)
     stream_grad = full  # whether the residual stream depends on a trained weight
 
     def layer(path: str, n_in: int, n_out: int, input_grad: bool) -> bool:
@@ -126,12 +127,14 @@ def image_flops(model: ModelSpec, method: MethodConfig, num_classes: int) -> Pas
         return True
 
     for _ in range(depth):
-        qkv_grad = layer("attn.qkv", width, 3 * width, stream_grad)
+        # q, k and v: one fused Linear (timm) or three (transformers)
+        qkv_grad = any([layer(p, *shapes[p], stream_grad) for p in layout.roles["attention_qkv"]])
         for _ in ("q k^T", "attention @ v"):  # summed over heads: tokens x tokens x width
             tally.product(2.0 * tokens * tokens * width, 2 * int(qkv_grad))
-        stream_grad = layer("attn.proj", width, width, qkv_grad) or stream_grad
-        hidden_grad = layer("mlp.fc1", width, hidden, stream_grad)
-        stream_grad = layer("mlp.fc2", hidden, width, hidden_grad) or stream_grad
+        (out,), (mlp_in,), (mlp_out,) = (layout.roles[r] for r in ("attention_out", "mlp_in", "mlp_out"))
+        stream_grad = layer(out, *shapes[out], qkv_grad) or stream_grad
+        hidden_grad = layer(mlp_in, *shapes[mlp_in], stream_grad)
+        stream_grad = layer(mlp_out, *shapes[mlp_out], hidden_grad) or stream_grad
     tally.linear(1, width, num_classes, True, stream_grad)  # the head, on the pooled token
     return PassFlops(tally.forward, tally.backward)
 

@@ -11,11 +11,14 @@ This module imports neither torch nor timm, so that Snakemake parses the workflo
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vitpeft import device as devices
+from vitpeft.architecture import HF_MODEL_TYPES, TIMM_VIT, BlockLayout, hf_layout
 from vitpeft.convergence import ConvergenceCriterion
 from vitpeft.data.sources import check_kind
 from vitpeft.methods import config_from_dict, method_config, parse_method_name
@@ -43,8 +46,40 @@ MODEL_KWARGS = {"vit_w64_d4": {"embed_dim": 64, "depth": 4, "num_heads": 2}}
 # width * mlp_ratio. Known here, without torch, so that methods can check shapes at config time.
 MODEL_WIDTHS = {"deit_tiny": 192, "deit_small": 384, "vit_small": 384, "vit_w64_d4": 64}
 MODEL_DEPTHS = {"deit_tiny": 12, "deit_small": 12, "vit_small": 12, "vit_w64_d4": 4}  # transformer blocks
-BACKBONE_SOURCES = ("pretrain", "timm", "file")
 RANDAUGMENT_BINS = 31  # torchvision's default num_magnitude_bins: magnitudes 0..30
+# pretrain, timm, file: a timm architecture of MODEL_ARCHS; hf: a transformers ViT or DeiT
+BACKBONE_SOURCES = ("pretrain", "timm", "file", "hf")
+
+
+@functools.cache
+def hf_config(model_id: str) -> dict[str, Any]:
+    """The ``config.json`` of a transformers model: a local ``save_pretrained`` folder, or a hub
+    id (then fetched from the hub, or huggingface_hub's cache)."""
+    local = Path(model_id) / "config.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    from huggingface_hub import hf_hub_download
+
+    return json.loads(Path(hf_hub_download(model_id, "config.json")).read_text())
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the FLOP count and the shape checks need to know of a ViT, without building it.
+
+    Attributes:
+        width: embedding width (every block Linear takes it, but the MLP's second one).
+        depth: transformer blocks.
+        hidden: the MLP's inner width.
+        extra_tokens: tokens besides the patches (class token; DeiT's distillation token).
+        in_chans: input channels.
+    """
+
+    width: int
+    depth: int
+    hidden: int
+    extra_tokens: int
+    in_chans: int
 
 
 @dataclass(frozen=True)
@@ -52,11 +87,13 @@ class ModelSpec:
     """One ``models:`` entry of the config.
 
     Attributes:
-        name: the study's name for the model, a key of :data:`MODEL_ARCHS`.
-        img_size: input side in pixels.
-        patch_size: patch side in pixels.
+        name: the study's name for the model: a key of :data:`MODEL_ARCHS` for a timm model, any
+            name for a transformers one (``backbone.source: hf``).
+        img_size: input side in pixels (a transformers model's must be its config's).
+        patch_size: patch side in pixels (a transformers model's must be its config's).
         backbone: where the weights come from: ``{"source": "pretrain", "dataset": ...}``,
-            ``{"source": "timm"}`` or ``{"source": "file", "path": ...}``.
+            ``{"source": "timm"}``, ``{"source": "file", "path": ...}`` or
+            ``{"source": "hf", "id": <hub id or save_pretrained folder>}``.
         kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``depth`` in tests).
     """
 
@@ -67,19 +104,49 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.name not in MODEL_ARCHS:
-            raise ValueError(f"unknown model {self.name!r}; known: {sorted(MODEL_ARCHS)}")
-        if self.img_size % self.patch_size:
-            raise ValueError(
-                f"{self.name}: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
-            )
         if self.backbone.get("source") not in BACKBONE_SOURCES:
             raise ValueError(
                 f"{self.name}: backbone.source must be one of {BACKBONE_SOURCES}, got {self.backbone.get('source')!r}"
             )
+        if self.is_hf:
+            self._check_hf()
+        elif self.name not in MODEL_ARCHS:
+            raise ValueError(
+                f"unknown model {self.name!r}; known: {sorted(MODEL_ARCHS)} (or backbone.source hf)"
+            )
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"{self.name}: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
+            )
+
+    @property
+    def is_hf(self) -> bool:
+        return self.backbone.get("source") == "hf"
+
+    def _check_hf(self) -> None:
+        if not self.backbone.get("id"):
+            raise ValueError(f"{self.name}: backbone.id (a hub id or a save_pretrained folder) is required")
+        if self.kwargs:
+            raise ValueError(f"{self.name}: kwargs are timm's; a transformers model takes its config's")
+        hf = hf_config(self.backbone["id"])
+        if hf.get("model_type") not in HF_MODEL_TYPES:
+            raise ValueError(
+                f"{self.name}: unknown architecture {hf.get('architectures') or hf.get('model_type')!r} "
+                f"in {self.backbone['id']}; supported model_type: {list(HF_MODEL_TYPES)}"
+            )
+        for key, theirs in (("img_size", "image_size"), ("patch_size", "patch_size")):
+            if getattr(self, key) != hf[theirs]:
+                raise ValueError(
+                    f"{self.name}: {key} {getattr(self, key)} differs from {theirs} {hf[theirs]} "
+                    f"of {self.backbone['id']}; set {key}: {hf[theirs]}"
+                )
 
     @property
     def arch(self) -> str:
+        """timm's architecture name, or the transformers class of an ``hf`` model."""
+        if self.is_hf:
+            hf = hf_config(self.backbone["id"])
+            return (hf.get("architectures") or [hf["model_type"]])[0]
         return MODEL_ARCHS[self.name]
 
     @property
@@ -87,12 +154,36 @@ class ModelSpec:
         """Keyword arguments for ``timm.create_model(self.arch, ...)``: the model's own, then ``kwargs``."""
         return {**MODEL_KWARGS.get(self.name, {}), **self.kwargs}
 
-    def block_widths(self) -> dict[str, int]:
-        """``in_features`` of each Linear inside a transformer block, by block-relative path."""
+    @property
+    def layout(self) -> BlockLayout:
+        """The layout of this model's transformer blocks (which Linear plays which role)."""
+        return hf_layout() if self.is_hf else TIMM_VIT
+
+    def geometry(self) -> Geometry:
+        if self.is_hf:
+            hf = hf_config(self.backbone["id"])
+            extra = 2 if hf["model_type"] == "deit" else 1  # DeiT adds a distillation token
+            return Geometry(
+                hf["hidden_size"],
+                hf["num_hidden_layers"],
+                hf["intermediate_size"],
+                extra,
+                hf.get("num_channels", 3),
+            )
         kwargs = self.create_kwargs
         width = kwargs.get("embed_dim", MODEL_WIDTHS[self.name])
-        hidden = int(width * kwargs.get("mlp_ratio", 4.0))
-        return {"attn.qkv": width, "attn.proj": width, "mlp.fc1": width, "mlp.fc2": hidden}
+        return Geometry(
+            width,
+            kwargs.get("depth", MODEL_DEPTHS[self.name]),
+            int(width * kwargs.get("mlp_ratio", 4.0)),
+            int(kwargs.get("class_token", True)) + kwargs.get("reg_tokens", 0),
+            kwargs.get("in_chans", 3),
+        )
+
+    def block_widths(self) -> dict[str, int]:
+        """``in_features`` of each Linear inside a transformer block, by block-relative path."""
+        geometry = self.geometry()
+        return {path: shape[0] for path, shape in self.layout.shapes(geometry.width, geometry.hidden).items()}
 
 
 @dataclass(frozen=True)
@@ -474,7 +565,7 @@ def validate(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"by_dataset: unknown dataset {dataset!r}; the datasets section defines {sorted(config['datasets'])}"
             )
-    widths = {model: model_spec(config, model).block_widths() for model in selected["models"]}
+    specs = {model: model_spec(config, model) for model in selected["models"]}
     variants = {f"{key}.methods": config.get("methods", {})}  # the hyperparameters, and per dataset
     for dataset in selected["datasets"]:
         if "methods" in config.get("by_dataset", {}).get(dataset, {}):
@@ -485,8 +576,8 @@ def validate(config: dict[str, Any]) -> None:
         for where, hyperparameters in variants.items():
             try:
                 method_cfg = method_config(method, hyperparameters)
-                for model, model_widths in widths.items():
-                    method_cfg.check_widths(model_widths, model=model)
+                for model, spec in specs.items():
+                    method_cfg.check_widths(spec.block_widths(), model=model, layout=spec.layout)
             except (ValueError, TypeError) as err:
                 raise ConfigError(f"{where}: {method!r}: {err}") from err
     for method in study_methods(config):

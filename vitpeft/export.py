@@ -60,7 +60,7 @@ class ExportMismatch(RuntimeError):
 
 
 def merge(model: nn.Module, method: str) -> nn.Module:
-    """A merged copy of a trained model: fp32 timm layers, or INT-N layers for QA-LoRA."""
+    """A merged copy of a trained model: fp32 Linear layers, or INT-N layers for QA-LoRA."""
     from vitpeft.methods.qalora_layer import merge_qalora
 
     family, _ = parse_method_name(method)
@@ -322,13 +322,15 @@ def write_graph(model: str, model_entry: dict[str, Any], data_dir: str | Path, p
 
 
 def save_merged(model: nn.Module, run, out_dir: Path) -> None:
-    """The float merged weights plus what rebuilds the model: timm architecture and its arguments."""
+    """The float merged weights plus what rebuilds the model: timm architecture and its arguments,
+    or a transformers model's config (:meth:`vitpeft.models.hf.HFViT.description`)."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(out_dir / "model.safetensors") as tmp:
         save_file(state, str(tmp))
-    write_json(
-        out_dir / "model.json",
-        {
+    if run.model.is_hf:
+        architecture = {"transformers": model.description()}
+    else:
+        architecture = {
             "timm_arch": run.model.arch,
             "create_kwargs": {
                 "num_classes": model.num_classes,
@@ -337,16 +339,19 @@ def save_merged(model: nn.Module, run, out_dir: Path) -> None:
                 **run.model.create_kwargs,
             },
             "pretrained_cfg": {k: model.pretrained_cfg[k] for k in ("mean", "std")},
-            "method": run.method.name,
-            "seed": run.seed,
-        },
-    )
+        }
+    write_json(out_dir / "model.json", {**architecture, "method": run.method.name, "seed": run.seed})
 
 
 def load_merged(out_dir: str | Path) -> nn.Module:
     """Rebuild an exported float model from ``model.json`` and ``model.safetensors``."""
     out_dir = Path(out_dir)
     meta = read_json(out_dir / "model.json")
-    model = timm.create_model(meta["timm_arch"], pretrained=False, **meta["create_kwargs"])
+    if "transformers" in meta:
+        from vitpeft.models import hf
+
+        model = hf.rebuild(meta["transformers"])
+    else:
+        model = timm.create_model(meta["timm_arch"], pretrained=False, **meta["create_kwargs"])
     model.load_state_dict(load_file(str(out_dir / "model.safetensors")))
     return model.eval()

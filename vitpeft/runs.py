@@ -65,7 +65,7 @@ def build_model(run: RunConfig, num_classes: int, backbone: str | Path | None) -
     drop_path_rate = run.train.drop_path_rate
     if not run.method.uses_pretrained_backbone:
         return create_model(run.model, num_classes, drop_path_rate=drop_path_rate)
-    if run.model.backbone["source"] == "timm":
+    if run.model.backbone["source"] in ("timm", "hf"):  # weights from the hub, or an hf folder
         return create_model(run.model, num_classes, hub=True, drop_path_rate=drop_path_rate)
     if backbone is None:
         raise ValueError(f"{run.method.name} needs backbone weights from {run.model.backbone}, got none")

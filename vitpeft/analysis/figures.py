@@ -343,7 +343,8 @@ def rank_grid(ranks: list[dict[str, int]]) -> pd.DataFrame:
     cells = {}
     for per_seed in ranks:
         for name, rank in per_seed.items():
-            match = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+            # timm's blocks.N.attn.qkv; transformers' backbone.layers.N.attention.q_proj
+            match = re.fullmatch(r"(?:.*\.)?(?:blocks|layers?)\.(\d+)\.(.+)", name)
             if match is None:
                 raise ValueError(f"AdaLoRA layer {name!r} is not inside a transformer block")
             cells.setdefault((int(match[1]), match[2]), []).append(rank)

@@ -17,7 +17,7 @@ import pandas as pd
 from vitpeft.analysis.aggregate import baselines_table
 from vitpeft.analysis.style import macro_name, method_label, method_sort_key
 from vitpeft.baselines import BASELINE_LABELS, BASELINE_NAMES
-from vitpeft.config import MODEL_ARCHS, ExportConfig, model_spec, training_recipe
+from vitpeft.config import ExportConfig, model_spec, training_recipe
 from vitpeft.convergence import ConvergenceCriterion
 from vitpeft.device import NAMES as DEVICE_NAMES
 from vitpeft.io import atomic_write, read_json
@@ -354,7 +354,7 @@ def write_tables(
         backbones=[{**b, "convergence": criterion.judge(b["curves"]["val_top1"])} for b in backbones],
         datasets={Path(p).parent.name: read_json(p) for p in manifests},
         methods=sorted(runs.method.unique(), key=method_sort_key),
-        arches=MODEL_ARCHS,
+        arches={name: model_spec(config, name).arch for name in study["models"]},
         model_kwargs={name: model_spec(config, name).create_kwargs for name in study["models"]},
         citations=DATASET_CITATIONS,
         export=dataclasses.asdict(ExportConfig(**config.get("export", {}))),

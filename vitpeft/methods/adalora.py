@@ -2,7 +2,7 @@
 budget is reallocated by importance during training.
 
 peft adds AdaLoRA's orthogonal regularizer only when the model output has a ``.loss``; a timm
-model returns a tensor, so we add it to the loss ourselves. Ranks move from ``init_r`` per layer
+model (or our transformers wrapper) returns a tensor, so we add it to the loss ourselves. Ranks move from ``init_r`` per layer
 down to an average of ``r`` (the name's rank) on the schedule ``tinit`` / ``tfinal`` / ``delta_t``,
 which needs the real number of optimizer steps: it comes from the trainer.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from vitpeft.methods.base import MethodContext, Prepared, head_parameter_count
-from vitpeft.methods.lora import LoraConfig, target_layers, target_regex, wrap
+from vitpeft.methods.lora import LoraConfig, target_layers, wrap
 
 if TYPE_CHECKING:
     import torch
@@ -126,7 +126,7 @@ def prepare(model: nn.Module, config: AdaLoraConfig, context: MethodContext) -> 
         total_step=context.total_steps,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
-        target_modules=target_regex(config.target_modules),
+        target_modules=sorted(target_layers(model, config)),
         modules_to_save=["head"],
     )
     wrapped = wrap(model, config, peft_config, layer_type=peft.tuners.adalora.AdaLoraLayer)

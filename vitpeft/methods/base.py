@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from vitpeft.architecture import TIMM_VIT, BlockLayout
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -40,12 +42,15 @@ class MethodConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"{self.name}: ema_decay must be in [0, 1), got {self.ema_decay!r}")
 
-    def check_widths(self, in_features: dict[str, int], model: str = "model") -> None:
+    def check_widths(
+        self, in_features: dict[str, int], model: str = "model", layout: BlockLayout = TIMM_VIT
+    ) -> None:
         """Raise ``ValueError`` if the method cannot apply to blocks with these input widths.
 
         Args:
             in_features: block-relative Linear path (``attn.qkv``) -> its ``in_features``.
             model: the model's name, for the message.
+            layout: the model's blocks: which of their Linear layers plays which role.
         """
 
 

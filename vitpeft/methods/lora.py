@@ -1,9 +1,10 @@
-"""LoRA (Hu et al., 2021, arXiv 2106.09685) on a timm ViT through peft.
+"""LoRA (Hu et al., 2021, arXiv 2106.09685) on a timm or transformers ViT through peft.
 
-Target layers are matched by full module path. timm's attention output projection and the patch
-embedding's convolution are both called ``proj``, so a bare ``"proj"`` would also put an adapter
-on ``patch_embed.proj``; we build an anchored regex over ``blocks.{i}.<path>`` instead, and check
-that the adapters landed on exactly the layers we meant.
+Targets are roles (``attention_qkv``, ``attention_out``, ...) or explicit block-relative path
+patterns, resolved by :mod:`vitpeft.architecture` to the full paths of Linear layers inside the
+transformer blocks. peft gets exactly those paths: a bare suffix such as ``"proj"`` would also put
+an adapter on timm's ``patch_embed.proj``. We check that the adapters landed on exactly the layers
+we meant.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vitpeft.architecture import ROLES, TIMM_VIT, BlockLayout, target_linears
 from vitpeft.methods.base import MethodConfig, MethodContext, Prepared, head_parameter_count
 
 if TYPE_CHECKING:
     from torch import nn
-
-# Paths inside a timm ViT block that LoRA may adapt.
-ADAPTABLE = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
 @dataclass(frozen=True)
@@ -29,14 +28,16 @@ class LoraConfig(MethodConfig):
         r: rank of the update, from the method name (``lora_r8`` -> 8).
         alpha: LoRA scaling numerator; the update is scaled by ``alpha / r``.
         dropout: dropout on the adapter's input.
-        target_modules: paths inside each transformer block, from :data:`ADAPTABLE`.
+        target_modules: roles from :data:`vitpeft.architecture.ROLES`, or regexes full-matched
+            against block-relative paths (``attn.qkv`` in timm) for power users.
     """
 
     r: int = field(default=8, metadata={"help": "rank of the low-rank update"})
     alpha: float = field(default=16.0, metadata={"help": "scaling numerator (scale = alpha / r)"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
     target_modules: tuple[str, ...] = field(
-        default=("attn.qkv", "attn.proj"), metadata={"help": f"block-relative paths, from {ADAPTABLE}"}
+        default=("attention_qkv", "attention_out"),
+        metadata={"help": f"roles {ROLES}, or block-relative path patterns"},
     )
 
     def __post_init__(self):
@@ -48,29 +49,38 @@ class LoraConfig(MethodConfig):
             raise ValueError(f"{self.name}: alpha must be > 0, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"{self.name}: dropout must be in [0, 1), got {self.dropout!r}")
-        unknown = [t for t in self.target_modules if t not in ADAPTABLE]
-        if unknown or not self.target_modules:
+        if not self.target_modules:
+            raise ValueError(f"{self.name}: target_modules must name at least one role {list(ROLES)}")
+        for target in self.target_modules:
+            try:
+                re.compile(target)
+            except re.error as err:
+                raise ValueError(
+                    f"{self.name}: target_modules: {target!r} is no role and no regex ({err})"
+                ) from err
+
+    def check_widths(
+        self, in_features: dict[str, int], model: str = "model", layout: BlockLayout = TIMM_VIT
+    ) -> None:
+        self.target_paths(layout, model)
+
+    def target_paths(self, layout: BlockLayout, model: str = "model") -> tuple[str, ...]:
+        """The block-relative paths the targets name on ``layout``'s blocks.
+
+        Raises:
+            ValueError: naming the method, the model and the target that does not resolve.
+        """
+        try:
+            return layout.resolve(self.target_modules)
+        except ValueError as err:
             raise ValueError(
-                f"{self.name}: target_modules {list(self.target_modules)} must be a non-empty subset of {list(ADAPTABLE)}"
-            )
-
-
-def target_regex(target_modules: tuple[str, ...]) -> str:
-    """An anchored regex over full module paths; peft full-matches a string target against names."""
-    alternatives = "|".join(re.escape(t) for t in target_modules)
-    return rf"blocks\.\d+\.({alternatives})"
+                f"{self.name} on {model}: target_modules {list(self.target_modules)}: {err}"
+            ) from err
 
 
 def target_layers(model: nn.Module, config: LoraConfig) -> dict[str, nn.Linear]:
     """The Linear layers of ``model`` that ``config`` adapts, by full path."""
-    from torch import nn
-
-    pattern = re.compile(target_regex(config.target_modules))
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if pattern.fullmatch(name) and isinstance(module, nn.Linear)
-    }
+    return target_linears(model, config.target_modules)
 
 
 def expected_trainable_params(model: nn.Module, config: LoraConfig) -> int:
@@ -110,18 +120,18 @@ def wrap(model: nn.Module, config: LoraConfig, peft_config, layer_type: type | N
     return wrapped
 
 
-def peft_lora_config(config: LoraConfig):
+def peft_lora_config(config: LoraConfig, model: nn.Module):
     import peft
 
     return peft.LoraConfig(
         r=config.r,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
-        target_modules=target_regex(config.target_modules),
+        target_modules=sorted(target_layers(model, config)),
         modules_to_save=["head"],
     )
 
 
 def prepare(model: nn.Module, config: LoraConfig, context: MethodContext) -> Prepared:
     expected = expected_trainable_params(model, config)
-    return Prepared(wrap(model, config, peft_lora_config(config)), expected_trainable=expected)
+    return Prepared(wrap(model, config, peft_lora_config(config, model)), expected_trainable=expected)

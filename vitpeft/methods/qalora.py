@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vitpeft.architecture import TIMM_VIT, BlockLayout
 from vitpeft.methods.base import MethodContext, Prepared, head_parameter_count
 from vitpeft.methods.lora import LoraConfig, target_layers
 from vitpeft.quant import INT_BITS, check_groups
@@ -41,10 +42,13 @@ class QALoraConfig(LoraConfig):
         if not (isinstance(self.group_size, int) and self.group_size > 0):
             raise ValueError(f"{self.name}: group_size must be a positive integer, got {self.group_size!r}")
 
-    def check_widths(self, in_features: dict[str, int], model: str = "model") -> None:
+    def check_widths(
+        self, in_features: dict[str, int], model: str = "model", layout: BlockLayout = TIMM_VIT
+    ) -> None:
         check_groups(in_features, self.group_size, f"{self.name} on {model}")
+        targets = self.target_paths(layout, model)
         for path, width in in_features.items():
-            if path in self.target_modules and self.r > width // self.group_size:
+            if path in targets and self.r > width // self.group_size:
                 raise ValueError(
                     f"{self.name} on {model}: rank {self.r} exceeds the pooled dimension "
                     f"{width // self.group_size} of {path} (in_features {width} / group_size {self.group_size})"
@@ -53,15 +57,10 @@ class QALoraConfig(LoraConfig):
 
 def block_widths(model: nn.Module) -> dict[str, int]:
     """Block-relative path -> in_features of the Linear layers inside the transformer blocks."""
-    from torch import nn
+    from vitpeft.architecture import find_blocks
 
-    from vitpeft.quant import QUANTIZABLE
-
-    return {
-        name.split(".", 2)[2]: module.in_features
-        for name, module in model.named_modules()
-        if QUANTIZABLE.fullmatch(name) and isinstance(module, nn.Linear)
-    }
+    layout, blocks = find_blocks(model)
+    return {path: model.get_submodule(f"{blocks[0]}.{path}").in_features for path in layout.paths}
 
 
 def expected_trainable_params(model: nn.Module, config: QALoraConfig) -> int:
@@ -72,11 +71,12 @@ def expected_trainable_params(model: nn.Module, config: QALoraConfig) -> int:
 
 
 def prepare(model: nn.Module, config: QALoraConfig, context: MethodContext) -> Prepared:
+    from vitpeft.architecture import architecture_name, find_blocks
     from vitpeft.methods.qalora_layer import QALoraLinear
     from vitpeft.quant import bnb, replace_block_linears
     from vitpeft.quant.groupwise import GroupQuantLinear
 
-    config.check_widths(block_widths(model), model=type(model).__name__)
+    config.check_widths(block_widths(model), architecture_name(model), find_blocks(model)[0])
     expected = expected_trainable_params(model, config)
     targets = set(target_layers(model, config))
     model.to(context.device)

@@ -47,6 +47,14 @@ class QALoraLinear(nn.Module):
     def group_size(self) -> int:
         return self.base.group_size
 
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over each group of ``g`` consecutive features: (..., in) -> (..., in / g)."""
         return x.unflatten(-1, (-1, self.group_size)).mean(-1)

@@ -63,5 +63,5 @@ def prepare(model: nn.Module, config: QLoraConfig, context: MethodContext) -> Pr
             reference, bnb.features(model, context.probe_batch)
         )
     layer_type = peft_bnb.Linear8bitLt if config.bits == 8 else peft_bnb.Linear4bit
-    wrapped = wrap(model, config, peft_lora_config(config), layer_type=layer_type)
+    wrapped = wrap(model, config, peft_lora_config(config, model), layer_type=layer_type)
     return Prepared(wrapped, expected_trainable=expected, report=report)

@@ -5,14 +5,12 @@ This package's top level imports no torch, so that the config checks below run w
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torch import nn
 
-QUANTIZABLE = re.compile(r"blocks\.\d+\..+")  # every Linear inside a transformer block; not the head
 INT_BITS = (2, 3, 4, 8)  # code widths of the group-wise quantizer
 
 
@@ -47,12 +45,19 @@ def replace_modules(
 def replace_block_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module]) -> list[str]:
     """Replace every plain ``nn.Linear`` inside the transformer blocks by ``make(path, linear)``.
 
-    The head, norms, patch embedding and tokens stay as they are. Returns the replaced paths.
+    The blocks are found by their structure (:func:`vitpeft.architecture.find_blocks`), in timm and
+    transformers ViTs alike. The head, norms, patch embedding and tokens stay as they are. Returns
+    the replaced paths.
     """
     from torch import nn
 
+    from vitpeft.architecture import find_blocks
+
+    _, blocks = find_blocks(model)
+    inside = tuple(f"{block}." for block in blocks)
+
     def block_linear(path: str, module: nn.Module) -> nn.Module | None:
-        return make(path, module) if type(module) is nn.Linear and QUANTIZABLE.fullmatch(path) else None
+        return make(path, module) if type(module) is nn.Linear and path.startswith(inside) else None
 
     replaced = replace_modules(model, block_linear)
     if not replaced:

@@ -1,7 +1,7 @@
-"""Replace a timm ViT's frozen Linear layers by bitsandbytes 8-bit or 4-bit layers.
+"""Replace a ViT's (timm or transformers) frozen Linear layers by bitsandbytes 8-bit or 4-bit layers.
 
-timm models are not transformers models, so ``BitsAndBytesConfig`` does not apply: we swap the
-modules ourselves. bitsandbytes would quantize a layer's weights lazily, when they move to a
+timm models are not transformers models, and our transformers ViTs are wrapped, so
+``BitsAndBytesConfig`` does not apply: we swap the modules ourselves. bitsandbytes would quantize a layer's weights lazily, when they move to a
 device, but ``Int8Params`` only does so on a move *from the CPU*: a model already on the GPU would
 keep fp32 weights until its first forward pass. So each layer is quantized explicitly, on the
 training device, as it is swapped in. peft only picks its bitsandbytes-aware LoRA layers
@@ -19,7 +19,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vitpeft.quant import QUANTIZABLE, replace_block_linears
+from vitpeft.architecture import block_linears
+from vitpeft.quant import replace_block_linears
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -148,11 +149,7 @@ def weight_bytes(module: nn.Module) -> int:
 
 def base_linear_bytes(model: nn.Module) -> int:
     """Weight bytes of the Linear layers inside the transformer blocks (what quantization shrinks)."""
-    return sum(
-        weight_bytes(module)
-        for name, module in model.named_modules()
-        if QUANTIZABLE.fullmatch(name) and hasattr(module, "weight") and isinstance(module, nn.Linear)
-    )
+    return sum(weight_bytes(module) for module in block_linears(model).values())
 
 
 def storage_report(layers: int, bytes_fp32: int, bytes_quantized: int) -> dict[str, int | float]:

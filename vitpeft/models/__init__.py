@@ -1,8 +1,10 @@
-"""timm ViT backbones: creation, weight loading with validation, and parameter counts.
+"""ViT backbones: creation, weight loading with validation, and parameter counts.
 
-Backbone weights come from one of three sources (the config's ``backbone.source``):
-``timm`` (the hub, for users with internet), ``file`` (a local checkpoint) or ``pretrain`` (the
-pipeline's own pretrain rule). ``scratch`` is random initialization, used by the transfer baseline.
+Backbone weights come from one of four sources (the config's ``backbone.source``):
+``timm`` (the hub, for users with internet), ``file`` (a local checkpoint), ``pretrain`` (the
+pipeline's own pretrain rule), or ``hf`` (a transformers ViT/DeiT from the hub or a
+``save_pretrained`` folder, :mod:`vitpeft.models.hf`). ``scratch`` is random initialization, used
+by the transfer baseline.
 """
 
 from __future__ import annotations
@@ -32,21 +34,33 @@ def create_model(
 
     Args:
         weights: a safetensors or torch checkpoint to load into the backbone (its head is dropped).
-        hub: load timm's pretrained weights from the hub (needs internet); timm resamples them.
+        hub: load the pretrained weights of timm's hub, or of an ``hf`` model's id; timm resamples
+            them.
         drop_path_rate: stochastic depth of the training (``TrainConfig.drop_path_rate``); it
-            adds no weights, so a model built without it loads the same checkpoint.
+            adds no weights, so a model built without it loads the same checkpoint. timm only:
+            transformers' ViT and DeiT have no stochastic depth.
     """
-    kwargs = dict(spec.create_kwargs)
-    if drop_path_rate > 0:
-        kwargs["drop_path_rate"] = drop_path_rate
-    model = timm.create_model(
-        spec.arch,
-        pretrained=hub,
-        num_classes=num_classes,
-        img_size=spec.img_size,
-        patch_size=spec.patch_size,
-        **kwargs,
-    )
+    if spec.is_hf:
+        if drop_path_rate > 0:
+            raise ValueError(
+                f"train.drop_path_rate {drop_path_rate}: transformers' ViT and DeiT have no "
+                f"stochastic depth (model {spec.name!r}, backbone.source hf); set it to 0"
+            )
+        from vitpeft.models import hf
+
+        model = hf.create_model(spec.backbone["id"], num_classes, pretrained=hub)
+    else:
+        kwargs = dict(spec.create_kwargs)
+        if drop_path_rate > 0:
+            kwargs["drop_path_rate"] = drop_path_rate
+        model = timm.create_model(
+            spec.arch,
+            pretrained=hub,
+            num_classes=num_classes,
+            img_size=spec.img_size,
+            patch_size=spec.patch_size,
+            **kwargs,
+        )
     if weights is not None:
         load_backbone(model, weights)
     return model
