@@ -82,3 +82,9 @@ def test_work_fraction_reads_a_snakemake_log_and_splits_the_core_seconds(tmp_pat
     assert abs(sum(k["core_s"] for k in kinds.values()) - summary["offered_core_s"]) < 1e-6
     assert kinds["other"]["core_s"] % 2 == 0 and kinds["other"]["core_s"] >= 2
     assert "work fraction" in run_script("work_fraction.py", str(tmp_path))
+
+
+def test_gradient_stability_cost_prints_the_recording_against_the_step():
+    out = run_script("gradient_stability_cost.py", "--steps", "2", "--epochs", "1", "--repeats", "10")
+    assert re.search(r"recording, clipping on\s+\d+\.\d us\s+ratio \d+\.\d{4}$", out, re.M)
+    assert re.search(r"recording, clipping off\s+\d+\.\d us\s+ratio \d+\.\d{4} ", out, re.M)
