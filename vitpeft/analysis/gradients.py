@@ -105,8 +105,10 @@ def stability_figure(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str |
                 ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
                 ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 0.5, not 5e-1
                 ax.yaxis.set_minor_formatter(NullFormatter())
+        row_axes[1].set_ylim(-3, 103)  # a percentage: 0 and 100 clearly on the axis
         row_axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
-        row_axes[2].set_ylim(bottom=0)
+        top = max(1.0, row_axes[2].get_ylim()[1])  # counts: no fractions when all are 0
+        row_axes[2].set_ylim(-0.04 * top, top)  # lines at 0 clear of the axis line
         row_axes[0].set_title(f"{model} on {dataset}", loc="left", fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
