@@ -74,7 +74,7 @@ def stability_figure(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str |
         return None
     apply_style()
     groups = list(runs[runs.method.isin(methods)].groupby(["dataset", "model"], sort=True))
-    fig, axes = plt.subplots(len(groups), len(PANELS), figsize=(10.0, 2.6 * len(groups)), squeeze=False)
+    fig, axes = plt.subplots(len(groups), len(PANELS), figsize=(7.2, 2.4 * len(groups)), squeeze=False)
     for row_axes, ((dataset, model), group) in zip(axes, groups, strict=True):
         for method in methods:
             run_dirs = list(group[group.method == method].run_dir)
@@ -110,6 +110,7 @@ def stability_figure(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str |
         top = max(1.0, row_axes[2].get_ylim()[1])  # counts: no fractions when all are 0
         row_axes[2].set_ylim(-0.04 * top, top)  # lines at 0 clear of the axis line
         row_axes[0].set_title(f"{model} on {dataset}", loc="left", fontsize=9)
+    axes[0][0].plot([], [], color="0.4", lw=0.6, label="thin: the epoch's largest norm")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.06 / len(groups), 1, 1))
