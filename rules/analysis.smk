@@ -44,6 +44,8 @@ rule figures:
         adalora=report("results/paper/adalora_ranks.pdf", category="Figures"),
         resources=report("results/paper/resources.pdf", category="Figures"),
         rank=report("results/paper/rank_ablation.pdf", category="Figures"),
+        stability=report("results/paper/gradient_stability.pdf", category="Figures"),
+        stability_sentence="results/paper/gradient_stability.tex",  # the figure's sentence, a macro
     log:
         "results/logs/figures.log",
     conda:

@@ -76,6 +76,15 @@ def test_paired_difference_finds_a_planted_effect_and_stays_quiet_on_a_null():
     assert false_positives / 200 < 0.1
 
 
+# The gradient-stability curves of a run with nothing to report (vitpeft.stability).
+STEADY_GRADIENTS = {
+    "grad_norm_mean": [0.5, 0.4],
+    "grad_norm_max": [0.9, 0.8],
+    "clipped_fraction": [0.0, 0.0],
+    "loss_spikes": [0, 0],
+}
+
+
 def fake_run(root, method, seed, acc, **extra):
     """A finished run's metrics and provenance as the train rule writes them (``extra``: more metrics)."""
     run_dir = root / "runs" / "digits" / method / "deit_tiny" / f"seed{seed}"
@@ -100,7 +109,7 @@ def fake_run(root, method, seed, acc, **extra):
             "epochs": 2,
             "config_hash": "0123456789abcdef",
             "data_manifest_sha256": "f" * 64,
-            "curves": {"val_top1": [acc - 10, acc - 1], "train_loss": [1.0, 0.5]},
+            "curves": {"val_top1": [acc - 10, acc - 1], "train_loss": [1.0, 0.5], **STEADY_GRADIENTS},
             # the verdict on that curve by a 1-epoch window and a 10-point tolerance
             "converged": True,
             "val_top1_gain_last_window": 9.0,
@@ -256,14 +265,31 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
     assert r"\begin{table}" not in ablation
 
     paths = make_all_figures(study_tables, out)
-    for path in paths.values():
-        assert path.read_bytes().startswith(b"%PDF-")
+    for name in FIGURES:
+        assert paths[name].read_bytes().startswith(b"%PDF-")
     assert "No AdaLoRA run in this study." in pdf_text(paths["out_adalora"])
     assert "peak memory while training" in pdf_text(paths["out_memory"])
     assert "no rank ablation" in pdf_text(paths["out_rank"])
+    assert "No quantized LoRA run" in pdf_text(paths["out_stability"])
+    assert "no quantized LoRA run" in paths["out_stability_sentence"].read_text()
 
 
-FIGURES = ("out_params", "out_memory", "out_convergence", "out_adalora", "out_resources", "out_rank")
+FIGURES = (
+    "out_params",
+    "out_memory",
+    "out_convergence",
+    "out_adalora",
+    "out_resources",
+    "out_rank",
+    "out_stability",
+)
+
+
+def figure_paths(out) -> dict:
+    """Where every figure and the gradient-stability sentence go."""
+    return {name: out / f"{name}.pdf" for name in FIGURES} | {
+        "out_stability_sentence": out / "gradient_stability.tex"
+    }
 
 
 def run_metrics(root) -> list[str]:
@@ -273,7 +299,7 @@ def run_metrics(root) -> list[str]:
 
 def make_all_figures(root, out):
     """Every figure from the stats in ``root``; run folders are relative to ``root`` as in a workdir."""
-    paths = {name: out / f"{name}.pdf" for name in FIGURES}
+    paths = figure_paths(out)
     with contextlib.chdir(root):
         figures.make_figures("runs.csv", "cells.csv", "comparisons.csv", run_metrics(root), **paths)
     return paths
@@ -282,7 +308,7 @@ def make_all_figures(root, out):
 def test_figures_read_curves_only_from_the_given_metrics_files(study_tables, tmp_path):
     # The file is on disk, but not among the rule's inputs: the figures name the run, not read it.
     given = [p for p in run_metrics(study_tables) if "/lora_r8/" not in p or "seed1" not in p]
-    paths = {name: tmp_path / f"{name}.pdf" for name in FIGURES}
+    paths = figure_paths(tmp_path)
     with (
         contextlib.chdir(study_tables),
         pytest.raises(ValueError, match=r"1 run\(s\) .* no metrics.json .*lora_r8/deit_tiny/seed1"),
@@ -601,6 +627,19 @@ RICH_STUDY = {  # per method: test top-1 per seed, and the metrics only that met
 }
 
 
+# Per method and seed, the gradient-stability curves that differ from a steady run's: the 4-bit
+# bases' gradients are larger and clipped more often, and one QLoRA 4-bit run's loss spikes twice.
+QUANTIZED_GRADIENTS = {
+    "qlora4_r8": lambda seed: {
+        "grad_norm_mean": [1.5, 1.0 + seed],
+        "grad_norm_max": [4.0, 2.0 + seed],
+        "clipped_fraction": [0.5, 0.25],
+        "loss_spikes": [0, 2 if seed == 1 else 0],
+    },
+    "qalora4_r8": lambda seed: {"grad_norm_mean": [0.75, 0.75], "clipped_fraction": [0.125, 0.0]},
+}
+
+
 def adalora_records(seed):
     """One epoch record per epoch, the last holding the final ranks (block 0's qkv: 12, 10, 8)."""
     final = {
@@ -619,7 +658,8 @@ def rich_study(tmp_path):
     for method, (accs, extra) in RICH_STUDY.items():
         paths = []
         for seed, acc in enumerate(accs):
-            curves = {"val_top1": [acc - 10, acc - 1], "train_loss": [1.0, 0.5]}
+            curves = {"val_top1": [acc - 10, acc - 1], "train_loss": [1.0, 0.5], **STEADY_GRADIENTS}
+            curves |= QUANTIZED_GRADIENTS.get(method, lambda seed: {})(seed)
             if method.startswith("adalora"):
                 curves["records"] = adalora_records(seed)
             paths.append(fake_run(tmp_path, method, seed, acc, curves=curves, **extra))
@@ -676,8 +716,8 @@ def test_ablation_tables_with_every_optional_method(rich_study, tmp_path):
     assert "& -- & 32.00 & --" in table_line(resources, r"LoRA ($r{=}8$) &")
 
     paths = make_all_figures(rich_study, tmp_path / "figures")
-    for path in paths.values():
-        assert path.read_bytes().startswith(b"%PDF-")
+    for name in FIGURES:
+        assert paths[name].read_bytes().startswith(b"%PDF-")
     heatmap = pdf_text(paths["out_adalora"])
     assert "AdaLoRA r=8" in heatmap and "10" in heatmap.split()  # block 0 qkv: mean of 12, 10, 8
     assert "attn.qkv" in heatmap and "attn.proj" in heatmap
@@ -939,10 +979,27 @@ def test_the_figures_rule_draws_the_baselines_from_their_records(rich_study, tmp
     paths = make_all_figures(rich_study, tmp_path / "figures")
     assert "RBF SVM" not in pdf_text(paths["out_params"])  # none given
     fake_baselines(rich_study)
-    paths = {name: tmp_path / "with" / f"{name}.pdf" for name in FIGURES}
+    paths = figure_paths(tmp_path / "with")
     records = sorted((rich_study / "baselines" / "digits").glob("*.json"))
     with contextlib.chdir(rich_study):
         figures.make_figures(
             "runs.csv", "cells.csv", "comparisons.csv", run_metrics(rich_study), **paths, baselines=records
         )
     assert "RBF SVM 98.3" in pdf_text(paths["out_params"]) and "RBF SVM 98.3" in pdf_text(paths["out_memory"])
+
+
+def test_gradient_stability_compares_lora_with_its_quantized_variants_at_their_rank(rich_study, tmp_path):
+    paths = make_all_figures(rich_study, tmp_path / "figures")
+    drawn = pdf_text(paths["out_stability"])
+    for label in ("LoRA r=8", "QLoRA 8-bit r=8", "QLoRA 4-bit r=8", "QA-LoRA 4-bit r=8", "steps clipped"):
+        assert label in drawn
+    assert "r=16" not in drawn and "Full" not in drawn and "AdaLoRA" not in drawn
+    sentence = " ".join(paths["out_stability_sentence"].read_text().split())
+    # qlora4_r8: epochs 1.5 and 1, 2, 3 (seeds) -> mean 1.75; clipped 50% and 25% -> 37.5%
+    assert (
+        r"averaged 0.45 with LoRA ($r{=}8$), 0.45 with QLoRA 8-bit ($r{=}8$), 1.75 with QLoRA 4-bit "
+        r"($r{=}8$) and 0.75 with QA-LoRA 4-bit ($r{=}8$);" in sentence
+    )
+    assert r"clipping scaled down 0.0\%, 0.0\%, 37.5\% and 6.2\% of their steps" in sentence
+    assert "exceeded 3 times the median of the 16 steps before it) 0, 0, 2 and 0 times" in sentence
+    assert "in 0 of 3, 0 of 3, 1 of 3 and 0 of 3 runs." in sentence

@@ -105,3 +105,9 @@ def test_work_fraction_counts_the_tune_checkpoint_and_its_runs_training(tmp_path
     summary = summarize(tmp_path, log)
     assert summary["kinds"]["tune"]["jobs"] == 1
     assert summary["runs_train_time_s"] == 5.0 and summary["work_fraction"] == 0.5
+
+
+def test_gradient_stability_cost_prints_the_recording_against_the_step():
+    out = run_script("gradient_stability_cost.py", "--steps", "2", "--epochs", "1", "--repeats", "10")
+    assert re.search(r"recording, clipping on\s+\d+\.\d us\s+ratio \d+\.\d{4}$", out, re.M)
+    assert re.search(r"recording, clipping off\s+\d+\.\d us\s+ratio \d+\.\d{4} ", out, re.M)

@@ -24,6 +24,7 @@ from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.memory import PhasePeaks
 from vitpeft.methods.base import Prepared
 from vitpeft.resume import ResumeFile, capture_rng, load_trainable_state, restore_rng, trainable_state
+from vitpeft.stability import StabilityMeter
 
 
 @dataclass
@@ -50,6 +51,12 @@ class History:
     records: list[dict] = field(default_factory=list)  # per-epoch records of the method's own
     micro_batch_size: list[int] = field(default_factory=list)  # at the epoch's end (OOM backoffs halve it)
     oom_backoffs: list[int] = field(default_factory=list)  # out-of-memory backoffs in the epoch
+    # Gradient stability (vitpeft.stability.StabilityMeter.epoch_summary): the global gradient
+    # norm before clipping, the fraction of steps clipped, the steps whose loss spiked.
+    grad_norm_mean: list[float] = field(default_factory=list)
+    grad_norm_max: list[float] = field(default_factory=list)
+    clipped_fraction: list[float] = field(default_factory=list)
+    loss_spikes: list[int] = field(default_factory=list)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -180,6 +187,7 @@ def fit(
     trainable = [p for p in model.parameters() if p.requires_grad]
     autocast = devices.autocast(device)
     history = History()
+    stability = StabilityMeter(device, cfg.grad_clip)
     fit_started = time.perf_counter()
     at = Position(epoch=1, micro_size=math.ceil(cfg.batch_size / cfg.accumulation_steps))
     saved = resume.load() if resume is not None else None
@@ -187,15 +195,18 @@ def fit(
     ema = ModelEmaV3(model, decay=ema_decay) if ema_decay > 0 else None  # a copy, from the start
     if saved is not None:
         at, history = _restore(saved, method, optimizer, scheduler, generator, ema)
+        if "stability" in saved:  # a state saved before the meter existed starts it afresh
+            stability.load_state(saved["stability"])
         print(
             f"{desc}: resuming from {resume.path} at step {at.global_step} of {cfg.epochs * per_epoch}",
             file=sys.stderr,
             flush=True,
         )
 
-    def forward_backward(batch: torch.Tensor, micro_size: int) -> float:
-        """Gradients of one optimizer step's batch; returns its summed task loss."""
-        loss_sum = 0.0
+    def forward_backward(batch: torch.Tensor, micro_size: int) -> tuple[float, torch.Tensor]:
+        """Gradients of one optimizer step's batch; returns its summed task loss, and its mean task
+        loss as a tensor on the device (for the stability meter, which must not sync)."""
+        loss_sum, device_loss_sum = 0.0, torch.zeros((), device=device)
         for micro in batch.split(micro_size):
             x = preprocess(train.images[micro], train=True, generator=generator)
             x, target = preprocess.mix(x, train.labels[micro])
@@ -209,7 +220,8 @@ def fit(
                 )
             (objective * (len(micro) / len(batch))).backward()
             loss_sum += loss.item() * len(micro)
-        return loss_sum
+            device_loss_sum += loss.detach() * len(micro)
+        return loss_sum, device_loss_sum / len(batch)
 
     while at.epoch <= cfg.epochs:
         model.train()
@@ -233,7 +245,7 @@ def fit(
                 while True:
                     optimizer.zero_grad(set_to_none=True)
                     try:
-                        loss_sum = forward_backward(batch, at.micro_size)
+                        loss_sum, step_loss = forward_backward(batch, at.micro_size)
                         break
                     except torch.OutOfMemoryError:
                         if at.micro_size == 1:
@@ -248,21 +260,25 @@ def fit(
                         file=sys.stderr,
                         flush=True,
                     )
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                if cfg.grad_clip > 0:  # the norm before clipping, computed to clip
+                    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                else:
+                    grad_norm = torch.nn.utils.get_total_norm(
+                        [p.grad for p in trainable if p.grad is not None]
+                    )
+                stability.record(step_loss, grad_norm)
                 optimizer.step()
                 scheduler.step()
                 at.step, at.global_step = step + 1, at.global_step + 1
                 at.loss_sum, at.seen = at.loss_sum + loss_sum, at.seen + len(batch)
-                if method.after_step is not None:
-                    method.after_step(
-                        at.global_step
-                    )  # before the next zero_grad: AdaLoRA reads the gradients
+                if method.after_step is not None:  # before zero_grad: AdaLoRA reads the gradients
+                    method.after_step(at.global_step)
                 if ema is not None:
                     ema.update(model)
                 if resume is not None and resume.due(at.global_step, cfg.epochs * per_epoch):
                     resume.save(
-                        _snapshot(at, history, method, optimizer, scheduler, generator, ema),
+                        _snapshot(at, history, method, optimizer, scheduler, generator, ema)
+                        | {"stability": stability.state()},
                         train_time_s=resume.time_before_s + time.perf_counter() - fit_started,
                     )
                 rate = (at.seen - seen_before) / (time.perf_counter() - started)
@@ -279,6 +295,8 @@ def fit(
         history.lr.append(optimizer.param_groups[0]["lr"])
         history.micro_batch_size.append(at.micro_size)
         history.oom_backoffs.append(at.oom_backoffs)
+        for name, value in stability.epoch_summary().items():
+            getattr(history, name).append(value)
         if method.epoch_record is not None:
             history.records.append(method.epoch_record())
         print(

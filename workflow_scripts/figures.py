@@ -17,5 +17,7 @@ make_figures(
     out_adalora=snakemake.output.adalora,
     out_resources=snakemake.output.resources,
     out_rank=snakemake.output.rank,
+    out_stability=snakemake.output.stability,
+    out_stability_sentence=snakemake.output.stability_sentence,
     baselines=snakemake.input.baselines,
 )

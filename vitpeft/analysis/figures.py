@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from vitpeft.analysis.aggregate import baselines_table
+from vitpeft.analysis.gradients import stability_figure, write_stability_sentence
 from vitpeft.analysis.style import (
     FAMILY_LABELS,
     FAMILY_MARKERS,
@@ -485,11 +486,14 @@ def make_figures(
     out_adalora: str | Path,
     out_resources: str | Path,
     out_rank: str | Path,
+    out_stability: str | Path,
+    out_stability_sentence: str | Path,
     baselines: list[str | Path] = (),
 ) -> None:
     """Every figure of the paper from the aggregated tables; the curves come from the runs'
     ``metrics_paths``, one per run of the run table. ``baselines``: the classical baselines'
-    records, drawn as reference lines in Figure 1."""
+    records, drawn as reference lines in Figure 1. ``out_stability_sentence``: the gradient-stability
+    figure's sentence, a LaTeX macro (:mod:`vitpeft.analysis.gradients`)."""
     runs = pd.read_csv(runs_csv)
     cells = pd.read_csv(cell_stats_csv)
     references = baselines_table(list(baselines))
@@ -500,3 +504,5 @@ def make_figures(
     curves = run_curves(runs, metrics_paths)
     convergence(runs, curves, out_convergence)
     adalora_ranks(runs, curves, out_adalora)
+    stability_figure(runs, curves, out_stability)
+    write_stability_sentence(runs, curves, out_stability_sentence)

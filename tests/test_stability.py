@@ -1,0 +1,138 @@
+"""Gradient stability records: the meter on crafted numbers, and the trainer's records against the
+gradients it stepped with, through a kill and a resume."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import prepare
+from torch import nn
+
+from vitpeft.config import TrainConfig
+from vitpeft.data.pipeline import BatchPreprocessor
+from vitpeft.models import create_model
+from vitpeft.resume import ResumeFile
+from vitpeft.stability import SPIKE_FACTOR, SPIKE_WINDOW, StabilityMeter
+from vitpeft.train import Split, fit
+
+BATCH, IMAGES, EPOCHS = 8, 64, 3  # 8 steps per epoch, 24 in all
+SPIKE_STEP = 20  # in epoch 3, after the spike window (16 steps) is full
+
+
+def test_the_meter_counts_clipped_steps_and_spiking_or_non_finite_losses_per_epoch():
+    meter = StabilityMeter(torch.device("cpu"), grad_clip=1.0)
+    norms = [0.5, 2.0, 1.0, 3.0] + [0.5] * (SPIKE_WINDOW - 4)
+    for i, norm in enumerate(norms):  # fill the window; nothing is judged yet, however large
+        meter.record(torch.tensor(100.0 if i == 0 else 1.0), torch.tensor(norm))
+    first = meter.epoch_summary()
+    assert first == {
+        "grad_norm_mean": pytest.approx(sum(norms) / SPIKE_WINDOW),
+        "grad_norm_max": 3.0,
+        "clipped_fraction": 2 / SPIKE_WINDOW,  # 2.0 and 3.0; 1.0 is at the threshold, not above it
+        "loss_spikes": 0,
+    }
+    # The window's median is 1.0: at SPIKE_FACTOR times it a loss is not a spike, above it it is.
+    losses = [SPIKE_FACTOR, SPIKE_FACTOR + 0.01, math.nan, math.inf, 1.0]
+    for loss in losses:
+        meter.record(torch.tensor(loss), torch.tensor(0.25))
+    assert meter.epoch_summary() == {
+        "grad_norm_mean": 0.25,
+        "grad_norm_max": 0.25,
+        "clipped_fraction": 0.0,
+        "loss_spikes": 3,
+    }
+
+
+def test_without_clipping_no_step_counts_as_clipped():
+    meter = StabilityMeter(torch.device("cpu"), grad_clip=0.0)
+    meter.record(torch.tensor(1.0), torch.tensor(1e6))
+    assert meter.epoch_summary()["clipped_fraction"] == 0.0
+
+
+class SpikeAt(nn.Module):
+    """The model, except that its ``at``-th training forward pass adds 100 to class 0's logit:
+    the loss of every image of another class jumps by about 100, its gradient stays bounded."""
+
+    def __init__(self, model: nn.Module, at: int):
+        super().__init__()
+        self.model, self.at, self.calls = model, at, 0
+
+    def forward(self, x):
+        logits = self.model(x)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                return logits + torch.nn.functional.one_hot(torch.tensor(0), logits.shape[1]) * 100.0
+        return logits
+
+
+class Killed(Exception):
+    pass
+
+
+def run(tiny_spec, grad_clip, resume=None, kill_at=None):
+    """Train LoRA on random data; returns the history and the global norm of the gradient each
+    step was taken with (after clipping, read back once the optimizer has stepped)."""
+    torch.manual_seed(0)
+    method = prepare(create_model(tiny_spec, num_classes=10), "lora_r4", total_steps=EPOCHS * IMAGES // BATCH)
+    # The spike counts forward passes from the start of the run: a resumed run starts counting
+    # where its state was saved.
+    skipped = resume.load()["position"]["global_step"] if resume and resume.path.exists() else 0
+    method = dataclasses.replace(method, model=SpikeAt(method.model, SPIKE_STEP - skipped))
+    stepped_norms = []
+
+    def after_step(step):
+        grads = [p.grad for p in method.model.parameters() if p.grad is not None]
+        stepped_norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        if step == kill_at:
+            raise Killed
+
+    method = dataclasses.replace(method, after_step=after_step)
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (IMAGES, 8, 8, 3)).astype(np.uint8))
+    train = Split(images, torch.from_numpy(rng.integers(0, 10, IMAGES)))
+    cfg = TrainConfig(epochs=EPOCHS, batch_size=BATCH, warmup_epochs=0.5, grad_clip=grad_clip)
+    preprocess = BatchPreprocessor(16, (0.5,) * 3, (0.5,) * 3)
+    history = fit(
+        method, train, Split(images[:16], train.labels[:16]), preprocess, cfg, 1e-2, 0.0, 0, resume=resume
+    )
+    return history, stepped_norms
+
+
+def per_epoch(values):
+    steps = IMAGES // BATCH
+    return [values[i : i + steps] for i in range(0, len(values), steps)]
+
+
+def test_fit_records_the_gradient_norms_it_stepped_with_and_the_spike(tiny_spec):
+    history, norms = run(tiny_spec, grad_clip=0.0)
+    epochs = per_epoch(norms)
+    assert history.grad_norm_mean == pytest.approx([np.mean(e) for e in epochs], rel=1e-5)
+    assert history.grad_norm_max == pytest.approx([max(e) for e in epochs], rel=1e-5)
+    assert history.clipped_fraction == [0.0] * EPOCHS
+    assert history.loss_spikes == [0, 0, 1]
+
+
+def test_fit_counts_the_steps_it_clipped(tiny_spec):
+    # A threshold within the range of the unclipped norms, so that some steps are clipped and some not.
+    clip = float(np.median(run(tiny_spec, grad_clip=0.0)[1]))
+    history, stepped = run(tiny_spec, grad_clip=clip)
+    # A clipped step's gradient was scaled to the threshold (less clip_grad_norm_'s 1e-6 guard).
+    clipped = [[n > clip * (1 - 1e-4) for n in epoch] for epoch in per_epoch(stepped)]
+    assert history.clipped_fraction == [np.mean(c) for c in clipped]
+    assert 0 < np.mean(sum(clipped, [])) < 1
+
+
+def test_a_fit_killed_mid_epoch_after_the_window_filled_records_what_an_uninterrupted_one_does(
+    tmp_path, tiny_spec
+):
+    expected, _ = run(tiny_spec, grad_clip=1.0)
+    resume = ResumeFile(tmp_path / "resume.pt", every=6, key="run")
+    with pytest.raises(Killed):
+        run(tiny_spec, 1.0, resume, kill_at=SPIKE_STEP - 1)  # saved at step 18, mid epoch 3
+    assert torch.load(resume.path, weights_only=True)["position"]["step"] == 2
+    resumed, _ = run(tiny_spec, 1.0, ResumeFile(resume.path, every=6, key="run"))
+    assert resumed == expected
+    assert resumed.loss_spikes == [0, 0, 1]

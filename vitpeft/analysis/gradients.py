@@ -1,0 +1,151 @@
+"""Gradient stability of quantized training: fp32 LoRA against QLoRA (8- and 4-bit) and QA-LoRA at
+the same rank, over training, as a figure and as one sentence for the prose.
+
+Both read the per-epoch records of :class:`vitpeft.stability.StabilityMeter` in the runs' curves.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from vitpeft.analysis.style import (
+    FAMILY_MARKERS,
+    apply_style,
+    method_colour,
+    method_family,
+    method_label,
+    method_sort_key,
+    plt,
+)
+from vitpeft.analysis.tables import render
+from vitpeft.methods import parse_method_name
+from vitpeft.stability import SPIKE_FACTOR, SPIKE_WINDOW
+
+QUANTIZED_FAMILIES = ("qlora", "qalora")
+COMPARED_FAMILIES = ("lora", *QUANTIZED_FAMILIES)
+# One line style per base precision, since QLoRA's two widths share the family's colour.
+BITS_DASHES = {None: "-", 8: "--", 4: "-."}
+# The panels: curve key, axis label, log scale.
+PANELS = [
+    ("grad_norm_mean", "global gradient norm", True),
+    ("clipped_fraction", "steps clipped (%)", False),
+    ("loss_spikes", "loss spikes (all seeds)", False),
+]
+
+
+def compared_methods(methods) -> list[str]:
+    """LoRA, QLoRA and QA-LoRA at the rank the quantized methods share (the most common one among
+    them); none when the study has no quantized method."""
+    quantized = [m for m in methods if method_family(m) in QUANTIZED_FAMILIES]
+    if not quantized:
+        return []
+    rank = Counter(parse_method_name(m)[1]["r"] for m in quantized).most_common(1)[0][0]
+    chosen = {
+        m
+        for m in methods
+        if method_family(m) in COMPARED_FAMILIES and parse_method_name(m)[1].get("r") == rank
+    }
+    return sorted(chosen, key=method_sort_key)
+
+
+def stacked(curves: dict[str, dict], run_dirs, key: str) -> np.ndarray:
+    """One row per run, one column per epoch, of the curve ``key``."""
+    missing = [d for d in run_dirs if key not in curves[d]]
+    if missing:
+        raise ValueError(f"{len(missing)} run(s) record no {key!r} curve (trained before it was): {missing}")
+    return np.array([curves[d][key] for d in run_dirs], dtype=float)
+
+
+def stability_figure(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str | Path | None):
+    """Per epoch, one row of panels per dataset x model: the global gradient norm before clipping
+    (mean over the epoch's steps: mean over seeds, band from the lowest to the highest seed; thin
+    line: the epoch's largest, over all seeds), the percentage of steps clipped (mean over seeds)
+    and the loss spikes of all seeds together."""
+    from vitpeft.analysis.figures import placeholder, save  # figures imports this module
+
+    methods = compared_methods(runs.method.unique())
+    if not methods:
+        placeholder("No quantized LoRA run in this study: no gradient-stability comparison.", out_pdf)
+        return None
+    apply_style()
+    groups = list(runs[runs.method.isin(methods)].groupby(["dataset", "model"], sort=True))
+    fig, axes = plt.subplots(len(groups), len(PANELS), figsize=(7.2, 2.4 * len(groups)), squeeze=False)
+    for row_axes, ((dataset, model), group) in zip(axes, groups, strict=True):
+        for method in methods:
+            run_dirs = list(group[group.method == method].run_dir)
+            if not run_dirs:
+                continue
+            style = {
+                "color": method_colour(method),
+                "linestyle": BITS_DASHES[parse_method_name(method)[1].get("bits")],
+                "marker": FAMILY_MARKERS.get(method_family(method), "o"),
+                "markersize": 3,
+                "label": method_label(method),
+            }
+            norms = stacked(curves, run_dirs, "grad_norm_mean")
+            epochs = np.arange(1, norms.shape[1] + 1)
+            norm_ax, clip_ax, spike_ax = row_axes
+            norm_ax.plot(epochs, norms.mean(0), **style)
+            norm_ax.fill_between(epochs, norms.min(0), norms.max(0), color=style["color"], alpha=0.15)
+            highest = stacked(curves, run_dirs, "grad_norm_max").max(0)
+            norm_ax.plot(epochs, highest, color=style["color"], linestyle=style["linestyle"], lw=0.6)
+            clip_ax.plot(epochs, 100 * stacked(curves, run_dirs, "clipped_fraction").mean(0), **style)
+            spike_ax.plot(epochs, stacked(curves, run_dirs, "loss_spikes").sum(0), **style)
+        for ax, (_, ylabel, log) in zip(row_axes, PANELS, strict=True):
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if log:
+                ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 0.5, not 5e-1
+                ax.yaxis.set_minor_formatter(NullFormatter())
+        row_axes[1].set_ylim(-3, 103)  # a percentage: 0 and 100 clearly on the axis
+        row_axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
+        top = max(1.0, row_axes[2].get_ylim()[1])  # counts: no fractions when all are 0
+        row_axes[2].set_ylim(-0.04 * top, top)  # lines at 0 clear of the axis line
+        row_axes[0].set_title(f"{model} on {dataset}", loc="left", fontsize=9)
+    axes[0][0].plot([], [], color="0.4", lw=0.6, label="thin: the epoch's largest norm")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 / len(groups), 1, 1))
+    return save(fig, out_pdf)
+
+
+def stability_summary(runs: pd.DataFrame, curves: dict[str, dict]) -> list[dict]:
+    """Per compared method, over all its runs (datasets, models, seeds) and epochs: the mean
+    gradient norm, the largest, the mean percentage of steps clipped, the loss spikes and the
+    runs that had any."""
+    rows = []
+    for method in compared_methods(runs.method.unique()):
+        run_dirs = list(runs[runs.method == method].run_dir)
+        spikes = stacked(curves, run_dirs, "loss_spikes").sum(1)
+        rows.append(
+            {
+                "method": method,
+                "runs": len(run_dirs),
+                "grad_norm_mean": float(stacked(curves, run_dirs, "grad_norm_mean").mean()),
+                "grad_norm_max": float(stacked(curves, run_dirs, "grad_norm_max").max()),
+                "clipped_pct": 100 * float(stacked(curves, run_dirs, "clipped_fraction").mean()),
+                "loss_spikes": int(spikes.sum()),
+                "runs_with_spikes": int((spikes > 0).sum()),
+            }
+        )
+    return rows
+
+
+def write_stability_sentence(runs: pd.DataFrame, curves: dict[str, dict], out_tex: str | Path) -> str:
+    """``\\GradientStabilitySentence``, for the figure's caption and the findings, from
+    ``templates/gradient_stability.tex.j2``."""
+    return render(
+        "gradient_stability.tex.j2",
+        out_tex,
+        rows=stability_summary(runs, curves),
+        spike_factor=SPIKE_FACTOR,
+        spike_window=SPIKE_WINDOW,
+    )

@@ -1,0 +1,96 @@
+"""Gradient stability of training, recorded per epoch: the global gradient norm, how often it was
+clipped, and how many step losses spiked.
+
+Per optimizer step the meter only queues a few scalar operations on the device the training runs
+on; nothing is read back until the epoch ends, so a GPU never waits on it mid-epoch (one
+``.tolist()`` per epoch). Its sums and its window of recent losses are part of the resume state,
+so a resumed run records the same numbers as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+# A step's loss spikes when it is non-finite or above SPIKE_FACTOR times the median of the
+# SPIKE_WINDOW step losses before it (torch.nanmedian: the lower of the two middle values, NaNs
+# left out, so that one NaN loss does not make every later loss a spike). Steps are
+# judged once the window is full, so the first SPIKE_WINDOW steps of a run are never spikes. Three
+# times: late in training, when the loss is small, a batch with a few confident mistakes doubles
+# it without anything having gone wrong.
+SPIKE_FACTOR = 3.0
+SPIKE_WINDOW = 16
+
+# The order of the per-epoch sums in StabilityMeter.sums.
+NORM_SUM, NORM_MAX, CLIPPED, SPIKES = range(4)
+
+
+class StabilityMeter:
+    """Per-epoch gradient-norm and loss-spike statistics, accumulated on the training device.
+
+    Args:
+        device: where the losses and gradient norms live.
+        grad_clip: the clipping threshold of the global norm; 0 means no clipping (none counted).
+    """
+
+    def __init__(self, device: torch.device, grad_clip: float):
+        self.clip_at = grad_clip if grad_clip > 0 else float("inf")
+        self.window = torch.zeros(SPIKE_WINDOW, device=device)  # the last step losses, a ring
+        self.losses_seen = 0  # step losses recorded in the run so far
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # this epoch's, see NORM_SUM
+        self.steps = 0  # optimizer steps recorded in this epoch
+        self.is_max = torch.arange(4, device=device) == NORM_MAX  # the one sum that is a maximum
+
+    def record(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """One optimizer step: its mean training ``loss`` and its global gradient norm before
+        clipping (what ``clip_grad_norm_`` returns), both 0-d tensors; no host sync."""
+        loss = loss.detach().float()
+        norm = grad_norm.detach().to(torch.float64)
+        if self.losses_seen >= SPIKE_WINDOW:
+            # not (loss <= limit): a NaN loss counts as a spike too
+            spike = ~(loss <= SPIKE_FACTOR * self.window.nanmedian())
+        else:
+            spike = torch.zeros((), dtype=torch.bool, device=loss.device)
+        self.window[self.losses_seen % SPIKE_WINDOW] = loss
+        self.losses_seen += 1
+        step = torch.stack([norm, norm, (norm > self.clip_at).double(), spike.double()])
+        self.sums = torch.where(self.is_max, torch.maximum(self.sums, step), self.sums + step)
+        self.steps += 1
+
+    def epoch_summary(self) -> dict[str, float | int]:
+        """This epoch's statistics (one host sync), and a fresh start for the next epoch.
+
+        Returns:
+            grad_norm_mean, grad_norm_max: the global L2 norm of the full batch's gradient before
+                clipping, mean and maximum over the epoch's optimizer steps;
+            clipped_fraction: the fraction of those steps whose norm exceeded the clipping
+                threshold (so that clipping scaled the gradient down);
+            loss_spikes: the steps whose loss spiked (see ``SPIKE_FACTOR``).
+        """
+        norm_sum, norm_max, clipped, spikes = self.sums.tolist()
+        steps = max(self.steps, 1)
+        summary = {
+            "grad_norm_mean": norm_sum / steps,
+            "grad_norm_max": norm_max,
+            "clipped_fraction": clipped / steps,
+            "loss_spikes": int(spikes),
+        }
+        self.sums = torch.zeros_like(self.sums)
+        self.steps = 0
+        return summary
+
+    def state(self) -> dict[str, Any]:
+        """What a resume needs, mid-epoch included."""
+        return {
+            "window": self.window.clone(),
+            "losses_seen": self.losses_seen,
+            "sums": self.sums.clone(),
+            "steps": self.steps,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.window = state["window"].to(self.window.device)
+        self.losses_seen = state["losses_seen"]
+        self.sums = state["sums"].to(self.sums.device)
+        self.steps = state["steps"]
