@@ -79,7 +79,7 @@ def train(device: torch.device, method: str, epochs: int, steps: int):
 
 def recording(device: torch.device, steps_per_epoch: int, repeats: int) -> float:
     """Seconds per step of the trainer's recording work, clipping on."""
-    meter = StabilityMeter(device, grad_clip=1.0)
+    meter = StabilityMeter(device, grad_clip=1.0, num_classes=10)
     loss = torch.tensor(2.3, device=device)  # a micro-batch's task loss, as autocast leaves it
     norm = torch.tensor(0.7, device=device)  # what clip_grad_norm_ returned
     clock = Clock(device)

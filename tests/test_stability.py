@@ -14,7 +14,7 @@ from vitpeft.config import TrainConfig
 from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.models import create_model
 from vitpeft.resume import ResumeFile
-from vitpeft.stability import SPIKE_FACTOR, SPIKE_WINDOW, StabilityMeter
+from vitpeft.stability import SPIKE_FACTOR, SPIKE_MIN_RISE, SPIKE_WINDOW, StabilityMeter
 from vitpeft.train import Split, fit
 
 BATCH, IMAGES, EPOCHS = 8, 64, 3  # 8 steps per epoch, 24 in all
@@ -22,7 +22,7 @@ SPIKE_STEP = 20  # in epoch 3, after the spike window (16 steps) is full
 
 
 def test_the_meter_counts_clipped_steps_and_spiking_or_non_finite_losses_per_epoch():
-    meter = StabilityMeter(torch.device("cpu"), grad_clip=1.0)
+    meter = StabilityMeter(torch.device("cpu"), grad_clip=1.0, num_classes=10)
     norms = [0.5, 2.0, 1.0, 3.0] + [0.5] * (SPIKE_WINDOW - 4)
     for i, norm in enumerate(norms):  # fill the window; nothing is judged yet, however large
         meter.record(torch.tensor(100.0 if i == 0 else 1.0), torch.tensor(norm))
@@ -45,8 +45,22 @@ def test_the_meter_counts_clipped_steps_and_spiking_or_non_finite_losses_per_epo
     }
 
 
+def test_late_in_training_a_small_loss_tripling_is_not_a_spike_unless_it_rises_by_a_tenth_of_chance():
+    """At a loss of 0.02, one confidently wrong image in a batch triples it: batch noise, which
+    the ratio alone counted as a spike in 5 to 9 of the demo's 17 steps per epoch."""
+    classes = 10
+    rise = SPIKE_MIN_RISE * math.log(classes)  # 0.23 nats
+    meter = StabilityMeter(torch.device("cpu"), grad_clip=0.0, num_classes=classes)
+    for _ in range(SPIKE_WINDOW):
+        meter.record(torch.tensor(0.02), torch.tensor(1.0))
+    meter.epoch_summary()
+    for loss in [0.08, 0.02 + rise - 0.01, 0.02 + rise + 0.01]:  # 4x, 12x, 13x the median
+        meter.record(torch.tensor(loss), torch.tensor(1.0))
+    assert meter.epoch_summary()["loss_spikes"] == 1
+
+
 def test_without_clipping_no_step_counts_as_clipped():
-    meter = StabilityMeter(torch.device("cpu"), grad_clip=0.0)
+    meter = StabilityMeter(torch.device("cpu"), grad_clip=0.0, num_classes=10)
     meter.record(torch.tensor(1.0), torch.tensor(1e6))
     assert meter.epoch_summary()["clipped_fraction"] == 0.0
 

@@ -9,17 +9,21 @@ so a resumed run records the same numbers as one that was never interrupted.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-# A step's loss spikes when it is non-finite or above SPIKE_FACTOR times the median of the
-# SPIKE_WINDOW step losses before it (torch.nanmedian: the lower of the two middle values, NaNs
-# left out, so that one NaN loss does not make every later loss a spike). Steps are
-# judged once the window is full, so the first SPIKE_WINDOW steps of a run are never spikes. Three
-# times: late in training, when the loss is small, a batch with a few confident mistakes doubles
-# it without anything having gone wrong.
+# A step's loss spikes when it is non-finite, or above SPIKE_FACTOR times the median of the
+# SPIKE_WINDOW step losses before it and above that median by at least SPIKE_MIN_RISE times the
+# chance-level loss ln(classes). torch.nanmedian: the lower of the two middle values, NaNs left
+# out, so that one NaN loss does not make every later loss a spike. Steps are judged once the
+# window is full, so the first SPIKE_WINDOW steps of a run are never spikes. The ratio alone is
+# not enough: late in training the loss is a few hundredths, and a batch with one confident
+# mistake triples it without anything having gone wrong (on the demo, 5 to 9 of an epoch's 17
+# steps were "spikes" by the ratio alone, rising as the loss fell).
 SPIKE_FACTOR = 3.0
+SPIKE_MIN_RISE = 0.1
 SPIKE_WINDOW = 16
 
 # The order of the per-epoch sums in StabilityMeter.sums.
@@ -32,10 +36,13 @@ class StabilityMeter:
     Args:
         device: where the losses and gradient norms live.
         grad_clip: the clipping threshold of the global norm; 0 means no clipping (none counted).
+        num_classes: the classes of the task, whose chance-level loss ln(num_classes) scales the
+            rise a spike needs (``SPIKE_MIN_RISE``).
     """
 
-    def __init__(self, device: torch.device, grad_clip: float):
+    def __init__(self, device: torch.device, grad_clip: float, num_classes: int):
         self.clip_at = grad_clip if grad_clip > 0 else float("inf")
+        self.min_rise = SPIKE_MIN_RISE * math.log(num_classes)
         self.window = torch.zeros(SPIKE_WINDOW, device=device)  # the last step losses, a ring
         self.losses_seen = 0  # step losses recorded in the run so far
         self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # this epoch's, see NORM_SUM
@@ -48,8 +55,9 @@ class StabilityMeter:
         loss = loss.detach().float()
         norm = grad_norm.detach().to(torch.float64)
         if self.losses_seen >= SPIKE_WINDOW:
-            # not (loss <= limit): a NaN loss counts as a spike too
-            spike = ~(loss <= SPIKE_FACTOR * self.window.nanmedian())
+            median = self.window.nanmedian()
+            limit = torch.maximum(SPIKE_FACTOR * median, median + self.min_rise)
+            spike = ~(loss <= limit)  # not (loss <= limit): a NaN loss counts as a spike too
         else:
             spike = torch.zeros((), dtype=torch.bool, device=loss.device)
         self.window[self.losses_seen % SPIKE_WINDOW] = loss

@@ -187,7 +187,7 @@ def fit(
     trainable = [p for p in model.parameters() if p.requires_grad]
     autocast = devices.autocast(device)
     history = History()
-    stability = StabilityMeter(device, cfg.grad_clip)
+    stability = StabilityMeter(device, cfg.grad_clip, num_classes=int(train.labels.max()) + 1)
     fit_started = time.perf_counter()
     at = Position(epoch=1, micro_size=math.ceil(cfg.batch_size / cfg.accumulation_steps))
     saved = resume.load() if resume is not None else None

@@ -24,7 +24,7 @@ from vitpeft.analysis.style import (
 )
 from vitpeft.analysis.tables import render
 from vitpeft.methods import parse_method_name
-from vitpeft.stability import SPIKE_FACTOR, SPIKE_WINDOW
+from vitpeft.stability import SPIKE_FACTOR, SPIKE_MIN_RISE, SPIKE_WINDOW
 
 QUANTIZED_FAMILIES = ("qlora", "qalora")
 COMPARED_FAMILIES = ("lora", *QUANTIZED_FAMILIES)
@@ -148,4 +148,5 @@ def write_stability_sentence(runs: pd.DataFrame, curves: dict[str, dict], out_te
         rows=stability_summary(runs, curves),
         spike_factor=SPIKE_FACTOR,
         spike_window=SPIKE_WINDOW,
+        spike_min_rise=SPIKE_MIN_RISE,
     )
