@@ -227,7 +227,7 @@ def test_stats_tables_and_figures_from_runs(study_tables, tmp_path):
     quantized = (out / "quantization_table.tex").read_text()
     # full: trained 80, 82; INT-N 80, 80: mean 80.0, change 0 and -2 -> -1.0 [-13.7, 11.7]
     assert (
-        r"Full fine-tuning & 112{,}522 & 32.00 & 81.0 & 80.0 (4, 16) & -1.0 {\scriptsize [-13.7, 11.7]} & 3.00 & 1.00"
+        r"Full fine-tuning & 32.00 & 81.0 & 80.0 (4, 16) & -1.0 {\scriptsize [-13.7, 11.7]} & 3.00 & 1.00"
         in quantized
     )
     assert r"\newcommand{\FullDigitsDeitTinyIntChange}{-1.0}" in macros

@@ -58,6 +58,8 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tiny_study, tmp_path):
         ["pdftotext", str(tiny_study / "paper.pdf"), "-"], capture_output=True, text=True, check=True
     ).stdout
     assert f"{metrics['test_top1']:.1f}" in text  # the results table's mean over the one seed
+    latex_log = (tiny_study / "results" / "logs" / "paper.tex.log").read_text(errors="replace")
+    assert max(overfull_boxes(latex_log), default=0.0) <= 10.0  # the article template too
     assert "Tiny end-to-end test of the vitpeft pipeline" in text
     assert "supplementary material" in pdf_text(tiny_study / "paper.pdf")
     for name in ("accuracy_vs_params", "accuracy_vs_memory", "adalora_ranks", "resources", "rank_ablation"):
