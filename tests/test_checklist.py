@@ -65,7 +65,7 @@ def test_a_complete_study_passes_and_the_checklist_says_what_was_checked(tmp_pat
         and "0 run(s) were trained from a checkout with uncommitted" in tex
     )
     assert r"\item[$\checkmark$] \textbf{Convergence.} 6 of 6 runs converged" in tex
-    assert "gained at most 10.0 points over the last 1 epoch(s)" in tex
+    assert "at most 10.0 points above that of the epochs before (windows of 1)" in tex
     assert result["convergence_criteria"] == [{"window": 1, "tolerance": 10.0}]
     assert r"\item[$\times$]" not in tex
 

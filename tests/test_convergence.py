@@ -14,12 +14,16 @@ CRITERION = ConvergenceCriterion(window=3, tolerance=1.0)
 @pytest.mark.parametrize(
     ("curve", "converged", "gain"),
     [
-        ([40.0, 70.0, 80.0, 80.5, 80.8, 80.9], True, 0.9),  # the last 3 epochs gained 0.9
-        ([40.0, 80.0, 80.5, 80.7, 81.0], True, 1.0),  # exactly the tolerance: at most, so converged
-        ([40.0, 70.0, 80.0, 81.5], False, 41.5),  # still climbing from epoch 1
-        ([50.0, 55.0, 60.0, 70.0, 71.5], False, 16.5),  # only the window counts: 71.5 - 55.0
-        ([90.0, 92.0, 91.0, 85.0], True, -5.0),  # fell over the window: not climbing any more
-        ([45.6, 57.5], False, None),  # fewer than window + 1 epochs: cannot be judged converged
+        # windows of 3: the mean of the last 3 epochs minus the mean of the 3 before
+        ([40.0, 70.0, 80.0, 80.5, 80.8, 80.9, 81.0, 81.1, 81.2], True, 81.1 - 80.4 - 1 / 3),
+        ([40.0, 80.0, 80.0, 80.0, 81.0, 81.0, 81.0], True, 1.0),  # the tolerance: at most, converged
+        ([40.0, 50.0, 60.0, 70.0, 80.0, 90.0], False, 30.0),  # still climbing
+        ([10.0, 50.0, 55.0, 60.0, 70.0, 71.5, 72.0], False, 71.5 - 55.0 - 1 / 3),  # 10.0 not counted
+        ([90.0, 92.0, 91.0, 85.0, 86.0, 84.0], True, -6.0),  # fell: not climbing any more
+        # flat but noisy (the demo's qlora4_r8 seed 0 on a 270-image split): the last epoch is 1.1
+        # above the one 3 epochs before, but the windows' means differ by 0.37
+        ([95.9, 97.0, 98.1, 98.5, 97.4, 98.1, 98.5, 98.5], True, 98.5 - 98.0 + (98.1 - 98.5) / 3),
+        ([40.0, 70.0, 80.0, 81.0, 81.0], False, None),  # fewer than 2 x window epochs: not judged
         ([], False, None),
     ],
 )

@@ -291,8 +291,8 @@ def accuracy_vs_memory(
 
 def convergence(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str | Path | None) -> None:
     """Validation top-1 per epoch, mean over seeds with a min-max band, per method (first dataset x
-    model), on integer epochs. The convergence window the runs were judged over (their last
-    ``convergence_window`` epochs) is shaded, and a cross marks the last epoch of every run that
+    model), on integer epochs. The two windows the runs were judged over (their last
+    ``2 * convergence_window`` epochs, :mod:`vitpeft.convergence`) are shaded, and a cross marks the last epoch of every run that
     has not converged (or records no verdict). The legend sits right of the axes, off the data."""
     apply_style()
     fig, ax = plt.subplots(figsize=(5.0, 3.0))
@@ -316,12 +316,14 @@ def convergence(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str | Path
     windows = subset["convergence_window"].dropna() if "convergence_window" in subset else []
     if len(windows):
         window = int(max(windows))
+        # the window before (lighter) and the last window, whose mean top-1 it compares
+        ax.axvspan(max(1, last - 2 * window + 0.5), last - window + 0.5, color="0.93", zorder=0)
         ax.axvspan(
-            max(1, last - window),
+            last - window + 0.5,
             last,
             color="0.85",
             zorder=0,
-            label=f"convergence window ({window} epoch{'s' if window > 1 else ''})",
+            label=f"convergence windows ({window} epoch{'s' if window > 1 else ''} each)",
         )
     if unconverged:
         ax.plot([], [], "x", color="0.3", markersize=7, markeredgewidth=1.5, label="not converged")
