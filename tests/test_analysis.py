@@ -891,7 +891,7 @@ def test_baselines_are_reference_rows_and_the_text_places_the_methods_beside_the
         in setup
     )
     assert (
-        "A run counts as converged if it trained at least 2 epochs and its final validation top-1 is at most 10.0 points above its validation top-1 1 epoch(s) earlier"
+        "A run counts as converged if it trained at least 2 epochs and the mean validation top-1 of its last 1 epoch(s) is at most 10.0 points above the mean of the 1 before them"
         in setup
     )
 
@@ -959,16 +959,18 @@ def test_figure_one_has_one_legend_entry_per_family_rank_lines_and_no_overlappin
 def test_convergence_figure_shades_the_window_marks_unconverged_runs_on_integer_epochs(rich_study):
     runs = pd.read_csv(rich_study / "runs.csv")
     runs.loc[(runs.method == "full") & (runs.seed == 1), "converged"] = False
-    curves = {d: {"val_top1": [50.0, 60.0, 70.0, 71.0, 71.5]} for d in runs.run_dir}
+    curves = {d: {"val_top1": [50.0, 60.0, 70.0, 71.0, 71.5, 71.6, 71.5]} for d in runs.run_dir}
     runs["convergence_window"] = 3
     fig = figures.convergence(runs, curves, None)
     ax = fig.axes[0]
-    shaded = [p for p in ax.patches if p.get_label().startswith("convergence window")]
-    assert len(shaded) == 1 and shaded[0].get_label() == "convergence window (3 epochs)"
-    span = shaded[0].get_x(), shaded[0].get_x() + shaded[0].get_width()
-    assert span == (2, 5)  # the last 3 epochs: from epoch 2's value to epoch 5's
+    spans = sorted(
+        (p.get_x(), p.get_x() + p.get_width(), p.get_label()) for p in ax.patches if p.get_width() < 10
+    )
+    # the window before (epochs 2-4) and the last window (epochs 5-7), whose means are compared
+    assert [(a, b) for a, b, _ in spans] == [(1.5, 4.5), (4.5, 7)]
+    assert spans[1][2] == "convergence windows (3 epochs each)" and "convergence" not in spans[0][2]
     crosses = [line for line in ax.get_lines() if line.get_marker() == "x" and len(line.get_xdata())]
-    assert [(list(c.get_xdata()), list(c.get_ydata())) for c in crosses] == [([5], [71.5])]
+    assert [(list(c.get_xdata()), list(c.get_ydata())) for c in crosses] == [([7], [71.5])]
     assert all(float(t).is_integer() for t in ax.get_xticks())
     legend = ax.get_legend()
     assert "not converged" in [t.get_text() for t in legend.get_texts()]
