@@ -118,9 +118,9 @@ def check_convergence(unconverged: list[dict[str, Any]], total: int, partial: bo
         + (
             "(no convergence record in its metrics)"
             if not r["recorded"]
-            else f"(gained {r['gain']:.2f} points over the window)"
+            else f"(its last window's mean val top-1 gained {r['gain']:.2f} points on the window before)"
             if r["gain"] is not None
-            else f"({r['epochs']} epoch(s): too few for the window)"
+            else f"({r['epochs']} epoch(s): too few for two windows)"
         )
         for r in unconverged
     )
