@@ -2,6 +2,7 @@
 per-seed curves (the builds themselves are in test_end_to_end.py)."""
 
 import copy
+import re
 
 import numpy as np
 import pandas as pd
@@ -99,3 +100,18 @@ def test_seed_curves_draw_one_panel_per_method_and_one_line_per_seed(tmp_path):
         assert list(ax.lines[2].get_ydata()) == pytest.approx(list(np.linspace(50, 90, epochs) + 2))
     # in the paper's method order, named as in the paper
     assert [ax.get_title() for ax in drawn] == [method_label(m) for m in sorted(methods, key=method_sort_key)]
+
+
+def test_every_float_of_the_paper_may_go_to_a_float_page():
+    """A float placed [t] only that is taller than a page's top area (Figure 1's two plots, the
+    longer tables) waits for the end of the document, and every later float of its kind waits
+    behind it: the demo's figures all landed on pages 9-11 while the text citing them was on 4-7."""
+    sources = [REPO / "paper" / "sections" / "results.tex", REPO / "paper" / "main.tex"]
+    sources += sorted((REPO / "vitpeft" / "templates").glob("*.tex.j2"))
+    floats = [
+        (source.name, match[1], match[2])
+        for source in sources
+        for match in re.finditer(r"\\begin\{(figure|table)\}\[(\w*)\]", source.read_text())
+    ]
+    assert len(floats) >= 12, floats  # the results section's 5 figures and the generated tables
+    assert [f for f in floats if "p" not in f[2]] == []
