@@ -107,6 +107,62 @@ def test_work_fraction_counts_the_tune_checkpoint_and_its_runs_training(tmp_path
     assert summary["runs_train_time_s"] == 5.0 and summary["work_fraction"] == 0.5
 
 
+def study_log(path, jobs):
+    """A Snakemake log of finished jobs, each (rule, its first output), one second apart."""
+    lines = ["Provided cores: 2"]
+    for jobid, (rule, output) in enumerate(jobs, 1):
+        lines += [f"[Thu Nov 26 10:00:{2 * jobid:02d} 2026]", f"rule {rule}:", f"    output: {output}"]
+        lines += [
+            f"    jobid: {jobid}",
+            f"[Thu Nov 26 10:00:{2 * jobid + 1:02d} 2026]",
+            f"Finished jobid: {jobid}",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_import_floor_charges_each_job_what_its_script_and_method_import(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import import_floor
+
+    run = "results/runs/digits/{}/vit/seed0/{}"
+    log = study_log(
+        tmp_path / "x.snakemake.log",
+        [
+            ("train", run.format("lora_r8", "metrics.json")),
+            ("train", run.format("qalora4_r8", "metrics.json")),
+            ("export", run.format("qlora4_r8", "export/report.json")),
+            ("export", run.format("full", "export/report.json")),
+            ("tune", "results/tuning/digits/adalora/vit/choice.json"),
+            ("pretrain", "resources/backbones/vit_glyphs.safetensors"),
+            ("onnx_graph", "resources/onnx/vit_digits.onnx"),
+            ("baseline", "results/baselines/digits/svc.json"),  # scikit-learn: no torch
+        ],
+    )
+    (tmp_path / run.format("lora_r8", "metrics.json")).parent.mkdir(parents=True)
+    (tmp_path / run.format("lora_r8", "metrics.json")).write_text(json.dumps({"train_time_s": 0.5}))
+    cost = {("vitpeft.runs",): 1.0, ("vitpeft.runs", "peft"): 2.0, ("vitpeft.export",): 1.5}
+    cost[("vitpeft.export", "peft")] = 3.0
+    monkeypatch.setattr(import_floor, "import_cpu_s", lambda modules, repeats: (cost[modules], cost[modules]))
+    floor = import_floor.import_floor(tmp_path, log, repeats=1)
+    jobs = {s["modules"]: s["rules"] for s in floor["sets"]}
+    assert jobs == {
+        ("vitpeft.runs",): {"train": 1, "pretrain": 1},
+        ("vitpeft.runs", "peft"): {"train": 1, "tune": 1},
+        ("vitpeft.export",): {"export": 1, "onnx_graph": 1},
+        ("vitpeft.export", "peft"): {"export": 1},
+    }
+    assert floor["jobs"] == 7 and floor["import_core_s"] == 2 * 1.0 + 2 * 2.0 + 2 * 1.5 + 3.0
+    assert floor["bound"] == 0.5 / (0.5 + 12.0)  # a job of the log lasts 1 s
+
+
+def test_import_floor_times_the_imports_and_prints_the_bound(tmp_path):
+    log = study_log(tmp_path / "x.snakemake.log", [("onnx_graph", "resources/onnx/vit_digits.onnx")])
+    out = run_script("import_floor.py", str(tmp_path), "--log", str(log), "--repeats", "1")
+    assert re.search(r"vitpeft\.export\s+[\d.]+ CPU-s .* x  1 jobs \(onnx_graph 1\)", out), out
+    assert "1 jobs import torch" in out and "with nothing but these imports" in out
+
+
 def test_gradient_stability_cost_prints_the_recording_against_the_step():
     out = run_script("gradient_stability_cost.py", "--steps", "2", "--epochs", "1", "--repeats", "10")
     assert re.search(r"recording, clipping on\s+\d+\.\d us\s+ratio \d+\.\d{4}$", out, re.M)
