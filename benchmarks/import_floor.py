@@ -84,24 +84,28 @@ def import_cpu_s(modules: tuple[str, ...], repeats: int) -> tuple[float, float]:
 def import_floor(root: Path, log: Path, repeats: int) -> dict:
     _, _, _, jobs = parse_log(log)
     summary = summarize(root, log)
-    paying = Counter()
-    rules: dict[tuple[str, ...], Counter] = {}
+    rules: dict[tuple[str, ...], Counter] = {}  # import set -> the jobs that pay it, by rule
     for job in jobs:
         modules = job_imports(job)
         if modules is not None:
-            paying[modules] += 1
             rules.setdefault(modules, Counter())[job.rule] += 1
     sets = []
-    for modules, count in sorted(paying.items()):
+    for modules, by_rule in sorted(rules.items()):
         cpu, wall = import_cpu_s(modules, repeats)
         sets.append(
-            {"modules": modules, "jobs": count, "rules": dict(rules[modules]), "cpu_s": cpu, "wall_s": wall}
+            {
+                "modules": modules,
+                "jobs": by_rule.total(),
+                "rules": dict(by_rule),
+                "cpu_s": cpu,
+                "wall_s": wall,
+            }
         )
     imports = sum(s["jobs"] * s["cpu_s"] for s in sets)
     training = summary["runs_train_time_s"]
     return {
         "sets": sets,
-        "jobs": sum(paying.values()),
+        "jobs": sum(s["jobs"] for s in sets),
         "import_core_s": imports,
         "offered_core_s": summary["offered_core_s"],
         "runs_train_time_s": training,
