@@ -14,6 +14,7 @@ is understated).
 
     python benchmarks/device_check.py                      # deit_small at 224 px, 20 steps per method
     python benchmarks/device_check.py --compile            # the same through torch.compile
+    python benchmarks/device_check.py --json rates.json    # also write the measured rates (compute.throughput_file)
     python benchmarks/device_check.py --model deit_tiny --img-size 16 --patch-size 4 --batch-size 8 --steps 2
                                                            # a quick CPU smoke run
 """
@@ -21,14 +22,17 @@ is understated).
 from __future__ import annotations
 
 import argparse
+import platform
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from vitpeft import device as devices
 from vitpeft.config import ModelSpec, TrainConfig
 from vitpeft.data.pipeline import BatchPreprocessor
+from vitpeft.io import write_json
 from vitpeft.memory import PhasePeaks
 from vitpeft.methods import method_config, prepare_model
 from vitpeft.methods.base import MethodContext
@@ -52,6 +56,12 @@ def step_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
         F.cross_entropy(model(x), y).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
+
+
+def precision_name(device: torch.device) -> str:
+    """How the trainer computes on ``device``: its autocast dtype, or fp32."""
+    dtype = devices.autocast_dtype(device)
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
 
 
 def synchronize(device: torch.device) -> None:
@@ -103,6 +113,10 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
     synchronize(device)
     train_s = fit_s - (time.perf_counter() - started)
     result = {
+        "model": args.model,
+        "method": method,
+        "precision": precision_name(device),
+        "compile": args.compile,
         "images_per_s": len(train) / train_s,
         "mfu": flops * args.steps / train_s / (args.peak_tflops * 1e12),
         "train_peak_mem_mb": memory.peaks["train"],
@@ -130,15 +144,25 @@ def main() -> None:
         "--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)"
     )
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--json", metavar="PATH", help="write the measured rates here")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"
     print(
-        f"device {torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}, {args.model} at "
-        f"{args.img_size} px, batch {args.batch_size}, {args.steps} timed steps",
+        f"device {name}, torch {torch.__version__}, {args.model} at {args.img_size} px, "
+        f"batch {args.batch_size}, {args.steps} timed steps",
         flush=True,
     )
-    for method in args.methods.split(","):
-        check(method, args, device)
+    rates = [check(method, args, device) for method in args.methods.split(",")]
+    if args.json:
+        report = {
+            "device": name,
+            "torch": torch.__version__,
+            "img_size": args.img_size,
+            "batch_size": args.batch_size,
+            "rates": rates,
+        }
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -173,6 +173,16 @@ def test_adalora_formula_schedule_and_budget(tiny_model):
     assert max(ranks.values()) <= 6
 
 
+def test_adalora_rank_counts_stay_frozen_when_peft_moves_the_adapter_to_its_base(tiny_model):
+    """peft moves each new adapter to its base layer's device and dtype, re-wrapping what it moved
+    as a trainable Parameter. On a GPU (base on cuda, adapter made on the CPU) that made AdaLoRA's
+    rank counts trainable (device_check on an H200: 24 parameters above the formula on deit_small).
+    A bf16 base makes peft take the same path on the CPU."""
+    prepared = prepare(tiny_model.to(torch.bfloat16), "adalora_r4")
+    ranknums = [p for n, p in prepared.model.named_parameters() if ".ranknum." in n]
+    assert ranknums and not any(p.requires_grad for p in ranknums)
+
+
 def test_orthogonal_regularizer_is_zero_for_orthonormal_factors(tiny_model):
     model = prepare(tiny_model, "adalora_r4").model
     with torch.no_grad():

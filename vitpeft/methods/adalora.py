@@ -130,6 +130,12 @@ def prepare(model: nn.Module, config: AdaLoraConfig, context: MethodContext) -> 
         modules_to_save=["head"],
     )
     wrapped = wrap(model, config, peft_config, layer_type=peft.tuners.adalora.AdaLoraLayer)
+    # peft moves each adapter to its base layer's device (or dtype) by re-wrapping what it moved
+    # as a new Parameter, trainable by default: on a GPU the rank counts, which divide each
+    # adapter's output, would then be trained.
+    for name, param in wrapped.named_parameters():
+        if ".ranknum." in name:
+            param.requires_grad_(False)
 
     def record() -> dict[str, Any]:
         return {"adalora_ranks": layer_ranks(wrapped)}
