@@ -13,8 +13,10 @@ SNAKEMAKE_CONFIG := $(if $(TEMPLATE),--config 'paper={template: $(TEMPLATE)}')
 
 .PHONY: paper test lint format setup tex clean
 
+# A failed checklist still builds both PDFs, marked DRAFT; make then lists the failed checks and fails.
 paper: setup tex
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_CONFIG) paper.pdf supplement.pdf
+	$(BIN)/python -m vitpeft.analysis.checklist results/analysis/checklist.json
 
 # the end-to-end tests build the paper in every template
 test: TEMPLATE = all

@@ -93,15 +93,18 @@ rule tables:
         "../workflow_scripts/tables.py"
 
 
-# Fails, naming them, if cells or seeds of the study are missing (unless the study is partial).
+# A failed check (missing cells, unconverged runs, tuned rates at an edge, ...) marks the paper
+# and the supplement DRAFT on their first page; it does not stop the build.
 rule checklist:
     input:
         runs="results/analysis/runs.csv",
         figures=rules.figures.output,
         tables=rules.tables.output,
+        lr_choices=study_lr_choices(),
     output:
         tex="results/paper/checklist.tex",
         json="results/analysis/checklist.json",
+        draft="results/paper/draft.tex",
     log:
         "results/logs/checklist.log",
     conda:

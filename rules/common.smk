@@ -22,9 +22,8 @@ from vitpeft import tune
 from vitpeft.analysis.seed_curves import SEED_CURVES
 from vitpeft.paper import template_files
 
-study_config.load(
-    config
-)  # schema + semantic checks; fails before any job with the key named
+# schema + semantic checks; fails before any job, naming the key and where it was set
+study_config.load(config, command_line=workflow.config_settings.overwrite_config)
 # The study's estimated compute and what its jobs ask a scheduler for, before anything runs.
 STUDY_COMPUTE = compute.estimate_study(config)
 print(compute.summary(config, STUDY_COMPUTE), file=sys.stderr)
@@ -195,6 +194,13 @@ def run_configs(wildcards):
 def tuning_runs(wildcards):
     """The short runs of one tuning job, one per rate of its family's grid."""
     return tune.tuning_runs(
+        config, wildcards.model, wildcards.dataset, wildcards.family
+    )
+
+
+def tuning_budget(wildcards):
+    """The runs a tuning job may train, its grid's extensions included (for its resources)."""
+    return tune.budgeted_runs(
         config, wildcards.model, wildcards.dataset, wildcards.family
     )
 

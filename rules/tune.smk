@@ -17,11 +17,12 @@ checkpoint tune:
         "../envs/vitpeft.yaml"
     threads: config["threads"]
     resources:
-        gpu=job_resource("gpu", runs_of=tuning_runs),
-        mem_mb=job_resource("mem_mb", runs_of=tuning_runs),
-        runtime=job_resource("runtime", runs_of=tuning_runs),
+        gpu=job_resource("gpu", runs_of=tuning_budget),
+        mem_mb=job_resource("mem_mb", runs_of=tuning_budget),
+        runtime=job_resource("runtime", runs_of=tuning_budget),
     params:
         runs=tuning_configs,
         convergence=canonical(config["convergence"]),
+        max_extensions=config["tune"]["max_extensions"],
     script:
         "../workflow_scripts/tune.py"

@@ -217,3 +217,40 @@ def test_the_recipe_keys_default_off(demo_config):
         study_config.resolve_run(demo_config, "vit_w64_d4", "digits", m, 0).method.ema_decay == 0.0
         for m in study_config.study_methods(demo_config)
     )
+
+
+def raw_config():
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_command_line_values_read_as_yaml_reads_them():
+    """Snakemake's --config reads ``studies={demo: {partial: true}}`` with YAML's base loader:
+    every value inside the braces a string. They get the types config.yaml would give them."""
+    command_line = {"studies": {"demo": {"partial": "true", "seeds": ["3", "4", "5"]}}, "threads": 2}
+    config = raw_config()
+    config["studies"]["demo"].update(command_line["studies"]["demo"])
+    config["threads"] = 2
+    study_config.load(config, command_line=command_line)
+    assert config["studies"]["demo"]["partial"] is True
+    assert config["studies"]["demo"]["seeds"] == ["3", "4", "5"] or config["studies"]["demo"]["seeds"] == [
+        3,
+        4,
+        5,
+    ]
+
+
+def test_a_bad_command_line_value_names_the_command_line_not_config_yaml():
+    command_line = {"train": {"epochs": "many"}}
+    config = raw_config()
+    config["train"]["epochs"] = "many"
+    with pytest.raises(ConfigError) as err:
+        study_config.load(config, command_line=command_line)
+    message = str(err.value)
+    assert message.startswith(
+        "the command line (--config or --configfile) sets train.epochs: 'many' is not of type"
+    )
+    config = raw_config()
+    config["train"]["epochs"] = "many"  # the same value, from config.yaml
+    with pytest.raises(ConfigError) as err:
+        study_config.load(config)
+    assert str(err.value).startswith("config.yaml at train.epochs: 'many' is not of type")

@@ -30,7 +30,9 @@ def study(tmp_path):
     for name in ("paper.pdf", "supplement.pdf", "macros.tex", "requirements.txt"):
         (tmp_path / name).write_text(name)
     write_json(tmp_path / "data" / "digits" / "manifest.json", {"classes": 10})
+    write_json(tmp_path / "checklist.json", {"passed": True, "failures": []})
     return dict(
+        checklist_json=tmp_path / "checklist.json",
         paper_pdf=tmp_path / "paper.pdf",
         supplement_pdf=tmp_path / "supplement.pdf",
         generated=[tmp_path / "macros.tex"],
@@ -64,6 +66,7 @@ def test_archive_holds_everything_with_verifiable_checksums_and_is_deterministic
         "submission/supplement.pdf",
         "submission/paper_parts/macros.tex",
         "submission/tables/runs.csv",
+        "submission/tables/checklist.json",
         "submission/environment/requirements.txt",
         "submission/environment/config.resolved.yaml",
         "submission/data/digits/manifest.json",
@@ -81,4 +84,18 @@ def test_an_incomplete_best_run_is_named(tmp_path):
     (tmp_path / "runs" / "digits" / "full" / "deit_tiny" / "seed0" / "checkpoint.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="best run of full on digits is incomplete"):
         build_submission(tmp_path / "a.tar.gz", **inputs)
+    assert not (tmp_path / "a.tar.gz").exists()
+
+
+def test_a_failed_checklist_builds_no_archive_and_names_the_checks(tmp_path):
+    import pytest
+
+    from vitpeft.submission import FailedChecklistError
+
+    inputs = study(tmp_path)
+    failed = ["run linear on digits with m, seed 0, not converged: ...", "tuned rate of full on digits ..."]
+    write_json(inputs["checklist_json"], {"passed": False, "failures": failed})
+    with pytest.raises(FailedChecklistError) as error:
+        build_submission(tmp_path / "a.tar.gz", **inputs)
+    assert "2 check(s) failed" in str(error.value) and all(line in str(error.value) for line in failed)
     assert not (tmp_path / "a.tar.gz").exists()

@@ -99,6 +99,10 @@ def test_the_study_estimate_counts_the_tuning_runs(demo_config):
         ({"full": ["1e-3"]}, "tune.grids.full: every learning rate must be a number > 0, got '1e-3'"),
         ({"linear": [0.1, 0.1]}, "tune.grids.linear: a learning rate is listed twice"),
         (
+            {"lora": [0.005]},
+            "tune.grids.lora: a grid brackets a rate, so it needs at least 2 rates, got [0.005]",
+        ),
+        (
             {"scratch": [0.001]},
             "tune.grids.scratch: not a tunable method family (scratch trains at full's rate)",
         ),
@@ -162,9 +166,34 @@ def test_runs_read_their_rate_from_their_familys_choice(tuned_workdir):
             "grids"
         ][family]
         assert choice["lr"] == tune.choose(choice["grid"])["lr"]
+        assert choice["at_edge"] is None and choice["extensions"] == []  # the grid brackets it
         config = json.loads((workdir / run).with_name("config.json").read_text())
         metrics = json.loads((workdir / run).read_text())
         assert config["method"]["lr"] == metrics["lr"] == choice["lr"]
+
+
+def test_a_real_divergence_is_ranked_last_and_the_job_goes_on(tuned_workdir):
+    workdir, _ = tuned_workdir
+    choice = json.loads((workdir / "results/tuning/digits/full/deit_tiny/choice.json").read_text())
+    (diverged,) = [entry for entry in choice["grid"] if entry["diverged"]]
+    assert diverged["lr"] == 100.0 and diverged["val_top1"] is None and "the loss is" in diverged["error"]
+    assert (
+        choice["lr"] == 3.0e-4
+        and "diverged" in (workdir / "results/tuning/digits/full/deit_tiny/tune.log").read_text()
+    )
+
+
+def test_tuning_runs_never_evaluate_the_test_split(tuned_workdir):
+    workdir, _ = tuned_workdir
+    short_runs = sorted((workdir / "results/tuning").glob("*/*/*/lr*/train.log"))
+    assert len(short_runs) == 6
+    for log in short_runs:
+        assert "test" not in log.read_text()
+        if (log.parent / "metrics.json").exists():  # not where the loss diverged
+            metrics = json.loads((log.parent / "metrics.json").read_text())
+            assert "val_top1" in metrics and not [key for key in metrics if key.startswith("test")]
+    for log in (workdir / "results/tuning").glob("*/*/*/tune.log"):
+        assert "test" not in log.read_text()
 
 
 def test_a_grid_value_added_plans_only_its_familys_tuning_and_runs(tuned_workdir, tmp_path):
@@ -187,8 +216,91 @@ def test_a_rewritten_unchanged_choice_reruns_no_run_and_a_changed_one_does(tuned
     assert after["provenance"] != before["provenance"] and after["lr"] == before["lr"]
     assert planned(snakemake(workdir, config, "-n", QALORA_RUN)) == {}
 
-    other = next(lr for lr in (1.0e-4, 2.0e-4) if lr != before["lr"])
-    config["tune"]["grids"]["qalora"] = [other]  # the choice can only change
+    config["tune"]["grids"]["qalora"] = [1.0e-4, 2.0e-4]  # the choice can only change
+    assert before["lr"] not in (1.0e-4, 2.0e-4, 5.0e-5, 2.5e-5, 4.0e-4, 8.0e-4)  # nor can an extension
     snakemake(workdir, config, QALORA_CHOICE)
     plan = snakemake(workdir, config, "-n", QALORA_RUN)
     assert planned(plan) == {"train": 1} and "Params have changed" in plan
+
+
+def fake_training(val_top1_at, diverges_from=float("inf")):
+    """A stand-in for vitpeft.runs.train_run: validation top-1 as a function of the rate, a
+    diverged loss from ``diverges_from`` up; it records the rates in the order trained."""
+    trained = []
+
+    def train_run(run, data_dir, backbone, out_dir, threads=None, convergence=None, evaluate_test=True):
+        assert not evaluate_test  # tuning never reads the test split
+        lr = run["method"]["lr"]
+        trained.append(lr)
+        if lr >= diverges_from:
+            raise FloatingPointError(f"the loss is nan at epoch 1 (lr {lr})")
+        return {
+            "val_top1": val_top1_at(lr),
+            "val_top5": 100.0,
+            "epochs": 3,
+            "train_time_s": 1.0,
+            "converged": True,
+        }
+
+    return train_run, trained
+
+
+def tune_with(monkeypatch, tmp_path, demo_config, grid, train_run, max_extensions=2):
+    import vitpeft.runs
+
+    monkeypatch.setattr(vitpeft.runs, "train_run", train_run)
+    config = copy.deepcopy(demo_config)
+    config["tune"]["grids"]["lora"] = grid
+    runs = [run.to_dict() for run in tune.tuning_runs(config, "vit_w64_d4", "digits", "lora")]
+    choice_path = tmp_path / "choice.json"
+    choice = tune.tune_family(runs, tmp_path, None, choice_path, max_extensions=max_extensions)
+    assert json.loads(choice_path.read_text()) == json.loads(json.dumps(choice))
+    return choice
+
+
+def peaked_at(best):
+    """Validation top-1 that peaks at the rate ``best`` and falls a point per doubling away from it."""
+    import math
+
+    return lambda lr: 95.0 - abs(math.log2(lr / best))
+
+
+def test_a_choice_at_the_top_edge_extends_the_grid_by_its_ratio_until_it_lies_inside(
+    monkeypatch, tmp_path, demo_config
+):
+    train_run, trained = fake_training(peaked_at(0.02))
+    choice = tune_with(monkeypatch, tmp_path, demo_config, [0.0025, 0.005, 0.01], train_run)
+    assert trained == [0.0025, 0.005, 0.01, 0.02, 0.04]
+    assert choice["lr"] == 0.02 and choice["at_edge"] is None
+    assert choice["extensions"] == [{"lr": 0.02, "beyond": "highest"}, {"lr": 0.04, "beyond": "highest"}]
+    assert [entry["lr"] for entry in choice["grid"]] == trained
+
+
+def test_a_choice_at_the_bottom_edge_extends_downwards_by_the_grids_own_ratio(
+    monkeypatch, tmp_path, demo_config
+):
+    train_run, trained = fake_training(peaked_at(0.0003))
+    choice = tune_with(monkeypatch, tmp_path, demo_config, [0.003, 0.03], train_run)  # a ratio of 10
+    assert trained == [0.003, 0.03, 0.0003, 0.00003]
+    assert choice["lr"] == 0.0003 and choice["at_edge"] is None
+
+
+def test_a_choice_still_at_an_edge_after_the_last_extension_is_recorded_as_such(
+    monkeypatch, tmp_path, demo_config
+):
+    train_run, trained = fake_training(lambda lr: 90.0 + lr)  # the larger, the better: no optimum
+    choice = tune_with(monkeypatch, tmp_path, demo_config, [0.002, 0.005, 0.01], train_run, max_extensions=1)
+    assert trained == [0.002, 0.005, 0.01, 0.02]
+    assert choice["lr"] == 0.02 and choice["at_edge"] == "highest" and choice["max_extensions"] == 1
+
+
+def test_a_diverged_rate_is_ranked_last_and_does_not_stop_the_job(monkeypatch, tmp_path, demo_config):
+    train_run, trained = fake_training(lambda lr: 90.0 + lr, diverges_from=0.01)
+    choice = tune_with(monkeypatch, tmp_path, demo_config, [0.0025, 0.005, 0.01], train_run)
+    assert trained == [0.0025, 0.005, 0.01]  # the diverged top rate brackets the choice: no extension
+    assert choice["lr"] == 0.005 and choice["at_edge"] is None and choice["extensions"] == []
+    diverged = choice["grid"][2]
+    assert diverged["diverged"] and diverged["val_top1"] is None and "loss is nan" in diverged["error"]
+    every_rate_diverged, _ = fake_training(lambda lr: 90.0, diverges_from=0.0)
+    choice = tune_with(monkeypatch, tmp_path, demo_config, [0.005, 0.01], every_rate_diverged)
+    assert all(entry["diverged"] for entry in choice["grid"]) and choice["at_edge"] == "lowest"

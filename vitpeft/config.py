@@ -618,16 +618,79 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"train (or by_dataset.<dataset>.train): {err}") from err
 
 
-def load(config: dict[str, Any]) -> dict[str, Any]:
+def _typed(value: Any) -> Any:
+    """A command-line scalar as YAML reads it: Snakemake's ``--config`` reads the values inside a
+    ``{...}`` as strings ('true', '5'), which config.yaml would read as a bool and an int."""
+    import yaml
+
+    if isinstance(value, dict):
+        return {key: _typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_typed(item) for item in value]
+    if isinstance(value, str):
+        typed = yaml.safe_load(value) if value.strip() else value
+        return typed if isinstance(typed, bool | int | float) or typed is None else value
+    return value
+
+
+def retype_command_line(config: dict[str, Any], command_line: dict[str, Any]) -> None:
+    """Give each string that ``command_line`` (Snakemake's ``--config`` and ``--configfile``
+    overrides) put into ``config`` the type YAML gives it, in place."""
+
+    def visit(target: dict[str, Any], given: dict[str, Any]) -> None:
+        for key, value in given.items():
+            if key not in target:
+                continue
+            if isinstance(value, dict) and isinstance(target[key], dict):
+                visit(target[key], value)
+            elif target[key] == value:
+                target[key] = _typed(value)
+
+    visit(config, command_line)
+
+
+def _schema_error(config: dict[str, Any], command_line: dict[str, Any]) -> str:
+    """Where the first schema error is, and whether the command line or config.yaml set it."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    error = next(iter(jsonschema.Draft202012Validator(schema).iter_errors(config)), None)
+    if error is None:
+        return ""
+    path = [str(part) for part in error.absolute_path]
+    given: Any = command_line
+    for part in error.absolute_path:
+        in_dict = isinstance(given, dict) and part in given
+        in_list = isinstance(given, list) and isinstance(part, int) and part < len(given)
+        if not (in_dict or in_list):
+            break
+        given = given[part]
+    else:
+        path = path or ["(top level)"]
+        return f"the command line (--config or --configfile) sets {'.'.join(path)}: {error.message}"
+    return f"config.yaml at {'.'.join(path) or '(top level)'}: {error.message}"
+
+
+def load(config: dict[str, Any], command_line: dict[str, Any] | None = None) -> dict[str, Any]:
     """Apply the selected study's overrides, then validate ``config`` in place against the schema
-    (filling defaults), then semantically."""
+    (filling defaults), then semantically.
+
+    Args:
+        command_line: what Snakemake's ``--config`` / ``--configfile`` merged into ``config``: its
+            strings are read as YAML reads them (:func:`retype_command_line`), and a schema error
+            in a key it set names the command line rather than config.yaml.
+    """
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as validate_schema
 
+    command_line = command_line or {}
+    retype_command_line(config, command_line)
     apply_study_overrides(config)
     try:
         validate_schema(config, str(SCHEMA))
     except WorkflowError as err:
-        raise ConfigError(f"config.yaml does not match {SCHEMA.name}: {err}") from err
+        where = _schema_error(config, command_line)
+        raise ConfigError(f"{where or 'config.yaml'} (checked against {SCHEMA.name}): {err}") from err
     validate(config)
     return config

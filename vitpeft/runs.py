@@ -180,11 +180,13 @@ def train_run(
     convergence: dict[str, Any] | None = None,
     keep_resume: bool = False,
     device: str = "auto",
+    evaluate_test: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate one run; write ``metrics.json``, ``config.json``, ``provenance.json`` and
     ``checkpoint.safetensors`` (the trainable parameters) into ``out_dir``.
 
-    Accuracies are in percent. The test split is evaluated once, with the final weights.
+    Accuracies are in percent. The test split is evaluated once, with the final weights, unless
+    ``evaluate_test`` is False (a tuning run: its metrics then hold no test field).
 
     Every ``checkpoint_every`` optimizer steps the resume state goes to ``out_dir/resume.pt``; a
     rerun of a killed job (``--rerun-incomplete``, or a SLURM requeue) goes on from it and ends with
@@ -209,16 +211,17 @@ def train_run(
     trained = _train(run, data_dir, backbone, threads, desc, resume, device)
     model, splits, params, history = trained.model, trained.splits, trained.params, trained.history
     train_time = trained.train_time_s
-    with trained.memory.phase("eval"):
-        test = evaluate(model, splits["test"], trained.preprocess, run.train.eval_batch_size)
+    tested = {}
+    if evaluate_test:
+        with trained.memory.phase("eval"):
+            test = evaluate(model, splits["test"], trained.preprocess, run.train.eval_batch_size)
+        tested = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
     metrics = {
         "method": run.method.name,
         "model": run.model.name,
         "dataset": run.dataset,
         "seed": run.seed,
-        "test_top1": test["top1"],
-        "test_top5": test["top5"],
-        "test_loss": test["loss"],
+        **tested,
         "val_top1": history.val_top1[-1],  # the final weights, evaluated after the last epoch
         "val_top5": history.val_top5[-1],
         "trainable_params": params["trainable"],
@@ -259,7 +262,8 @@ def train_run(
     write_json(out_dir / "metrics.json", metrics)  # last: its presence marks the run complete
     if not keep_resume:
         resume.remove()
-    print(f"{desc}: test top-1 {test['top1']:.2f}%  ({train_time:.1f} s)", file=sys.stderr)
+    scored = f"test top-1 {test['top1']:.2f}%" if evaluate_test else f"val top-1 {metrics['val_top1']:.2f}%"
+    print(f"{desc}: {scored}  ({train_time:.1f} s)", file=sys.stderr)
     return metrics
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vitpeft.io import atomic_path, sha256_file
+from vitpeft.io import atomic_path, read_json, sha256_file
 
 # What a reader needs of the best run of each cell: the trained weights (the adapter and head,
 # or the whole model for full fine-tuning), how it was made, and the export's checked numbers.
@@ -68,10 +68,29 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes | None = None, path: P
             archive.addfile(info, handle)
 
 
+class FailedChecklistError(RuntimeError):
+    """The checklist failed: the paper is a draft, and a draft is not submitted."""
+
+
+def require_passed(checklist_json: str | Path) -> None:
+    """Raise :class:`FailedChecklistError` naming every failed check, if any failed."""
+    check = read_json(checklist_json)
+    if not check["passed"]:
+        raise FailedChecklistError(
+            f"{checklist_json}: {len(check['failures'])} check(s) failed, so paper.pdf is a draft and "
+            "no submission archive is built: " + "; ".join(check["failures"])
+        )
+
+
 def build_submission(
-    out_archive: str | Path, config: dict | None = None, root: str = "submission", **inputs
+    out_archive: str | Path,
+    checklist_json: str | Path,
+    config: dict | None = None,
+    root: str = "submission",
+    **inputs,
 ) -> dict[str, str]:
-    """Write the archive (``.tar.gz``) with every member under ``root/`` and ``root/SHA256SUMS``.
+    """Write the archive (``.tar.gz``) with every member under ``root/`` and ``root/SHA256SUMS``,
+    if the checklist passed (:func:`require_passed`); the checklist goes in with the tables.
 
     Args:
         config: the resolved study config, stored as ``environment/config.resolved.yaml``.
@@ -82,6 +101,8 @@ def build_submission(
     """
     import yaml
 
+    require_passed(checklist_json)
+    inputs["tables"] = [*inputs.get("tables", []), checklist_json]
     files = members(**inputs)
     data = {"environment/config.resolved.yaml": yaml.safe_dump(config).encode()} if config else {}
     sums = {name: sha256_file(path) for name, path in files.items()}

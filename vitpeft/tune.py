@@ -4,8 +4,13 @@ For each method family x model x dataset of the study, one job trains short runs
 ``tune.seed``, ``tune.epochs`` epochs, otherwise the study's own budget) over the family's grid of
 peak learning rates, ``tune.grids.<family>``, and keeps the rate whose final validation top-1 is
 highest. Ties go to the smaller rate: with a few hundred validation images a tie is common, and
-the smaller rate is the safer one over the full budget. The choice and the whole grid go into
-``choice.json``, from which the study's runs of that family read their rate.
+the smaller rate is the safer one over the full budget. A rate whose loss turns NaN or infinite is
+recorded as diverged and ranked below every finite one. A choice at an edge of the rates tried
+says the optimum may lie beyond it, so the grid is extended one step that way (by the grid's own
+ratio at that edge) and the new rate is tried, up to ``tune.max_extensions`` times; a choice still
+at an edge is recorded as such and fails the checklist. The choice and every rate tried go into
+``choice.json``, from which the study's runs of that family read their rate. The short runs never
+evaluate the test split.
 
 Families (:func:`tuning_family`): every method family of the registry tunes its own rate (so
 ``lora_r4/8/16`` share ``lora``'s, ``qlora8`` and ``qlora4`` share ``qlora``'s, and QA-LoRA has
@@ -31,6 +36,8 @@ from vitpeft.methods import METHODS, parse_method_name
 
 CRITERION = "val_top1"  # the final weights' validation top-1, in percent
 TIE_RULE = "the smaller learning rate"
+DIVERGED_RULE = "ranked below every finite result"
+MAX_EXTENSIONS = 2  # tune.max_extensions' default
 # scratch trains at full fine-tuning's rate (see the module docstring)
 SHARED_RATES = {TRANSFER_BASELINE: "full"}
 TUNABLE_FAMILIES = tuple(family for family in METHODS if family not in SHARED_RATES)
@@ -92,14 +99,41 @@ def tuning_runs(config: dict[str, Any], model: str, dataset: str, family: str) -
     return [with_lr(run, lr) for lr in section["grids"][family]]
 
 
+def budgeted_runs(config: dict[str, Any], model: str, dataset: str, family: str) -> list[RunConfig]:
+    """What one tuning job may train, for its resources: the grid's runs and, at the top rate (the
+    costliest only in time), as many more as ``tune.max_extensions`` may add."""
+    runs = tuning_runs(config, model, dataset, family)
+    return runs + [runs[-1]] * config["tune"].get("max_extensions", MAX_EXTENSIONS)
+
+
 def run_folder(lr: float) -> str:
     """The folder of a grid value's short run, inside the tuning job's folder: ``lr0.005``."""
     return f"lr{lr:g}"
 
 
 def choose(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The grid entry with the highest :data:`CRITERION`; on a tie, the smaller ``lr``."""
-    return max(results, key=lambda entry: (entry[CRITERION], -entry["lr"]))
+    """The grid entry with the highest :data:`CRITERION`; on a tie, the smaller ``lr``. A diverged
+    entry (its criterion None) ranks below every finite one."""
+    return max(
+        results, key=lambda entry: (entry[CRITERION] is not None, entry[CRITERION] or 0.0, -entry["lr"])
+    )
+
+
+def edge(results: list[dict[str, Any]], lr: float) -> str | None:
+    """``"lowest"`` or ``"highest"`` if ``lr`` is that edge of the rates tried, else None."""
+    rates = sorted(entry["lr"] for entry in results)
+    if lr == rates[0]:
+        return "lowest"
+    if lr == rates[-1]:
+        return "highest"
+    return None
+
+
+def next_rate(results: list[dict[str, Any]], side: str) -> float:
+    """One step beyond the ``side`` edge of the rates tried, by the ratio of the two rates there."""
+    rates = sorted(entry["lr"] for entry in results)
+    rate = rates[-1] * rates[-1] / rates[-2] if side == "highest" else rates[0] * rates[0] / rates[1]
+    return float(f"{rate:.12g}")  # 0.02, not 0.020000000000000004
 
 
 def check_grids(config: dict[str, Any]) -> None:
@@ -122,6 +156,11 @@ def check_grids(config: dict[str, Any]) -> None:
                 raise ConfigError(f"{key}: every learning rate must be a number > 0, got {lr!r} in {grid!r}")
         if len(set(grid)) != len(grid):
             raise ConfigError(f"{key}: a learning rate is listed twice in {grid!r}")
+        if len(grid) < 2:
+            raise ConfigError(
+                f"{key}: a grid brackets a rate, so it needs at least 2 rates, got {grid!r} "
+                f"(to fix a rate without tuning, drop the grid and set methods.{family}.lr)"
+            )
 
 
 def chosen_lr(choice_path: str | Path) -> float:
@@ -136,60 +175,77 @@ def tune_family(
     choice_path: str | Path,
     threads: int | None = None,
     convergence: dict[str, Any] | None = None,
+    max_extensions: int = MAX_EXTENSIONS,
 ) -> dict[str, Any]:
-    """Train the short runs of one tuning job in this process and write its ``choice.json``.
+    """Train the short runs of one tuning job in this process, extend the grid while the choice
+    sits at an edge of it (at most ``max_extensions`` rates more), and write its ``choice.json``.
 
     Each run keeps its files (metrics, config, provenance, log) in a folder named by its rate
-    (:func:`run_folder`) beside ``choice_path``.
+    (:func:`run_folder`) beside ``choice_path``. A run whose loss diverges leaves its log there.
 
     Returns:
-        The choice: ``lr`` (chosen), ``family``, ``criterion``, ``tie_rule``, the runs' ``method``, ``model``,
-        ``dataset``, ``seed`` and ``epochs``, and ``grid``: per rate its ``val_top1``,
-        ``val_top5``, ``epochs``, ``train_time_s``, convergence verdict, folder and ``config_hash`` (the test split
-        is not copied here: nothing is chosen by it).
+        The choice: ``lr`` (chosen), ``family``, ``criterion``, ``tie_rule``, the runs' ``method``,
+        ``model``, ``dataset``, ``seed`` and ``epochs``; ``grid``: per rate tried, in the order
+        tried, its ``val_top1`` and ``val_top5`` (None if it diverged), ``diverged``, ``epochs``,
+        ``train_time_s``, convergence verdict, folder and ``config_hash``; ``extensions``: each
+        rate added beyond an edge and which edge; ``at_edge``: ``"lowest"`` or ``"highest"`` if the
+        choice is still an edge of the rates tried, else None.
     """
-    from vitpeft.runs import train_runs  # torch: only when the job runs
+    from vitpeft.io import logging_to
+    from vitpeft.runs import train_run  # torch: only when the job runs
 
     job_dir = Path(choice_path).parent
-    out_dirs = [job_dir / run_folder(run["method"]["lr"]) for run in run_dicts]
-    first = run_dicts[0]
-    results = train_runs(
-        run_dicts,
-        data_dir,
-        backbone,
-        out_dirs,
-        logs=[out_dir / "train.log" for out_dir in out_dirs],
-        threads=threads,
-        convergence=convergence,
-    )
-    grid = [
-        {
-            "lr": run["method"]["lr"],
+
+    def short_run(run: dict[str, Any]) -> dict[str, Any]:
+        out_dir = job_dir / run_folder(run["method"]["lr"])
+        entry = {"lr": run["method"]["lr"], "run_dir": str(out_dir), "config_hash": config_hash(run)}
+        try:
+            with logging_to(out_dir / "train.log"):
+                metrics = train_run(
+                    run, data_dir, backbone, out_dir, threads, convergence=convergence, evaluate_test=False
+                )
+        except FloatingPointError as err:  # ranked last; the other rates still decide
+            print(f"{out_dir}: diverged: {err}", file=sys.stderr)
+            return entry | {CRITERION: None, "val_top5": None, "diverged": True, "error": str(err)}
+        return entry | {
             CRITERION: metrics[CRITERION],
             "val_top5": metrics["val_top5"],
+            "diverged": False,
             "epochs": metrics["epochs"],
             "train_time_s": metrics["train_time_s"],
             "converged": metrics.get("converged"),
-            "run_dir": str(out_dir),
-            "config_hash": config_hash(run),
         }
-        for run, metrics, out_dir in zip(run_dicts, results, out_dirs, strict=True)
-    ]
+
+    first = run_dicts[0]
+    grid = [short_run(run) for run in run_dicts]
+    extensions = []
+    while (side := edge(grid, choose(grid)["lr"])) is not None and len(extensions) < max_extensions:
+        lr = next_rate(grid, side)
+        extensions.append({"lr": lr, "beyond": side})
+        print(f"{job_dir}: the choice is the {side} rate tried; trying lr {lr:g}", file=sys.stderr)
+        grid.append(short_run(with_lr(RunConfig.from_dict(first), lr).to_dict()))
     best = choose(grid)
     choice = {
         "lr": best["lr"],
         "family": tuning_family(first["method"]["name"]),
         "criterion": CRITERION,
         "tie_rule": TIE_RULE,
+        "diverged_rule": DIVERGED_RULE,
         "method": first["method"]["name"],
         "model": first["model"]["name"],
         "dataset": first["dataset"],
         "seed": first["seed"],
         "epochs": first["train"]["epochs"],
         "grid": grid,
+        "max_extensions": max_extensions,
+        "extensions": extensions,
+        "at_edge": edge(grid, best["lr"]),
         "provenance": provenance(backbone_weights=str(backbone) if backbone else None),
     }
     write_json(choice_path, choice)
-    table = ", ".join(f"{entry['lr']:g}: {entry[CRITERION]:.2f}%" for entry in grid)
+    table = ", ".join(
+        f"{entry['lr']:g}: " + ("diverged" if entry["diverged"] else f"{entry[CRITERION]:.2f}%")
+        for entry in grid
+    )
     print(f"{job_dir}: val top-1 {table}; chose lr {best['lr']:g}", file=sys.stderr)
     return choice

@@ -1,4 +1,4 @@
-"""Rule checklist: check the study's results are complete and write the submission checklist."""
+"""Rule checklist: check the study's results and write the submission checklist and draft mark."""
 
 import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
 
@@ -13,4 +13,6 @@ write_checklist(
     [*snakemake.input.figures, *snakemake.input.tables],
     out_tex=snakemake.output.tex,
     out_json=snakemake.output.json,
+    out_draft=snakemake.output.draft,
+    lr_choices=snakemake.input.lr_choices,
 )

@@ -8,6 +8,7 @@ from vitpeft.submission import build_submission
 log_to_file(snakemake.log[0])
 build_submission(
     snakemake.output[0],
+    checklist_json=snakemake.input.checklist_json,
     config=snakemake.params.config,
     paper_pdf=snakemake.input.paper,
     supplement_pdf=snakemake.input.supplement,
@@ -17,7 +18,7 @@ build_submission(
         *snakemake.input.supplement_figures,
         snakemake.input.checklist_tex,
     ],
-    tables=[snakemake.input.runs, *snakemake.input.tables, snakemake.input.checklist_json],
+    tables=[snakemake.input.runs, *snakemake.input.tables],
     environment=snakemake.input.environment,
     manifests=snakemake.input.manifests,
     runs_csv=snakemake.input.runs,

@@ -15,4 +15,5 @@ tune_family(
     choice_path=snakemake.output.choice,
     threads=snakemake.threads,
     convergence=snakemake.params.convergence,
+    max_extensions=snakemake.params.max_extensions,
 )

@@ -1,21 +1,24 @@
 """The submission checklist, from what the pipeline produced: every cell with every seed, every
-run converged, every figure and table, and complete provenance for every run.
+run converged, every tuned learning rate inside the rates tried, every figure and table, and
+complete provenance for every run.
 
-A missing cell (or seed), or a run that has not converged by the config's criterion
-(:mod:`vitpeft.convergence`, recorded in each run's metrics), fails the build here, naming it,
-unless the study is marked ``partial``; a partial study's paper is built from the finished cells
-and this checklist lists the rest.
+A failed check does not stop the build: the paper and its supplement are built as a draft, marked
+DRAFT on their first page with the failed checks listed there (``draft.tex``) and in the
+supplement's checklist. ``make paper`` then exits non-zero naming them (``python -m
+vitpeft.analysis.checklist``), and the submission archive refuses to build. A study marked
+``partial`` is built from its finished cells; the missing ones are failed checks like any other.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from vitpeft.analysis.tables import render
-from vitpeft.io import write_json
+from vitpeft.io import read_json, write_json
 
 # What a run must record for its numbers to be traced back: code, config, packages and data.
 PROVENANCE_FIELDS = {
@@ -26,14 +29,6 @@ PROVENANCE_FIELDS = {
     "peft": "peft version",
     "data_manifest_sha256": "data checksum",
 }
-
-
-class MissingCellsError(ValueError):
-    """The run table lacks cells or seeds that the study configures."""
-
-
-class UnconvergedRunsError(ValueError):
-    """Runs of the study have not converged by the criterion they were judged by."""
 
 
 def cell_coverage(runs: pd.DataFrame, study: dict[str, Any], methods: list[str]) -> list[dict[str, Any]]:
@@ -55,24 +50,9 @@ def cell_coverage(runs: pd.DataFrame, study: dict[str, Any], methods: list[str])
     ]
 
 
-def check_cells(coverage: list[dict[str, Any]], partial: bool) -> list[dict[str, Any]]:
-    """The incomplete cells; raises :class:`MissingCellsError` naming them unless ``partial``."""
-    incomplete = [c for c in coverage if c["missing_seeds"]]
-    if incomplete and not partial:
-        named = "; ".join(
-            f"{c['method']} on {c['dataset']} with {c['model']} "
-            + (
-                "(no run)"
-                if c["seeds_found"] == 0
-                else f"(seed {', '.join(map(str, c['missing_seeds']))} missing)"
-            )
-            for c in incomplete
-        )
-        raise MissingCellsError(
-            f"{len(incomplete)} of {len(coverage)} cells of the study are missing or incomplete: {named}. "
-            "Run them, or mark the study `partial: true` in the config to build the paper without them."
-        )
-    return incomplete
+def incomplete_cells(coverage: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells that lack any configured seed."""
+    return [c for c in coverage if c["missing_seeds"]]
 
 
 def unconverged_runs(runs: pd.DataFrame) -> list[dict[str, Any]]:
@@ -109,25 +89,52 @@ def criteria(runs: pd.DataFrame) -> list[dict[str, Any]]:
     return [{"window": int(w), "tolerance": float(t)} for w, t in judged.itertuples(index=False)]
 
 
-def check_convergence(unconverged: list[dict[str, Any]], total: int, partial: bool) -> None:
-    """Raise :class:`UnconvergedRunsError` naming the runs that have not converged, unless ``partial``."""
-    if not unconverged or partial:
-        return
-    named = "; ".join(
-        f"{r['method']} on {r['dataset']} with {r['model']}, seed {r['seed']} "
-        + (
-            "(no convergence record in its metrics)"
-            if not r["recorded"]
-            else f"(its last window's mean val top-1 gained {r['gain']:.2f} points on the window before)"
-            if r["gain"] is not None
-            else f"({r['epochs']} epoch(s): too few for two windows)"
+def edge_choices(lr_choices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tuning choices still at an edge of the rates they tried (:mod:`vitpeft.tune`)."""
+    return [
+        {
+            "family": c["family"],
+            "dataset": c["dataset"],
+            "model": c["model"],
+            "lr": c["lr"],
+            "edge": c["at_edge"],
+            "rates": sorted(entry["lr"] for entry in c["grid"]),
+            "extensions": len(c.get("extensions", [])),
+        }
+        for c in lr_choices
+        if c.get("at_edge")
+    ]
+
+
+def failures(check: dict[str, Any]) -> list[str]:
+    """One line per failed check, naming what failed: what the draft mark, the supplement and
+    ``make paper`` list."""
+    lines = []
+    for c in check["incomplete_cells"]:
+        seeds = (
+            "no run" if c["seeds_found"] == 0 else f"seed {', '.join(map(str, c['missing_seeds']))} missing"
         )
-        for r in unconverged
-    )
-    raise UnconvergedRunsError(
-        f"{len(unconverged)} of {total} runs have not converged: {named}. Train longer (or change the "
-        "convergence criterion in the config), or mark the study `partial: true` to build the paper anyway."
-    )
+        lines.append(f"cell {c['method']} on {c['dataset']} with {c['model']}: {seeds}")
+    for r in check["unconverged_runs"]:
+        if not r["recorded"]:
+            why = "no convergence record in its metrics"
+        elif r["gain"] is not None:
+            why = f"its last window's mean val top-1 gained {r['gain']:.2f} points on the window before"
+        else:
+            why = f"{r['epochs']} epoch(s): too few for two windows"
+        lines.append(
+            f"run {r['method']} on {r['dataset']} with {r['model']}, seed {r['seed']}, not converged: {why}"
+        )
+    for e in check["edge_choices"]:
+        lines.append(
+            f"tuned rate of {e['family']} on {e['dataset']} with {e['model']}: {e['lr']:g} is the {e['edge']} "
+            f"of the rates tried ({', '.join(f'{lr:g}' for lr in e['rates'])}; {e['extensions']} extension(s))"
+        )
+    lines += [f"missing figure or table {f['name']}" for f in check["artifacts"] if not f["present"]]
+    lines += [
+        f"provenance of {g['run_dir']} lacks {', '.join(g['missing'])}" for g in check["provenance_gaps"]
+    ]
+    return lines
 
 
 def provenance_gaps(runs: pd.DataFrame) -> list[dict[str, Any]]:
@@ -149,36 +156,39 @@ def artifact_present(path: str | Path) -> bool:
 
 
 def checklist(
-    runs: pd.DataFrame, study: dict[str, Any], methods: list[str], artifacts: list[str | Path]
+    runs: pd.DataFrame,
+    study: dict[str, Any],
+    methods: list[str],
+    artifacts: list[str | Path],
+    lr_choices: list[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The checklist's content; raises :class:`MissingCellsError` as :func:`check_cells` does, then
-    :class:`UnconvergedRunsError` as :func:`check_convergence` does."""
+    """The checklist's content: what was checked, and ``failures`` (:func:`failures`)."""
     coverage = cell_coverage(runs, study, methods)
-    partial = bool(study.get("partial", False))
-    incomplete = check_cells(coverage, partial)
+    incomplete = incomplete_cells(coverage)
     unconverged = unconverged_runs(runs)
-    check_convergence(unconverged, len(runs), partial)
-    gaps = provenance_gaps(runs)
     files = [{"name": Path(p).name, "present": artifact_present(p)} for p in artifacts]
-    artifacts_ok = all(f["present"] for f in files)
     dirty = int(runs["git_dirty"].fillna(False).astype(bool).sum()) if "git_dirty" in runs else 0
-    return {
-        "partial": partial,
+    check = {
+        "partial": bool(study.get("partial", False)),
         "cells": {"expected": len(coverage), "complete": len(coverage) - len(incomplete)},
         "seeds_per_cell": len(study["seeds"]),
         "incomplete_cells": incomplete,
         "convergence_criteria": criteria(runs),
         "converged_runs": len(runs) - len(unconverged),
         "unconverged_runs": unconverged,
+        "tuning_jobs": len(lr_choices),
+        "edge_choices": edge_choices(list(lr_choices)),
         "artifacts": files,
-        "artifacts_ok": artifacts_ok,
+        "artifacts_ok": all(f["present"] for f in files),
         "runs": len(runs),
         "provenance_fields": list(PROVENANCE_FIELDS.values()),
-        "provenance_gaps": gaps,
+        "provenance_gaps": provenance_gaps(runs),
         "commits": sorted(runs["git_commit"].dropna().unique().tolist()) if "git_commit" in runs else [],
         "dirty_runs": dirty,
-        "passed": not incomplete and not unconverged and not gaps and artifacts_ok,
     }
+    check["failures"] = failures(check)
+    check["passed"] = not check["failures"]
+    return check
 
 
 def write_checklist(
@@ -188,9 +198,31 @@ def write_checklist(
     artifacts: list[str | Path],
     out_tex: str | Path,
     out_json: str | Path,
+    out_draft: str | Path,
+    lr_choices: list[str | Path] = (),
 ) -> dict[str, Any]:
-    """The checklist rule: check the study's results and write the checklist as LaTeX and JSON."""
-    result = checklist(pd.read_csv(runs_csv), study, methods, artifacts)
+    """The checklist rule: check the study's results and write the checklist as LaTeX and JSON,
+    and the first page's draft mark (empty when every check passed)."""
+    result = checklist(pd.read_csv(runs_csv), study, methods, artifacts, [read_json(p) for p in lr_choices])
     write_json(out_json, result)
     render("checklist.tex.j2", out_tex, check=result)
+    render("draft.tex.j2", out_draft, check=result)
+    for line in result["failures"]:
+        print(f"checklist: FAILED {line}", file=sys.stderr)
     return result
+
+
+def report(checklist_json: str | Path) -> int:
+    """What ``make paper`` prints at its end: the failed checks, and 1 if any failed, else 0."""
+    result = read_json(checklist_json)
+    if result["passed"]:
+        print(f"checklist: every check passed ({checklist_json})")
+        return 0
+    print(f"checklist: {len(result['failures'])} check(s) failed; paper.pdf and supplement.pdf are DRAFTS:")
+    for line in result["failures"]:
+        print(f"  - {line}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(report(sys.argv[1] if len(sys.argv) > 1 else "results/analysis/checklist.json"))

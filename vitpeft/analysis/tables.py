@@ -70,15 +70,24 @@ def compute_used(
 ) -> dict[str, Any]:
     """Device-hours that the reported training runs took (tuning runs included), and, once every
     run of the estimate has reported, the FLOP/s they sustained (the estimated FLOPs over the
-    measured time)."""
-    tuning = [entry for choice in lr_choices for entry in choice["grid"]]
-    seconds = (
-        float(runs.train_time_s.sum())
-        + sum(b["train_time_s"] for b in backbones)
-        + sum(entry.get("train_time_s", 0.0) for entry in tuning)
+    measured time of those runs: the estimate counts each tuning grid, not its extensions)."""
+    grid_seconds, extension_seconds, grid_runs = 0.0, 0.0, 0
+    for choice in lr_choices:
+        extended = {extension["lr"] for extension in choice.get("extensions", [])}
+        for entry in choice["grid"]:
+            if entry["lr"] in extended:
+                extension_seconds += entry.get("train_time_s", 0.0)
+            else:
+                grid_seconds += entry.get("train_time_s", 0.0)
+                grid_runs += 1
+    estimated_seconds = (
+        float(runs.train_time_s.sum()) + sum(b["train_time_s"] for b in backbones) + grid_seconds
     )
-    complete = len(runs) + len(backbones) + len(tuning) == estimate["runs"] and seconds > 0
-    return {"hours": seconds / 3600.0, "tflops": estimate["flops"] / seconds / 1e12 if complete else None}
+    complete = len(runs) + len(backbones) + grid_runs == estimate["runs"] and estimated_seconds > 0
+    return {
+        "hours": (estimated_seconds + extension_seconds) / 3600.0,
+        "tflops": estimate["flops"] / estimated_seconds / 1e12 if complete else None,
+    }
 
 
 def environment() -> jinja2.Environment:
