@@ -351,7 +351,7 @@ def render_tables(root, out, title="T", compute=None, model_kwargs=None, recipe=
         "datasets": {"digits": {"kind": "sklearn_digits"}},
         "train": {"epochs": 2, "batch_size": 32, "warmup_epochs": 0.5, "grad_clip": 1.0},
         "methods": {"full": {"lr": 0.001}, "lora": {"lr": 0.005}},
-        "tune": {"epochs": 1, "seed": 0, "grids": {"lora": [0.002, 0.005]}},
+        "tune": {"epochs": 1, "seed": 0, "max_extensions": 2, "grids": {"lora": [0.002, 0.005]}},
     }
     config = merged(config, recipe or {})
     choices = []
@@ -391,6 +391,13 @@ def test_the_setup_states_the_estimated_compute_and_the_time_the_runs_took(study
         study_tables, tmp_path / "tuned", compute={**estimate, "runs": 10}, lr_choices=[LORA_CHOICE]
     )
     assert r"0.0333 device-hours in all, so they sustained 0.333\,TFLOP/s" in flat(tuned / "setup.tex")
+    # A rate the grid's extension added (30 s) counts in the hours, not in the estimate's rate.
+    extension = {"lr": 0.01, "val_top1": 74.0, "epochs": 1, "train_time_s": 30.0}
+    extended = {**LORA_CHOICE, "grid": [*LORA_CHOICE["grid"], extension], "extensions": [{"lr": 0.01}]}
+    out = render_tables(
+        study_tables, tmp_path / "ext", compute={**estimate, "runs": 10}, lr_choices=[extended]
+    )
+    assert r"0.0417 device-hours in all, so they sustained 0.333\,TFLOP/s" in flat(out / "setup.tex")
 
 
 LORA_CHOICE = {
@@ -407,6 +414,8 @@ LORA_CHOICE = {
         {"lr": 0.002, "val_top1": 70.0, "epochs": 1, "train_time_s": 10.0},
         {"lr": 0.005, "val_top1": 75.0, "epochs": 1, "train_time_s": 10.0},
     ],
+    "extensions": [],
+    "at_edge": None,
 }
 
 
@@ -424,6 +433,36 @@ def test_the_setup_prints_each_tuning_grid_and_its_choice(study_tables, tmp_path
     untuned = flat(render_tables(study_tables, tmp_path / "untuned") / "setup.tex")
     assert "Peak learning rates set in the config: full 0.001, lora 0.005." in untuned
     assert "chosen on the validation split" not in untuned
+    assert "no tuning run reads the test split" in setup
+    assert "fixed from validation results alone" not in setup  # the study does not declare it
+
+
+def test_the_setup_shows_extended_and_diverged_rates_and_a_choice_still_at_an_edge(study_tables, tmp_path):
+    grid = [
+        {"lr": 0.002, "val_top1": 70.0, "diverged": False},
+        {"lr": 0.005, "val_top1": 75.0, "diverged": False},
+        {"lr": 0.01, "val_top1": 76.0, "diverged": False},
+        {"lr": 0.02, "val_top1": None, "diverged": True},
+    ]
+    bracketed = {
+        **LORA_CHOICE,
+        "lr": 0.01,
+        "grid": grid,
+        "extensions": [{"lr": 0.01}, {"lr": 0.02}],
+        "at_edge": None,
+    }
+    setup = flat(render_tables(study_tables, tmp_path / "paper", lr_choices=[bracketed]) / "setup.tex")
+    assert r"0.002~(70.0\%), 0.005~(75.0\%), \textbf{0.01}~(76.0\%), 0.02~(diverged)." in setup
+    assert "extends the grid one step beyond it" in setup and "up to 2 time(s)" in setup
+    at_edge = {**bracketed, "grid": grid[:3], "extensions": [{"lr": 0.01}], "at_edge": "highest"}
+    setup = flat(render_tables(study_tables, tmp_path / "edge", lr_choices=[at_edge]) / "setup.tex")
+    assert r"\textbf{0.01}~(76.0\%), still the highest rate tried." in setup
+
+
+def test_a_study_designed_on_validation_says_so(study_tables, tmp_path):
+    recipe = {"studies": {"s": {"designed_on_validation": True}}}
+    setup = flat(render_tables(study_tables, tmp_path / "paper", recipe=recipe) / "setup.tex")
+    assert "The training budget and the data split were also fixed from validation results alone" in setup
 
 
 def test_the_setup_states_the_training_recipe(study_tables, tmp_path):

@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -286,3 +287,55 @@ def test_real_download_rule_runs_against_a_fixture_server_through_training(tmp_p
     assert manifest["counts_per_class"]["test"] == [6] * 10
     summary = pd.read_csv(work / "results" / "lora_r8_cifar10" / "summary.csv")
     assert summary[["dataset", "method", "seed"]].values.tolist() == [["cifar10", "lora_r8", 0]]
+
+
+@pytest.mark.e2e
+def test_a_study_that_fails_its_checklist_builds_a_draft_and_no_submission(tmp_path):
+    """Runs judged by windows of 2 epochs after 2 epochs of training cannot have converged: the
+    paper and supplement are still built, marked DRAFT with the runs named on page 1; the checklist
+    report (make paper's last step) exits 1 listing them; the submission archive refuses, naming
+    the check. The window comes from the command line, as Snakemake's --config reads it."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["studies"]["tiny"].update(methods=["linear", "lora_r8"], transfer_check=False)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    work = tmp_path / "work"
+    cmd = snakemake_command(
+        work, tmp_path / "config.yaml", "--cores", "2", "--config", "convergence={window: 2}"
+    )
+    built = subprocess.run(
+        [*cmd, "--", "paper.pdf", "supplement.pdf"], capture_output=True, text=True, timeout=600
+    )
+    assert built.returncode == 0, built.stderr[-5000:]
+    checklist = json.loads((work / "results" / "analysis" / "checklist.json").read_text())
+    assert not checklist["passed"] and checklist["failures"] == [
+        f"run {method} on digits with deit_tiny, seed 0, not converged: 2 epoch(s): too few for two windows"
+        for method in ("linear", "lora_r8")
+    ]
+    for name in ("paper.pdf", "supplement.pdf"):
+        first_page = subprocess.run(
+            ["pdftotext", "-l", "1", str(work / name), "-"], capture_output=True, text=True, check=True
+        ).stdout
+        first_page = " ".join(first_page.replace("-\n", "").split())
+        assert "DRAFT, not for submission: 2 check(s) of the submission checklist failed." in first_page, name
+        assert "run lora_r8 on digits with deit_tiny, seed 0, not converged" in first_page, name
+
+    report = subprocess.run(  # make paper's last step
+        [
+            sys.executable,
+            "-m",
+            "vitpeft.analysis.checklist",
+            str(work / "results" / "analysis" / "checklist.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert report.returncode == 1 and "paper.pdf and supplement.pdf are DRAFTS" in report.stdout
+    assert "  - run linear on digits with deit_tiny, seed 0, not converged" in report.stdout
+
+    archive = subprocess.run(
+        [*cmd, "--", "results/submission.tar.gz"], capture_output=True, text=True, timeout=600
+    )
+    assert archive.returncode != 0 and not (work / "results" / "submission.tar.gz").exists()
+    log = (work / "results" / "logs" / "submission.log").read_text()
+    assert "FailedChecklistError" in log and "2 check(s) failed, so paper.pdf is a draft" in log
