@@ -172,7 +172,7 @@ def lr_choice(wildcards):
     (none for a family without a grid). Ancient: a tuning job that reruns rewrites the file, but the
     runs rerun only if the rate in it changed, which reaches them as a param (:func:`run_configs`).
     """
-    family = tune.tuning_family(wildcards.method)
+    family = tune.tuning_family(wildcards.method, config)
     if family not in tune.study_families(config):
         return {}
     job = checkpoints.tune.get(
@@ -221,9 +221,9 @@ def study_lr_choices():
     """The choice.json of every tuning job whose rate a paper cell's runs train at."""
     tuned = tune.study_families(config)
     jobs = {
-        (dataset, tune.tuning_family(method))
+        (dataset, tune.tuning_family(method, config))
         for method, dataset in paper_cells()
-        if tune.tuning_family(method) in tuned
+        if tune.tuning_family(method, config) in tuned
     }
     return [
         f"{TUNE_DIR}/choice.json".format(dataset=dataset, family=family, model=model)

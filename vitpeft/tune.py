@@ -2,9 +2,11 @@
 
 For each method family x model x dataset of the study, one job trains short runs (seed
 ``tune.seed``, ``tune.epochs`` epochs, otherwise the study's own budget) over the family's grid of
-peak learning rates, ``tune.grids.<family>``, and keeps the rate whose final validation top-1 is
-highest. Ties go to the smaller rate: with a few hundred validation images a tie is common, and
-the smaller rate is the safer one over the full budget. A rate whose loss turns NaN or infinite is
+peak learning rates, ``tune.grids.<family>``, and keeps the smallest rate whose final validation
+top-1 is within one binomial standard error of the best (the one-standard-error rule of Breiman
+et al., 1984): rates closer than that are told apart by a few validation images, which another CPU
+kernel or seed can flip, and of such rates the smaller is the safer over the full budget (further
+from the rates at which training breaks down). A rate whose loss turns NaN or infinite is
 recorded as diverged and ranked below every finite one. A choice at an edge of the rates tried
 says the optimum may lie beyond it, so the grid is extended one step that way (by the grid's own
 ratio at that edge) and the new rate is tried, up to ``tune.max_extensions`` times; a choice still
@@ -14,10 +16,10 @@ evaluate the test split.
 
 Families (:func:`tuning_family`): every method family of the registry tunes its own rate (so
 ``lora_r4/8/16`` share ``lora``'s, ``qlora8`` and ``qlora4`` share ``qlora``'s, and QA-LoRA has
-its own), except ``scratch``, which takes full fine-tuning's, so that the transfer check compares
-training from random initialization with fine-tuning at the same rate. A family is tuned with one
-representative method of the study (:func:`representative_method`). A family without a grid keeps
-the rate of its ``methods`` entry.
+its own). ``scratch`` is tuned on its own grid if it has one (the transfer check then compares each
+initialization at its own best rate); without one it takes full fine-tuning's rate (the check then
+differs in the initialization alone). A family is tuned with one representative method of the study
+(:func:`representative_method`). A family without a grid keeps the rate of its ``methods`` entry.
 
 This module imports neither torch nor timm (the Snakefile uses it); :func:`tune_family` imports
 the trainer when it runs.
@@ -26,6 +28,7 @@ the trainer when it runs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,22 +38,12 @@ from vitpeft.io import config_hash, provenance, read_json, write_json
 from vitpeft.methods import METHODS, parse_method_name
 
 CRITERION = "val_top1"  # the final weights' validation top-1, in percent
-TIE_RULE = "the smaller learning rate"
+TIE_RULE = "the smallest rate within one binomial standard error of the best"
 DIVERGED_RULE = "ranked below every finite result"
 MAX_EXTENSIONS = 2  # tune.max_extensions' default
-# scratch trains at full fine-tuning's rate (see the module docstring)
+# scratch trains at full fine-tuning's rate unless it has a grid of its own (the module docstring)
 SHARED_RATES = {TRANSFER_BASELINE: "full"}
-TUNABLE_FAMILIES = tuple(family for family in METHODS if family not in SHARED_RATES)
-
-
-def rate_family(family: str) -> str:
-    """The family whose rate a method family trains at: its own, or full's for ``scratch``."""
-    return SHARED_RATES.get(family, family)
-
-
-def tuning_family(method: str) -> str:
-    """The family whose tuned rate ``method`` trains at (``lora_r16`` -> ``lora``, ``scratch`` -> ``full``)."""
-    return rate_family(parse_method_name(method)[0])
+TUNABLE_FAMILIES = tuple(METHODS)
 
 
 def grids(config: dict[str, Any]) -> dict[str, list[float]]:
@@ -58,8 +51,22 @@ def grids(config: dict[str, Any]) -> dict[str, list[float]]:
     return config.get("tune", {}).get("grids", {})
 
 
+def rate_family(family: str, config: dict[str, Any]) -> str:
+    """The family whose rate a method family trains at: its own, or, for ``scratch`` without a
+    grid of its own, full's."""
+    if family in SHARED_RATES and family not in grids(config):
+        return SHARED_RATES[family]
+    return family
+
+
+def tuning_family(method: str, config: dict[str, Any]) -> str:
+    """The family whose tuned rate ``method`` trains at (``lora_r16`` -> ``lora``; ``scratch`` ->
+    ``full`` unless ``scratch`` has a grid)."""
+    return rate_family(parse_method_name(method)[0], config)
+
+
 def is_tuned(config: dict[str, Any], method: str) -> bool:
-    return tuning_family(method) in grids(config)
+    return tuning_family(method, config) in grids(config)
 
 
 def representative_method(config: dict[str, Any], family: str) -> str:
@@ -111,12 +118,21 @@ def run_folder(lr: float) -> str:
     return f"lr{lr:g}"
 
 
-def choose(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The grid entry with the highest :data:`CRITERION`; on a tie, the smaller ``lr``. A diverged
-    entry (its criterion None) ranks below every finite one."""
-    return max(
-        results, key=lambda entry: (entry[CRITERION] is not None, entry[CRITERION] or 0.0, -entry["lr"])
-    )
+def standard_error(top1: float, images: int) -> float:
+    """The binomial standard error, in points, of a top-1 of ``top1`` percent on ``images`` images."""
+    p = top1 / 100.0
+    return 100.0 * math.sqrt(p * (1.0 - p) / images)
+
+
+def choose(results: list[dict[str, Any]], band: float = 0.0) -> dict[str, Any]:
+    """The entry of smallest ``lr`` whose :data:`CRITERION` is within ``band`` points of the best
+    (``band`` 0: the best, the smaller ``lr`` on an exact tie). A diverged entry (its criterion
+    None) is chosen only if every entry diverged: then the smallest ``lr``."""
+    finite = [entry for entry in results if entry[CRITERION] is not None]
+    if not finite:
+        return min(results, key=lambda entry: entry["lr"])
+    best = max(entry[CRITERION] for entry in finite)
+    return min((entry for entry in finite if entry[CRITERION] >= best - band), key=lambda entry: entry["lr"])
 
 
 def edge(results: list[dict[str, Any]], lr: float) -> str | None:
@@ -145,10 +161,7 @@ def check_grids(config: dict[str, Any]) -> None:
     for family, grid in grids(config).items():
         key = f"tune.grids.{family}"
         if family not in TUNABLE_FAMILIES:
-            shared = f" ({family} trains at {SHARED_RATES[family]}'s rate)" if family in SHARED_RATES else ""
-            raise ConfigError(
-                f"{key}: not a tunable method family{shared}; tunable: {list(TUNABLE_FAMILIES)}"
-            )
+            raise ConfigError(f"{key}: not a tunable method family; tunable: {list(TUNABLE_FAMILIES)}")
         if not isinstance(grid, list) or not grid:
             raise ConfigError(f"{key}: must be a non-empty list of learning rates, got {grid!r}")
         for lr in grid:
@@ -185,7 +198,8 @@ def tune_family(
 
     Returns:
         The choice: ``lr`` (chosen), ``family``, ``criterion``, ``tie_rule``, the runs' ``method``,
-        ``model``, ``dataset``, ``seed`` and ``epochs``; ``grid``: per rate tried, in the order
+        ``model``, ``dataset``, ``seed`` and ``epochs``; ``val_images`` and ``tie_band`` (the
+        standard error, in points, within which rates count as tied); ``grid``: per rate tried, in the order
         tried, its ``val_top1`` and ``val_top5`` (None if it diverged), ``diverged``, ``epochs``,
         ``train_time_s``, convergence verdict, folder and ``config_hash``; ``extensions``: each
         rate added beyond an edge and which edge; ``at_edge``: ``"lowest"`` or ``"highest"`` if the
@@ -217,19 +231,30 @@ def tune_family(
         }
 
     first = run_dicts[0]
+    val_images = sum(read_json(Path(data_dir) / "manifest.json")["counts_per_class"]["val"])
+
+    def band(results: list[dict[str, Any]]) -> float:
+        """One binomial standard error of the best finite top-1 (0 if every rate diverged)."""
+        finite = [entry[CRITERION] for entry in results if entry[CRITERION] is not None]
+        return standard_error(max(finite), val_images) if finite else 0.0
+
     grid = [short_run(run) for run in run_dicts]
     extensions = []
-    while (side := edge(grid, choose(grid)["lr"])) is not None and len(extensions) < max_extensions:
+    while (side := edge(grid, choose(grid, band(grid))["lr"])) is not None and len(
+        extensions
+    ) < max_extensions:
         lr = next_rate(grid, side)
         extensions.append({"lr": lr, "beyond": side})
         print(f"{job_dir}: the choice is the {side} rate tried; trying lr {lr:g}", file=sys.stderr)
         grid.append(short_run(with_lr(RunConfig.from_dict(first), lr).to_dict()))
-    best = choose(grid)
+    best = choose(grid, band(grid))
     choice = {
         "lr": best["lr"],
-        "family": tuning_family(first["method"]["name"]),
+        "family": parse_method_name(first["method"]["name"])[0],
         "criterion": CRITERION,
         "tie_rule": TIE_RULE,
+        "val_images": val_images,
+        "tie_band": band(grid),
         "diverged_rule": DIVERGED_RULE,
         "method": first["method"]["name"],
         "model": first["model"]["name"],

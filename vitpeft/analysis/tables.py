@@ -356,7 +356,9 @@ def write_tables(
         lr_choices=choices,
         tuned_families=tuned,
         hand_set_lrs={
-            family: hp["lr"] for family, hp in config["methods"].items() if rate_family(family) not in tuned
+            family: hp["lr"]
+            for family, hp in config["methods"].items()
+            if rate_family(family, config) not in tuned
         },
         convergence=criterion,
         # reported, not checked: a backbone that is still improving is weaker, not wrong
