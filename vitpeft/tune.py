@@ -2,11 +2,12 @@
 
 For each method family x model x dataset of the study, one job trains short runs (seed
 ``tune.seed``, ``tune.epochs`` epochs, otherwise the study's own budget) over the family's grid of
-peak learning rates, ``tune.grids.<family>``, and keeps the smallest rate whose final validation
-top-1 is within one binomial standard error of the best (the one-standard-error rule of Breiman
-et al., 1984): rates closer than that are told apart by a few validation images, which another CPU
-kernel or seed can flip, and of such rates the smaller is the safer over the full budget (further
-from the rates at which training breaks down). A rate whose loss turns NaN or infinite is
+peak learning rates, ``tune.grids.<family>``. Rates whose final validation top-1 is within one
+binomial standard error of the best are tied with it: a few validation images tell them apart,
+which another CPU kernel or seed can flip. The choice is the middle of that plateau of tied rates
+(the lower middle of an even count): further from the rates at which training breaks down than
+the best alone, and further from those too slow for the budget than the smallest tied rate, it
+barely moves when noise reorders the plateau. A rate whose loss turns NaN or infinite is
 recorded as diverged and ranked below every finite one. A choice at an edge of the rates tried
 says the optimum may lie beyond it, so the grid is extended one step that way (by the grid's own
 ratio at that edge) and the new rate is tried, up to ``tune.max_extensions`` times; a choice still
@@ -38,7 +39,7 @@ from vitpeft.io import config_hash, provenance, read_json, write_json
 from vitpeft.methods import METHODS, parse_method_name
 
 CRITERION = "val_top1"  # the final weights' validation top-1, in percent
-TIE_RULE = "the smallest rate within one binomial standard error of the best"
+TIE_RULE = "the middle (lower middle) of the rates within one binomial standard error of the best"
 DIVERGED_RULE = "ranked below every finite result"
 MAX_EXTENSIONS = 2  # tune.max_extensions' default
 # scratch trains at full fine-tuning's rate unless it has a grid of its own (the module docstring)
@@ -125,14 +126,18 @@ def standard_error(top1: float, images: int) -> float:
 
 
 def choose(results: list[dict[str, Any]], band: float = 0.0) -> dict[str, Any]:
-    """The entry of smallest ``lr`` whose :data:`CRITERION` is within ``band`` points of the best
-    (``band`` 0: the best, the smaller ``lr`` on an exact tie). A diverged entry (its criterion
-    None) is chosen only if every entry diverged: then the smallest ``lr``."""
+    """The middle, by ``lr``, of the entries whose :data:`CRITERION` is within ``band`` points of
+    the best (the lower middle of an even count; ``band`` 0: the best, the smaller ``lr`` on an
+    exact tie). A diverged entry (its criterion None) is chosen only if every entry diverged: then
+    the smallest ``lr``."""
     finite = [entry for entry in results if entry[CRITERION] is not None]
     if not finite:
         return min(results, key=lambda entry: entry["lr"])
     best = max(entry[CRITERION] for entry in finite)
-    return min((entry for entry in finite if entry[CRITERION] >= best - band), key=lambda entry: entry["lr"])
+    tied = sorted(
+        (entry for entry in finite if entry[CRITERION] >= best - band), key=lambda entry: entry["lr"]
+    )
+    return tied[(len(tied) - 1) // 2]
 
 
 def edge(results: list[dict[str, Any]], lr: float) -> str | None:
