@@ -6,8 +6,8 @@ and trains it with ``vitpeft.train.fit``, the trainer every run uses (bf16 autoc
 AdamW on CUDA, ``--compile`` for torch.compile), for a fixed number of steps on random uint8
 images held on the device. A one-step warm-up run goes first (it compiles, and allocates).
 
-Printed per method: images/s of the training steps (the timed run less its validation pass, timed
-apart), peak memory of the training steps (``vitpeft.memory``: CUDA max allocated; on CPU the
+Printed per method: images/s of the training steps (the trainer's "train" phase, timed apart from
+its validation), peak memory of the training steps (``vitpeft.memory``: CUDA max allocated; on CPU the
 resident set), and model FLOP utilization: the FLOPs of one step, counted eagerly by torch's
 FlopCounterMode (it does not see bitsandbytes' own kernels, so the quantized methods' utilization
 is understated).
@@ -22,6 +22,7 @@ is understated).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import time
 
@@ -37,7 +38,7 @@ from vitpeft.memory import PhasePeaks
 from vitpeft.methods import method_config, prepare_model
 from vitpeft.methods.base import MethodContext
 from vitpeft.models import count_parameters, create_model
-from vitpeft.train import Split, evaluate, fit
+from vitpeft.train import Split, fit
 
 METHODS = ["full", "linear", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
 CLASSES = 100
@@ -69,6 +70,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+class TimedPhases(PhasePeaks):
+    """:class:`PhasePeaks` that also sums the seconds of each phase (the device synchronized)."""
+
+    def __init__(self, device: torch.device):
+        super().__init__(device)
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        with super().phase(name):
+            synchronize(self.device)
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                synchronize(self.device)
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+
 def check(method: str, args, device: torch.device) -> dict[str, float]:
     torch.manual_seed(0)
     model = create_model(ModelSpec(args.model, img_size=args.img_size, patch_size=args.patch_size), CLASSES)
@@ -87,7 +108,7 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
         epochs=1, batch_size=args.batch_size, eval_batch_size=args.batch_size, compile=args.compile
     )
 
-    def train_on(split: Split, desc: str, memory: PhasePeaks | None = None) -> None:
+    def train_on(split: Split, desc: str, memory: TimedPhases | None = None) -> None:
         fit(
             prepared,
             split,
@@ -102,16 +123,9 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
         )
 
     train_on(one_batch, f"{method} warm-up")
-    memory = PhasePeaks(device)
-    synchronize(device)
-    started = time.perf_counter()
+    memory = TimedPhases(device)
     train_on(train, method, memory)
-    synchronize(device)
-    fit_s = time.perf_counter() - started
-    started = time.perf_counter()
-    evaluate(model, one_batch, preprocess, args.batch_size)  # what fit spent validating
-    synchronize(device)
-    train_s = fit_s - (time.perf_counter() - started)
+    train_s = memory.seconds["train"]
     result = {
         "model": args.model,
         "method": method,

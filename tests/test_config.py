@@ -24,7 +24,7 @@ def test_demo_config_is_valid_and_has_the_transfer_baseline(demo_config):
         "qalora4_r8",
     ]:
         assert required in methods
-    assert study_config.study(demo_config)["seeds"] == [0, 1, 2]
+    assert study_config.study(demo_config)["seeds"] == [0, 1, 2, 3, 4]
 
 
 def test_run_config_round_trips_through_json_dict(demo_config):

@@ -343,11 +343,11 @@ def test_slurm_profile_asks_for_each_training_jobs_resources(tmp_path):
         if rule in ("train", "pretrain")
     }
     # vit_w64_d4's base from config.yaml (5 min per run); pretraining on glyphs gets three times a
-    # run's time, as does a train job of three seeds.
+    # run's time, a train job of five seeds five times.
     assert resources["pretrain"] == {**resources["train"], "runtime": "15"}
     assert {k: resources["train"][k] for k in ("mem_mb", "runtime", "gpu", "slurm_partition")} == {
         "mem_mb": "2000",
-        "runtime": "15",
+        "runtime": "25",
         "gpu": "0",
         "slurm_partition": "REPLACE-ME-gpu-partition",
     }
