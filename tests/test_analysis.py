@@ -434,7 +434,7 @@ def test_the_setup_prints_each_tuning_grid_and_its_choice(study_tables, tmp_path
     assert "Peak learning rates set in the config: full 0.001, lora 0.005." in untuned
     assert "chosen on the validation split" not in untuned
     assert "no tuning run reads the test split" in setup
-    assert "fixed from validation results alone" not in setup  # the study does not declare it
+    assert "chosen on validation criteria alone" not in setup  # the study does not declare it
 
 
 def test_the_setup_shows_extended_and_diverged_rates_and_a_choice_still_at_an_edge(study_tables, tmp_path):
@@ -462,7 +462,7 @@ def test_the_setup_shows_extended_and_diverged_rates_and_a_choice_still_at_an_ed
 def test_a_study_designed_on_validation_says_so(study_tables, tmp_path):
     recipe = {"studies": {"s": {"designed_on_validation": True}}}
     setup = flat(render_tables(study_tables, tmp_path / "paper", recipe=recipe) / "setup.tex")
-    assert "The training budget and the data split were also fixed from validation results alone" in setup
+    assert "The training budget and the data split were also chosen on validation criteria alone" in setup
 
 
 def test_the_setup_states_the_training_recipe(study_tables, tmp_path):
