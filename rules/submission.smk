@@ -15,6 +15,7 @@ rule submission:
         figures=rules.figures.output,
         tables=rules.stats.output,
         checklist_tex=rules.checklist.output.tex,
+        draft=rules.checklist.output.draft,  # empty once the checklist passed; main.tex reads it
         checklist_json=rules.checklist.output.json,
         runs="results/analysis/runs.csv",
         # The best seed of each cell is picked from runs.csv as the job runs: every run's files.

@@ -17,6 +17,7 @@ build_submission(
         *snakemake.input.figures,
         *snakemake.input.supplement_figures,
         snakemake.input.checklist_tex,
+        snakemake.input.draft,
     ],
     tables=[snakemake.input.runs, *snakemake.input.tables],
     environment=snakemake.input.environment,
