@@ -245,9 +245,10 @@ def tune_family(
 
     grid = [short_run(run) for run in run_dicts]
     extensions = []
-    while (side := edge(grid, choose(grid, band(grid))["lr"])) is not None and len(
-        extensions
-    ) < max_extensions:
+    while len(extensions) < max_extensions:
+        side = edge(grid, choose(grid, band(grid))["lr"])
+        if side is None:
+            break
         lr = next_rate(grid, side)
         extensions.append({"lr": lr, "beyond": side})
         print(f"{job_dir}: the choice is the {side} rate tried; trying lr {lr:g}", file=sys.stderr)
