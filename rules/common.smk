@@ -23,7 +23,7 @@ from vitpeft.analysis.seed_curves import SEED_CURVES
 from vitpeft.paper import template_files
 
 # schema + semantic checks; fails before any job, naming the key and where it was set
-study_config.load(config, command_line=workflow.config_settings.overwrite_config)
+study_config.load(config, command_line=workflow.config_settings.config)
 # The study's estimated compute and what its jobs ask a scheduler for, before anything runs.
 STUDY_COMPUTE = compute.estimate_study(config)
 print(compute.summary(config, STUDY_COMPUTE), file=sys.stderr)

@@ -247,10 +247,28 @@ def test_a_bad_command_line_value_names_the_command_line_not_config_yaml():
         study_config.load(config, command_line=command_line)
     message = str(err.value)
     assert message.startswith(
-        "the command line (--config or --configfile) sets train.epochs: 'many' is not of type"
+        "the command line (--config) sets train.epochs: 'many' is not of type"
     )
     config = raw_config()
     config["train"]["epochs"] = "many"  # the same value, from config.yaml
     with pytest.raises(ConfigError) as err:
         study_config.load(config)
     assert str(err.value).startswith("config.yaml at train.epochs: 'many' is not of type")
+
+
+def test_a_quoted_string_in_a_configfile_stays_a_string_and_a_config_value_is_typed(tmp_path):
+    """Only --config values are re-read as YAML: a --configfile is YAML already."""
+    import subprocess
+
+    from conftest import snakemake_command
+
+    config = raw_config()
+    config["studies"]["demo"]["title"] = "2024"  # quoted in the file: a string, as the schema wants
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = snakemake_command(
+        tmp_path / "w", tmp_path / "config.yaml", "-n", "--config", "studies={demo: {partial: true}}"
+    )
+    result = subprocess.run(
+        [*cmd, "--", "resources/data/digits/manifest.json"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

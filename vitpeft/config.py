@@ -634,8 +634,9 @@ def _typed(value: Any) -> Any:
 
 
 def retype_command_line(config: dict[str, Any], command_line: dict[str, Any]) -> None:
-    """Give each string that ``command_line`` (Snakemake's ``--config`` and ``--configfile``
-    overrides) put into ``config`` the type YAML gives it, in place."""
+    """Give each string that ``command_line`` (Snakemake's ``--config`` values; a ``--configfile``
+    is YAML already, and its quoted strings stay strings) put into ``config`` the type YAML gives
+    it, in place."""
 
     def visit(target: dict[str, Any], given: dict[str, Any]) -> None:
         for key, value in given.items():
@@ -668,7 +669,7 @@ def _schema_error(config: dict[str, Any], command_line: dict[str, Any]) -> str:
         given = given[part]
     else:
         path = path or ["(top level)"]
-        return f"the command line (--config or --configfile) sets {'.'.join(path)}: {error.message}"
+        return f"the command line (--config) sets {'.'.join(path)}: {error.message}"
     return f"config.yaml at {'.'.join(path) or '(top level)'}: {error.message}"
 
 
@@ -677,7 +678,7 @@ def load(config: dict[str, Any], command_line: dict[str, Any] | None = None) -> 
     (filling defaults), then semantically.
 
     Args:
-        command_line: what Snakemake's ``--config`` / ``--configfile`` merged into ``config``: its
+        command_line: what Snakemake's ``--config`` merged into ``config``: its
             strings are read as YAML reads them (:func:`retype_command_line`), and a schema error
             in a key it set names the command line rather than config.yaml.
     """
