@@ -246,9 +246,7 @@ def test_a_bad_command_line_value_names_the_command_line_not_config_yaml():
     with pytest.raises(ConfigError) as err:
         study_config.load(config, command_line=command_line)
     message = str(err.value)
-    assert message.startswith(
-        "the command line (--config) sets train.epochs: 'many' is not of type"
-    )
+    assert message.startswith("the command line (--config) sets train.epochs: 'many' is not of type")
     config = raw_config()
     config["train"]["epochs"] = "many"  # the same value, from config.yaml
     with pytest.raises(ConfigError) as err:
