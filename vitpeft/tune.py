@@ -111,7 +111,7 @@ def budgeted_runs(config: dict[str, Any], model: str, dataset: str, family: str)
     """What one tuning job may train, for its resources: the grid's runs and, at the top rate (the
     costliest only in time), as many more as ``tune.max_extensions`` may add."""
     runs = tuning_runs(config, model, dataset, family)
-    return runs + [runs[-1]] * config["tune"].get("max_extensions", MAX_EXTENSIONS)
+    return runs + [runs[-1]] * config["tune"]["max_extensions"]
 
 
 def run_folder(lr: float) -> str:
