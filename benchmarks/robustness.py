@@ -8,10 +8,14 @@ to the findings (data, pretraining, tuning, every run, its export and the statis
 
     default, avx2, avx512   ATEN_CPU_CAPABILITY forced (avx512 only where this CPU has it), 1 thread
     threads2                torch's own kernel choice, 2 threads per job
-    seeds5to9               torch's own kernel choice, seeds 5 to 9 instead of the config's 0 to 4
+    seeds10to14             torch's own kernel choice, 1 thread, every seed moved past the config's
+                            (study seeds 0-4 become 10-14; the transfer check's 0-9, 10-19)
+
+The transfer check is printed on test (what the paper reports) and on validation (what a design
+decision may look at).
 
     python benchmarks/robustness.py                          # every variant, in /tmp/robustness
-    python benchmarks/robustness.py --variants default,seeds5to9 --root DIR --keep
+    python benchmarks/robustness.py --variants default,seeds10to14 --root DIR --keep
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
+
+from vitpeft.analysis.stats import paired_difference
+from vitpeft.config import TRANSFER_BASELINE, TRANSFER_REFERENCE
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -43,7 +51,11 @@ def variants() -> dict[str, tuple[dict[str, str], list[str]]]:
     kernels = ["default", "avx2"] + (["avx512"] if cpu_has_avx512() else [])
     chosen = {kernel: ({"ATEN_CPU_CAPABILITY": kernel}, ["threads=1"]) for kernel in kernels}
     chosen["threads2"] = ({}, ["threads=2"])
-    chosen["seeds5to9"] = ({}, ["threads=1", "studies={demo: {seeds: [5, 6, 7, 8, 9]}}"])
+    demo = yaml.safe_load((REPO / "config.yaml").read_text())["studies"]["demo"]
+    seeds, transfer_seeds = demo["seeds"], demo.get("transfer_seeds", demo["seeds"])
+    shift = max(transfer_seeds) + 1  # no seed of the variant is one of the config's
+    moved = f"studies={{demo: {{seeds: {[s + shift for s in seeds]}, transfer_seeds: {[s + shift for s in transfer_seeds]}}}}}"
+    chosen[f"seeds{min(seeds) + shift}to{max(seeds) + shift}"] = ({}, ["threads=1", moved])
     return chosen
 
 
@@ -68,7 +80,9 @@ def verdict(row: pd.Series, p_column: str) -> str:
 
 def summarize(name: str, workdir: Path, wall_s: float) -> dict[str, str]:
     """Print one variant's numbers; return each comparison's verdict (and the transfer's)."""
-    runs = pd.read_csv(workdir / "results/analysis/runs.csv")
+    transfer_runs = pd.read_csv(workdir / "results/analysis/transfer_runs.csv")
+    runs = pd.concat([pd.read_csv(workdir / "results/analysis/runs.csv"), transfer_runs])
+    runs = runs.drop_duplicates("run_dir")  # the transfer check's extra seeds join the study's runs
     tolerance = float(runs.convergence_tolerance.iloc[0])
     gains = runs.set_index(["method", "seed"]).val_top1_gain_last_window.sort_index()
     within = int((gains <= tolerance / 2).sum())
@@ -103,6 +117,13 @@ def summarize(name: str, workdir: Path, wall_s: float) -> dict[str, str]:
         print(
             f"{key}: {t.diff_mean:+.2f} points, 95% CI [{t.diff_ci_low:.2f}, {t.diff_ci_high:.2f}], "
             f"p = {t.p_value:.3g} ({verdicts[key]})"
+        )
+    for _, t in paired_difference(
+        transfer_runs, TRANSFER_REFERENCE, TRANSFER_BASELINE, "val_top1"
+    ).iterrows():
+        print(
+            f"  on validation: {t.diff_mean:+.2f} points, 95% CI [{t.diff_ci_low:.2f}, {t.diff_ci_high:.2f}], "
+            f"seed s.d. {t.diff_std:.2f} ({int(t.diff_n)} seeds)"
         )
     comparisons = pd.read_csv(workdir / "results/analysis/comparisons.csv")
     for _, c in comparisons.iterrows():

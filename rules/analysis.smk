@@ -14,9 +14,24 @@ rule aggregate:
         "../workflow_scripts/aggregate.py"
 
 
+# The transfer check's runs, its extra seeds included (studies.<study>.transfer_seeds).
+rule transfer_runs:
+    input:
+        transfer_run_files("metrics.json"),
+    output:
+        "results/analysis/transfer_runs.csv",
+    log:
+        "results/logs/transfer_runs.log",
+    conda:
+        "../envs/vitpeft.yaml"
+    script:
+        "../workflow_scripts/transfer_runs.py"
+
+
 rule stats:
     input:
         "results/analysis/runs.csv",
+        transfer_runs="results/analysis/transfer_runs.csv",
     output:
         cells="results/analysis/cell_stats.csv",
         transfer="results/analysis/transfer.csv",
@@ -98,6 +113,7 @@ rule tables:
 rule checklist:
     input:
         runs="results/analysis/runs.csv",
+        transfer_runs="results/analysis/transfer_runs.csv",
         figures=rules.figures.output,
         tables=rules.tables.output,
         lr_choices=study_lr_choices(),
@@ -112,6 +128,7 @@ rule checklist:
     params:
         study=canonical(STUDY),
         methods=METHODS,
+        transfer_seeds=study_config.transfer_seeds(config),
     script:
         "../workflow_scripts/checklist.py"
 

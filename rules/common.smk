@@ -30,6 +30,9 @@ print(compute.summary(config, STUDY_COMPUTE), file=sys.stderr)
 
 STUDY = study_config.study(config)
 METHODS = study_config.study_methods(config)
+# The transfer check's seeds beyond the study's: only full fine-tuning and scratch train them.
+EXTRA_TRANSFER_SEEDS = study_config.extra_transfer_seeds(config)
+TRANSFER_METHODS = [study_config.TRANSFER_REFERENCE, study_config.TRANSFER_BASELINE]
 PAPER_DIR = Path(workflow.basedir) / "paper"
 # One training job (and one export job) per model x dataset x method covers every seed, in one
 # process: the imports and set-up of torch, timm and peft cost several seconds per process, as much
@@ -116,9 +119,9 @@ def train_inputs(wildcards):
     return inputs
 
 
-def seed_files(name):
+def seed_files(name, seeds=STUDY["seeds"]):
     """``name`` in the folder of every seed of a job's model x dataset x method, in seed order."""
-    return [f"{JOB_DIR}/seed{seed}/{name}" for seed in STUDY["seeds"]]
+    return [f"{JOB_DIR}/seed{seed}/{name}" for seed in seeds]
 
 
 def export_inputs(wildcards):
@@ -134,15 +137,20 @@ def export_inputs(wildcards):
     return {**train_inputs(wildcards), **run_files}
 
 
-def training_runs(wildcards):
+def training_runs(wildcards, seeds=STUDY["seeds"]):
     """The runs of one training job: every seed of the study, in seed order."""
     known_names(wildcards)
     return [
         study_config.resolve_run(
             config, wildcards.model, wildcards.dataset, wildcards.method, seed
         )
-        for seed in STUDY["seeds"]
+        for seed in seeds
     ]
+
+
+def transfer_training_runs(wildcards):
+    """The runs of one job of the transfer check's extra seeds."""
+    return training_runs(wildcards, EXTRA_TRANSFER_SEEDS)
 
 
 def pretraining_runs(wildcards):
@@ -157,14 +165,16 @@ def job_resource(name, runs_of=training_runs):
     )[name]
 
 
-def job_priority(wildcards):
+def job_priority(runs_of=training_runs):
     """Longest first: a train job's estimated FLOPs, in hundredths of a decade. Snakemake starts
     the ready job of highest priority; a long job started last would leave the other cores idle at
     the end. (Pretraining goes before all: every run but scratch waits for it.)"""
-    flops = sum(
-        compute.estimated_flops(config, run) for run in training_runs(wildcards)
+    return lambda wildcards: round(
+        100
+        * math.log10(
+            sum(compute.estimated_flops(config, run) for run in runs_of(wildcards))
+        )
     )
-    return round(100 * math.log10(flops))
 
 
 def lr_choice(wildcards):
@@ -181,9 +191,9 @@ def lr_choice(wildcards):
     return {"lr_choice": ancient(job.output.choice)}
 
 
-def run_configs(wildcards):
+def run_configs(wildcards, runs_of=training_runs):
     """The resolved config of each run of a training job, at its family's tuned learning rate."""
-    runs = training_runs(wildcards)
+    runs = runs_of(wildcards)
     choice = lr_choice(wildcards)
     if choice:
         lr = tune.chosen_lr(choice["lr_choice"])
@@ -279,6 +289,22 @@ def paper_cells():
 
 def study_cells():
     return [f"results/{method}_{dataset}" for method, dataset in paper_cells()]
+
+
+def transfer_run_files(name):
+    """``name`` of every run the transfer check compares: full fine-tuning and scratch at each
+    transfer seed, on every model and dataset of the study."""
+    files = [
+        Path(
+            RUN_DIR.format(dataset=dataset, method=method, model=model, seed=seed), name
+        )
+        for dataset in STUDY["datasets"]
+        for method in TRANSFER_METHODS
+        for model in STUDY["models"]
+        for seed in study_config.transfer_seeds(config)
+    ]
+    # A partial study compares the runs already finished; the checklist counts the others.
+    return [str(f) for f in files if not STUDY.get("partial") or f.exists()]
 
 
 def study_run_files(*names):

@@ -1048,3 +1048,29 @@ def test_gradient_stability_compares_lora_with_its_quantized_variants_at_their_r
         in sentence
     )
     assert "in 0 of 3, 0 of 3, 1 of 3 and 0 of 3 runs." in sentence
+
+
+def test_the_transfer_check_compares_on_its_own_seeds_and_nothing_else_does(tmp_path):
+    """Full fine-tuning and scratch train seeds 2 and 3 for the transfer check alone: the check
+    pairs all four seeds, while the cells and the comparisons keep the study's two."""
+    study = {"full": [80.0, 82.0], "scratch": [79.0, 80.0], "lora_r8": [78.0, 79.0]}
+    extra = {"full": [81.0, 83.0], "scratch": [80.0, 80.5]}
+    runs = [fake_run(tmp_path, m, s, a) for m, accs in study.items() for s, a in enumerate(accs)]
+    aggregate.write_csv(aggregate.runs_table(runs), tmp_path / "runs.csv")
+    transfer_runs = [
+        *[p for p in runs if "lora" not in str(p)],
+        *[fake_run(tmp_path, m, s, a) for m, accs in extra.items() for s, a in enumerate(accs, start=2)],
+    ]
+    aggregate.write_runs_table(transfer_runs, tmp_path / "transfer_runs.csv")
+    out = [tmp_path / name for name in ("cells.csv", "transfer.csv", "comparisons.csv", "rank.json")]
+    stats.write_stats(tmp_path / "runs.csv", *out, transfer_runs_csv=tmp_path / "transfer_runs.csv")
+    (transfer,) = pd.read_csv(out[1]).to_dict("records")
+    assert transfer["diff_n"] == 4 and transfer["diff_mean"] == pytest.approx((1 + 2 + 1 + 2.5) / 4)
+    cells = pd.read_csv(out[0]).set_index("method")
+    assert cells.loc["full", "n_seeds"] == 2 and cells.loc["full", "test_top1_mean"] == pytest.approx(81.0)
+    full_vs_lora = pd.read_csv(out[2]).query("method == 'full' and baseline == 'lora_r8'").iloc[0]
+    assert full_vs_lora["diff_n"] == 2
+    # a study without the check (or a partial one before its first run) has no transfer runs
+    aggregate.write_runs_table([], tmp_path / "none.csv")
+    stats.write_stats(tmp_path / "runs.csv", *out, transfer_runs_csv=tmp_path / "none.csv")
+    assert pd.read_csv(out[1]).empty

@@ -40,10 +40,18 @@ def runs_csv(tmp_path, cells, climbing=()):
     return tmp_path / "runs.csv"
 
 
-def write(tmp_path, csv, study=STUDY, artifacts=(), lr_choices=()):
+def write(tmp_path, csv, study=STUDY, artifacts=(), lr_choices=(), **transfer):
     out = {name: tmp_path / name for name in ("checklist.tex", "c.json", "draft.tex")}
     result = write_checklist(
-        csv, study, METHODS, artifacts, out["checklist.tex"], out["c.json"], out["draft.tex"], lr_choices
+        csv,
+        study,
+        METHODS,
+        artifacts,
+        out["checklist.tex"],
+        out["c.json"],
+        out["draft.tex"],
+        lr_choices,
+        **transfer,
     )
     return result, {name: " ".join(path.read_text().split()) for name, path in out.items()}
 
@@ -194,3 +202,33 @@ def test_a_partial_study_builds_and_lists_the_unconverged_runs(tmp_path, artifac
         r"Full fine-tuning on \texttt{digits} with \texttt{deit\_tiny}, seed 0: the mean validation top-1 "
         "of its last window gained 6.00 points on the window before." in tex
     )
+
+
+def test_the_transfer_checks_extra_seeds_are_checked_like_every_run(tmp_path, artifacts):
+    """Full fine-tuning and scratch train seeds 2 and 3 for the transfer check alone: a missing one
+    and an unconverged one fail, named, as a study seed's would."""
+    study_runs = runs_csv(tmp_path, {method: [0, 1] for method in METHODS}).rename(tmp_path / "study.csv")
+    transfer_runs = runs_csv(tmp_path, {"full": [0, 1, 2, 3], "scratch": [0, 1, 2]}, climbing={("full", 3)})
+    result, written = write(
+        tmp_path,
+        study_runs,
+        artifacts=artifacts,
+        transfer_runs_csv=transfer_runs,
+        transfer_seeds=[0, 1, 2, 3],
+    )
+    assert result["failures"] == [
+        "transfer check: scratch on digits with deit_tiny: seed 3 missing",
+        "run full on digits with deit_tiny, seed 3, not converged: its last window's mean val top-1 "
+        "gained 6.00 points on the window before",
+    ]
+    assert result["runs"] == 6 + 3  # the study's runs and the extra seeds' (full 2, 3 and scratch 2)
+    assert "DRAFT" in written["draft.tex"]
+    assert (
+        r"\item[$\times$] \textbf{Transfer check.} Full fine-tuning and scratch also train the transfer "
+        r"check's other seeds (4 in all); missing: \begin{itemize} \item From scratch (full) on "
+        r"\texttt{digits} with \texttt{deit\_tiny}: seed(s) 3." in written["checklist.tex"]
+    )
+    complete = runs_csv(tmp_path, {"full": [0, 1, 2, 3], "scratch": [0, 1, 2, 3]})
+    assert write(
+        tmp_path, study_runs, artifacts=artifacts, transfer_runs_csv=complete, transfer_seeds=[0, 1, 2, 3]
+    )[0]["passed"]

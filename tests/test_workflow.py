@@ -47,7 +47,11 @@ UP_TO_CELLS = {
     "export_int": INT_JOBS,
     "cell": CELLS,
 }
+# The transfer check's seeds beyond the study's: a job each for full fine-tuning and scratch
+EXTRA_TRANSFER_SEEDS = set(DEMO["studies"]["demo"]["transfer_seeds"]) - set(DEMO["studies"]["demo"]["seeds"])
+TRANSFER = {"train_transfer_seeds": 2, "transfer_runs": 1}
 ANALYSIS = {
+    **TRANSFER,
     "aggregate": 1,
     "stats": 1,
     "figures": 1,
@@ -62,7 +66,7 @@ BASELINES = {"baseline": 3 * len(DEMO["studies"]["demo"]["datasets"])}
 UP_TO_PAPER = {**UP_TO_CELLS, **BASELINES, **ANALYSIS}
 # the supplement: every seed's curves, then LaTeX over the paper's generated parts and the checklist
 SUPPLEMENT = {
-    **{rule: 1 for rule in ANALYSIS if rule not in ("paper", "findings", "published")},
+    **{rule: count for rule, count in ANALYSIS.items() if rule not in ("paper", "findings", "published")},
     "supplement_figures": 1,
     "supplement": 1,
 }
@@ -119,17 +123,31 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "tune": 1, "train
         ("resources/data/digits/manifest.json", {"prepare_data": 1}),
         ("resources/backbones/vit_w64_d4_glyphs.safetensors", {"prepare_data": 1, "pretrain": 1}),
         ("results/analysis/runs.csv", {**UP_TO_CELLS, "aggregate": 1}),
-        ("results/analysis/transfer.csv", {**UP_TO_CELLS, "aggregate": 1, "stats": 1}),
+        ("results/analysis/transfer.csv", {**UP_TO_CELLS, **TRANSFER, "aggregate": 1, "stats": 1}),
         (
             "results/paper/convergence.pdf",
-            {**UP_TO_CELLS, **BASELINES, "aggregate": 1, "stats": 1, "figures": 1},
+            {**UP_TO_CELLS, **BASELINES, **TRANSFER, "aggregate": 1, "stats": 1, "figures": 1},
         ),
-        ("results/paper/macros.tex", {**UP_TO_CELLS, **BASELINES, "aggregate": 1, "stats": 1, "tables": 1}),
+        (
+            "results/paper/macros.tex",
+            {**UP_TO_CELLS, **BASELINES, **TRANSFER, "aggregate": 1, "stats": 1, "tables": 1},
+        ),
+        # the extra seeds are full fine-tuning's and scratch's only
+        (
+            f"results/runs/digits/full/vit_w64_d4/seed{max(EXTRA_TRANSFER_SEEDS)}/metrics.json",
+            {"prepare_data": 2, "pretrain": 1, "tune": 1, "train_transfer_seeds": 1},
+        ),
+        (f"results/runs/digits/lora_r8/vit_w64_d4/seed{max(EXTRA_TRANSFER_SEEDS)}/metrics.json", None),
         ("results/baselines/digits/svc.json", {"prepare_data": 1, "baseline": 1}),
         ("results/baselines/cifar100/knn.json", {"download": 1, "prepare_data": 1, "baseline": 1}),
     ],
 )
 def test_dry_run_of_each_rule_target(tmp_path, target, expected):
+    if expected is None:  # no rule makes it
+        result = snakemake("-n", target, workdir=tmp_path, check=False)
+        assert result.returncode != 0
+        assert f"No rule to produce {target}" in result.stdout + result.stderr
+        return
     assert planned_jobs(snakemake("-n", target, workdir=tmp_path).stdout) == expected
 
 
@@ -142,9 +160,11 @@ def test_a_partial_study_builds_its_paper_from_the_finished_cells_only(tmp_path)
     finished.parent.mkdir(parents=True)
     finished.write_text("dataset,method,model,seed\n")
     plan = snakemake("-n", "paper.pdf", workdir=tmp_path, configfile=path).stdout
-    # Only the finished cell goes into the paper; none of the other cells is planned. (Its runs are
-    # not in this empty folder, so Snakemake would rebuild that one cell.)
-    assert planned_jobs(plan) == {**ONE_CELL, **BASELINES, **ANALYSIS}
+    # Only the finished cell goes into the paper; none of the other cells is planned, nor the
+    # transfer check's runs. (The cell's runs are not in this empty folder, so Snakemake would
+    # rebuild that one cell.)
+    analysis = {rule: count for rule, count in ANALYSIS.items() if rule != "train_transfer_seeds"}
+    assert planned_jobs(plan) == {**ONE_CELL, **BASELINES, **analysis}
     assert "output: results/lora_r8_digits" in plan
     (figures,) = job_inputs(plan, "figures").values()
     assert {f for f in figures if f.endswith("metrics.json")} == {
@@ -186,6 +206,14 @@ def test_every_run_file_the_analysis_reads_is_a_declared_input(tmp_path):
     assert {f"{run}/metrics.json" for run in every_run} <= figures
     (submission,) = job_inputs(plan, "submission").values()  # the best runs, picked as it runs
     assert {f"{run}/{name}" for run in every_run for name in RUN_FILES} <= submission
+    (transfer,) = job_inputs(plan, "transfer_runs").values()  # and the extra seeds' runs
+    assert transfer == {
+        f"results/runs/{dataset}/{method}/{model}/seed{seed}/metrics.json"
+        for method in ("full", "scratch")
+        for dataset in study["datasets"]
+        for model in study["models"]
+        for seed in study["transfer_seeds"]
+    }
     cells = job_inputs(plan, "cell")  # each run's metrics, provenance and export report
     assert cells.keys() == {f"results/{method}_{dataset}" for method, dataset in runs}
     for (method, dataset), cell_runs in runs.items():
@@ -205,6 +233,14 @@ def test_every_run_file_the_analysis_reads_is_a_declared_input(tmp_path):
         ({"methods": ["lora_r0"]}, "LoRA rank r must be a positive integer, got 0"),
         ({"models": ["vit_giant"]}, "unknown model 'vit_giant'"),
         ({"datasets": ["cifar11"]}, "unknown dataset 'cifar11'"),
+        (
+            {"transfer_seeds": [0, 1, 9]},
+            "studies.demo.transfer_seeds: [0, 1, 9] lacks the study's seed(s) [2, 3, 4]",
+        ),
+        (
+            {"transfer_check": False},  # the demo config keeps its transfer_seeds
+            "studies.demo.transfer_seeds: given, but transfer_check is off",
+        ),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, edit, message):

@@ -27,7 +27,17 @@ from typing import Any
 
 from vitpeft import tune
 from vitpeft.architecture import TIMM_VIT, BlockLayout
-from vitpeft.config import ModelSpec, RunConfig, pretrain_run, resolve_run, study, study_methods
+from vitpeft.config import (
+    TRANSFER_BASELINE,
+    TRANSFER_REFERENCE,
+    ModelSpec,
+    RunConfig,
+    extra_transfer_seeds,
+    pretrain_run,
+    resolve_run,
+    study,
+    study_methods,
+)
 from vitpeft.data.sources import split_sizes
 from vitpeft.device import may_use_cuda
 from vitpeft.methods.adalora import AdaLoraConfig
@@ -159,8 +169,9 @@ def estimated_flops(config: dict[str, Any], run: RunConfig) -> float:
 
 def study_jobs(config: dict[str, Any]) -> list[list[RunConfig]]:
     """The runs of every training job of the selected study: one job per model x dataset x method
-    with all its seeds, then one per backbone pretraining, then one per learning-rate tuning (a
-    short run per grid value; :func:`tuning_jobs`)."""
+    with all its seeds, one per model x dataset for each of the transfer check's two methods with
+    its extra seeds, then one per backbone pretraining, then one per learning-rate tuning (a short
+    run per grid value; :func:`tuning_jobs`)."""
     selected = study(config)
     jobs = [
         [resolve_run(config, model, dataset, method, seed) for seed in selected["seeds"]]
@@ -168,6 +179,13 @@ def study_jobs(config: dict[str, Any]) -> list[list[RunConfig]]:
         for dataset in selected["datasets"]
         for method in study_methods(config)
     ]
+    if extra_seeds := extra_transfer_seeds(config):
+        jobs += [
+            [resolve_run(config, model, dataset, method, seed) for seed in extra_seeds]
+            for model in selected["models"]
+            for dataset in selected["datasets"]
+            for method in (TRANSFER_REFERENCE, TRANSFER_BASELINE)
+        ]
     pretrained = [m for m in selected["models"] if config["models"][m]["backbone"]["source"] == "pretrain"]
     return jobs + [[pretrain_run(config, model)] for model in pretrained] + tuning_jobs(config)
 

@@ -26,7 +26,8 @@ from vitpeft.methods.base import MethodConfig
 from vitpeft.quant import INT_BITS, check_groups
 
 SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
-TRANSFER_BASELINE = "scratch"
+TRANSFER_BASELINE = "scratch"  # random initialization, the transfer check's baseline
+TRANSFER_REFERENCE = "full"  # full fine-tuning of the pretrained backbone, compared with it
 
 
 class ConfigError(ValueError):
@@ -370,6 +371,20 @@ def study_methods(config: dict[str, Any]) -> list[str]:
     return methods
 
 
+def transfer_seeds(config: dict[str, Any]) -> list[int]:
+    """The seeds the transfer check compares on: the study's, and any more it names (none without
+    the check)."""
+    selected = study(config)
+    if not selected.get("transfer_check"):
+        return []
+    return sorted(selected.get("transfer_seeds", selected["seeds"]))
+
+
+def extra_transfer_seeds(config: dict[str, Any]) -> list[int]:
+    """The transfer check's seeds that only its two methods train (not the study's seeds)."""
+    return [seed for seed in transfer_seeds(config) if seed not in study(config)["seeds"]]
+
+
 def model_spec(config: dict[str, Any], model: str) -> ModelSpec:
     return ModelSpec(name=model, **config["models"][model])
 
@@ -532,6 +547,15 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"study: {config['study']!r} is not a key of studies ({sorted(config['studies'])})")
     key = f"studies.{config['study']}"
     selected = study(config)
+    if "transfer_seeds" in selected:
+        if not selected.get("transfer_check"):
+            raise ConfigError(f"{key}.transfer_seeds: given, but transfer_check is off")
+        missing = sorted(set(selected["seeds"]) - set(selected["transfer_seeds"]))
+        if missing:
+            raise ConfigError(
+                f"{key}.transfer_seeds: {selected['transfer_seeds']} lacks the study's seed(s) {missing}; "
+                "the transfer check compares on every study seed and may add more"
+            )
     for model in selected["models"]:
         if model not in config["models"]:
             raise ConfigError(

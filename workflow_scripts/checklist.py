@@ -15,4 +15,6 @@ write_checklist(
     out_json=snakemake.output.json,
     out_draft=snakemake.output.draft,
     lr_choices=snakemake.input.lr_choices,
+    transfer_runs_csv=snakemake.input.transfer_runs,
+    transfer_seeds=snakemake.params.transfer_seeds,
 )

@@ -12,4 +12,5 @@ write_stats(
     snakemake.output.transfer,
     snakemake.output.comparisons,
     snakemake.output.rank_ablation,
+    transfer_runs_csv=snakemake.input.transfer_runs,
 )

@@ -54,6 +54,16 @@ def runs_table(metrics_paths: list[str | Path], export_paths: list[str | Path] |
     return pd.DataFrame(rows).sort_values(KEYS, ignore_index=True)
 
 
+def write_runs_table(metrics_paths: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    """The runs of ``metrics_paths`` as a run table; with none (a study without the transfer check,
+    or a partial one before its first run) a table of no rows."""
+    frame = (
+        runs_table(metrics_paths) if metrics_paths else pd.DataFrame(columns=[*KEYS, "test_top1", "run_dir"])
+    )
+    write_csv(frame, out_csv)
+    return frame
+
+
 def baselines_table(record_paths: list[str | Path]) -> pd.DataFrame:
     """The classical baselines' records (``vitpeft.baselines``), one row per baseline x dataset."""
     columns = ["dataset", "baseline", "label", "test_top1", "val_top1", "fit_time_s", "hyperparameters"]

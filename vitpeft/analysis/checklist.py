@@ -50,6 +50,26 @@ def cell_coverage(runs: pd.DataFrame, study: dict[str, Any], methods: list[str])
     ]
 
 
+def missing_transfer_runs(
+    transfer_runs: pd.DataFrame, study: dict[str, Any], transfer_seeds: list[int]
+) -> list[dict[str, Any]]:
+    """The transfer check's extra seeds (beyond the study's, which :func:`cell_coverage` counts)
+    that full fine-tuning or scratch lacks, per dataset x model."""
+    from vitpeft.config import TRANSFER_BASELINE, TRANSFER_REFERENCE
+
+    extra = [s for s in sorted(transfer_seeds) if s not in study["seeds"]]
+    found = set(
+        zip(transfer_runs.dataset, transfer_runs.model, transfer_runs.method, transfer_runs.seed, strict=True)
+    )
+    return [
+        {"dataset": dataset, "model": model, "method": method, "missing_seeds": lacking}
+        for dataset in study["datasets"]
+        for model in study["models"]
+        for method in (TRANSFER_REFERENCE, TRANSFER_BASELINE)
+        if (lacking := [s for s in extra if (dataset, model, method, s) not in found])
+    ]
+
+
 def incomplete_cells(coverage: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The cells that lack any configured seed."""
     return [c for c in coverage if c["missing_seeds"]]
@@ -115,6 +135,11 @@ def failures(check: dict[str, Any]) -> list[str]:
             "no run" if c["seeds_found"] == 0 else f"seed {', '.join(map(str, c['missing_seeds']))} missing"
         )
         lines.append(f"cell {c['method']} on {c['dataset']} with {c['model']}: {seeds}")
+    for c in check["missing_transfer_runs"]:
+        lines.append(
+            f"transfer check: {c['method']} on {c['dataset']} with {c['model']}: "
+            f"seed {', '.join(map(str, c['missing_seeds']))} missing"
+        )
     for r in check["unconverged_runs"]:
         if not r["recorded"]:
             why = "no convergence record in its metrics"
@@ -161,10 +186,20 @@ def checklist(
     methods: list[str],
     artifacts: list[str | Path],
     lr_choices: list[dict[str, Any]] = (),
+    transfer_runs: pd.DataFrame | None = None,
+    transfer_seeds: list[int] = (),
 ) -> dict[str, Any]:
-    """The checklist's content: what was checked, and ``failures`` (:func:`failures`)."""
+    """The checklist's content: what was checked, and ``failures`` (:func:`failures`).
+
+    ``transfer_runs`` are the transfer check's runs; those of its extra seeds (``transfer_seeds``
+    beyond the study's) are checked for convergence and provenance like every other run."""
     coverage = cell_coverage(runs, study, methods)
     incomplete = incomplete_cells(coverage)
+    transfer_runs = runs.iloc[:0] if transfer_runs is None else transfer_runs
+    missing_transfer = missing_transfer_runs(transfer_runs, study, list(transfer_seeds))
+    extra = transfer_runs[~transfer_runs.run_dir.isin(runs.run_dir)]
+    if len(extra):
+        runs = pd.concat([runs, extra], ignore_index=True)
     unconverged = unconverged_runs(runs)
     files = [{"name": Path(p).name, "present": artifact_present(p)} for p in artifacts]
     dirty = int(runs["git_dirty"].fillna(False).astype(bool).sum()) if "git_dirty" in runs else 0
@@ -173,6 +208,8 @@ def checklist(
         "cells": {"expected": len(coverage), "complete": len(coverage) - len(incomplete)},
         "seeds_per_cell": len(study["seeds"]),
         "incomplete_cells": incomplete,
+        "transfer_seeds": len(transfer_seeds),
+        "missing_transfer_runs": missing_transfer,
         "convergence_criteria": criteria(runs),
         "converged_runs": len(runs) - len(unconverged),
         "unconverged_runs": unconverged,
@@ -200,10 +237,20 @@ def write_checklist(
     out_json: str | Path,
     out_draft: str | Path,
     lr_choices: list[str | Path] = (),
+    transfer_runs_csv: str | Path | None = None,
+    transfer_seeds: list[int] = (),
 ) -> dict[str, Any]:
     """The checklist rule: check the study's results and write the checklist as LaTeX and JSON,
     and the first page's draft mark (empty when every check passed)."""
-    result = checklist(pd.read_csv(runs_csv), study, methods, artifacts, [read_json(p) for p in lr_choices])
+    result = checklist(
+        pd.read_csv(runs_csv),
+        study,
+        methods,
+        artifacts,
+        [read_json(p) for p in lr_choices],
+        transfer_runs=pd.read_csv(transfer_runs_csv) if transfer_runs_csv else None,
+        transfer_seeds=transfer_seeds,
+    )
     write_json(out_json, result)
     render("checklist.tex.j2", out_tex, check=result)
     render("draft.tex.j2", out_draft, check=result)

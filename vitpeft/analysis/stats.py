@@ -230,16 +230,20 @@ def write_stats(
     out_transfer,
     out_comparisons,
     out_rank_ablation,
-    baseline: str = "scratch",
-    reference: str = "full",
+    transfer_runs_csv=None,
 ) -> None:
-    """The stats rule: per-cell statistics, the transfer check (``reference`` vs ``baseline``),
-    Holm-corrected paired comparisons against lora_r8 and full, and the rank ablation."""
+    """The stats rule: per-cell statistics, Holm-corrected paired comparisons against lora_r8 and
+    full, the rank ablation, and the transfer check: full fine-tuning vs scratch on the runs of
+    ``transfer_runs_csv`` (the study's seeds and the check's extra ones; default ``runs_csv``)."""
     from vitpeft.analysis.aggregate import write_csv
+    from vitpeft.config import TRANSFER_BASELINE as baseline
+    from vitpeft.config import TRANSFER_REFERENCE as reference
     from vitpeft.io import write_json
 
     runs = pd.read_csv(runs_csv)
     write_csv(cell_stats(runs), out_cell_stats)
-    write_csv(paired_difference(runs, reference, baseline), out_transfer)
+    write_csv(
+        paired_difference(pd.read_csv(transfer_runs_csv or runs_csv), reference, baseline), out_transfer
+    )
     write_csv(comparisons(runs[runs.method != baseline]), out_comparisons)
     write_json(out_rank_ablation, rank_ablation(runs))
