@@ -43,6 +43,8 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt -c constraints.txt
 	$(BIN)/pip install --quiet --no-deps -e .
+	# in a git checkout, commits run the linters (.pre-commit-config.yaml) from this venv
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then $(BIN)/pre-commit install; fi
 	touch $@
 
 # latexmk builds the paper and pdftotext reads it in the tests. What the template needs beyond

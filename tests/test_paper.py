@@ -46,10 +46,21 @@ def test_the_template_defaults_to_article_and_an_unknown_one_is_refused_naming_i
         paper.missing_packages("neurips")
 
 
-def test_the_template_is_not_part_of_what_the_tables_are_written_from(demo_config):
+def test_only_what_the_setup_reads_is_part_of_what_the_tables_are_written_from(demo_config):
+    """The tables rule's param: an edit elsewhere (the template, another study, a model or dataset
+    the study does not use, the scheduling) neither reruns the tables nor prints its reason."""
     other = copy.deepcopy(demo_config)
     other["paper"]["template"] = "acm"
+    other["studies"]["full"]["seeds"] = [7]
+    other["models"]["deit_tiny"] = {"img_size": 32, "backbone": {"source": "timm"}}
+    other["datasets"]["cifar10"]["val_fraction"] = 0.5
+    other["baselines"]["max_train_images"] = 5
+    other["threads"] = 2
     assert study_config.results_view(other) == study_config.results_view(demo_config)
+    view = study_config.results_view(demo_config)
+    assert set(view["models"]) == {"vit_w64_d4"} and set(view["datasets"]) == {"digits", "glyphs"}
+    other["train"]["epochs"] = 31
+    assert study_config.results_view(other) != view
 
 
 def test_missing_tex_is_named_by_its_debian_package(monkeypatch):

@@ -115,3 +115,14 @@ def test_every_base_reports_its_true_bits_per_weight(tiny_model, method, hyperpa
     if "base_linear_bytes_quantized" in report:
         weights = report["base_linear_bytes_fp32"] / 4
         assert report["base_bits_per_weight"] == 8 * report["base_linear_bytes_quantized"] / weights
+
+
+def test_importing_bitsandbytes_through_the_package_prints_nothing():
+    """bitsandbytes' optional hub-kernel warning (AVX512-BF16 CPUs) is not printed by every job."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import vitpeft.methods, peft, bitsandbytes"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stderr == ""

@@ -297,6 +297,23 @@ def test_conda_env_pins_equal_requirements():
         assert constraints[name.lower()] == version, name
 
 
+def test_the_package_declares_every_runtime_pin():
+    """``pip install .`` outside this repository's Makefile gets every package a job imports: the
+    pins above requirements.txt's test tools are the package's dependencies, and nothing else."""
+    import tomllib
+
+    text = (REPO / "requirements.txt").read_text().split("# tests and linters")[0]
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(declared) == sorted(pins(text.splitlines()))
+
+
+def test_setup_installs_the_commit_hook_in_a_git_checkout():
+    plan = subprocess.run(
+        ["make", "-n", "-B", "-C", str(REPO), ".venv/.installed"], capture_output=True, text=True
+    ).stdout
+    assert ".venv/bin/pre-commit install" in plan
+
+
 def test_installed_versions_equal_the_pins():
     from importlib.metadata import version
 
@@ -403,3 +420,17 @@ def test_the_longest_jobs_start_first(tmp_path):
     }
     assert priority["pretrain"] > max(v for k, v in priority.items() if k != "pretrain")
     assert priority["full"] > priority["lora_r16"] > priority["lora_r4"] > priority["linear"]
+
+
+def test_every_build_output_is_ignored_by_git(tmp_path):
+    """After ``make paper`` (and the archive), ``git status`` shows nothing the build wrote."""
+    plan = snakemake("-n", "results/submission.tar.gz", "supplement.pdf", workdir=tmp_path).stdout
+    outputs = {path for line in re.findall(r"^    output: (.*)$", plan, re.M) for path in line.split(", ")}
+    assert {"paper.pdf", "supplement.pdf"} <= outputs
+    checked = subprocess.run(
+        ["git", "-C", str(REPO), "check-ignore", "--no-index", "--verbose", "--non-matching", *sorted(outputs)],
+        capture_output=True,
+        text=True,
+    )
+    tracked = [line.split("\t")[1] for line in checked.stdout.splitlines() if line.startswith("::")]
+    assert tracked == []

@@ -21,13 +21,14 @@ from vitpeft import device as devices
 from vitpeft.architecture import HF_MODEL_TYPES, TIMM_VIT, BlockLayout, hf_layout
 from vitpeft.convergence import ConvergenceCriterion
 from vitpeft.data.sources import check_kind
-from vitpeft.methods import config_from_dict, method_config, parse_method_name
+from vitpeft.methods import METHODS, config_from_dict, method_config, parse_method_name
 from vitpeft.methods.base import MethodConfig
 from vitpeft.quant import INT_BITS, check_groups
 
 SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
 TRANSFER_BASELINE = "scratch"  # random initialization, the transfer check's baseline
 TRANSFER_REFERENCE = "full"  # full fine-tuning of the pretrained backbone, compared with it
+TUNABLE_FAMILIES = tuple(METHODS)  # every family's learning rate may be tuned (vitpeft.tune)
 
 
 class ConfigError(ValueError):
@@ -473,15 +474,57 @@ def pretrain_run(config: dict[str, Any], model: str) -> RunConfig:
     return dataclasses.replace(run, train=TrainConfig(**pretrain), method=method)
 
 
-# Keys that say how jobs are scheduled, not what they compute: the paper does not depend on them.
-SCHEDULING_KEYS = ("resources", "checkpoint_every", "threads", "device")
-# Keys that say how the paper is typeset: only the LaTeX rules depend on them.
-TYPESETTING_KEYS = ("paper",)
+# The sections the paper's setup is written from, beside the selected study and its own models and
+# datasets. Scheduling (resources, threads, device, checkpoint_every), typesetting (paper), the
+# classical baselines (their records are the tables' inputs) and the other studies are left out:
+# editing them rewrites no table.
+SETUP_SECTIONS = ("train", "by_dataset", "pretrain", "methods", "tune", "export", "convergence", "compute")
 
 
 def results_view(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` without its scheduling and typesetting keys: what the setup section is written from."""
-    return {k: v for k, v in config.items() if k not in SCHEDULING_KEYS + TYPESETTING_KEYS}
+    """The part of ``config`` the setup section is written from (:data:`SETUP_SECTIONS`)."""
+    selected = study(config)
+    backbone_datasets = {config["models"][m]["backbone"].get("dataset") for m in selected["models"]}
+    return {
+        "study": config["study"],
+        "studies": {config["study"]: selected},
+        "models": {m: config["models"][m] for m in selected["models"]},
+        "datasets": {
+            name: spec
+            for name, spec in config["datasets"].items()
+            if name in selected["datasets"] or name in backbone_datasets
+        },
+        **{key: config[key] for key in SETUP_SECTIONS if key in config},
+    }
+
+
+def grids(config: dict[str, Any]) -> dict[str, list[float]]:
+    """``tune.grids``: the learning rates tried per family (no entry: the family is not tuned)."""
+    return config.get("tune", {}).get("grids", {})
+
+
+def check_grids(config: dict[str, Any]) -> None:
+    """Each ``tune.grids`` entry is a known family's non-empty list of positive numbers.
+
+    Raises:
+        ConfigError: naming the key and the value.
+    """
+    for family, grid in grids(config).items():
+        key = f"tune.grids.{family}"
+        if family not in TUNABLE_FAMILIES:
+            raise ConfigError(f"{key}: not a tunable method family; tunable: {list(TUNABLE_FAMILIES)}")
+        if not isinstance(grid, list) or not grid:
+            raise ConfigError(f"{key}: must be a non-empty list of learning rates, got {grid!r}")
+        for lr in grid:
+            if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+                raise ConfigError(f"{key}: every learning rate must be a number > 0, got {lr!r} in {grid!r}")
+        if len(set(grid)) != len(grid):
+            raise ConfigError(f"{key}: a learning rate is listed twice in {grid!r}")
+        if len(grid) < 2:
+            raise ConfigError(
+                f"{key}: a grid brackets a rate, so it needs at least 2 rates, got {grid!r} "
+                f"(to fix a rate without tuning, drop the grid and set methods.{family}.lr)"
+            )
 
 
 def check_compute(config: dict[str, Any]) -> None:
@@ -607,9 +650,6 @@ def validate(config: dict[str, Any]) -> None:
     for method in study_methods(config):
         check_device(config, method)
     check_compute(config)
-    # tune.grids: imported here, since vitpeft.tune builds its runs with this module
-    from vitpeft.tune import check_grids
-
     check_grids(config)
     every = config.get("checkpoint_every", 0)
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:

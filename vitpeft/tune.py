@@ -34,9 +34,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vitpeft.config import TRANSFER_BASELINE, ConfigError, RunConfig, resolve_run, study_methods
+from vitpeft.config import (
+    TRANSFER_BASELINE,
+    TUNABLE_FAMILIES,
+    RunConfig,
+    grids,
+    resolve_run,
+    study_methods,
+)
 from vitpeft.io import config_hash, provenance, read_json, write_json
-from vitpeft.methods import METHODS, parse_method_name
+from vitpeft.methods import parse_method_name
 
 CRITERION = "val_top1"  # the final weights' validation top-1, in percent
 TIE_RULE = "the middle (lower middle) of the rates within one binomial standard error of the best"
@@ -44,12 +51,6 @@ DIVERGED_RULE = "ranked below every finite result"
 MAX_EXTENSIONS = 2  # tune.max_extensions' default
 # scratch trains at full fine-tuning's rate unless it has a grid of its own (the module docstring)
 SHARED_RATES = {TRANSFER_BASELINE: "full"}
-TUNABLE_FAMILIES = tuple(METHODS)
-
-
-def grids(config: dict[str, Any]) -> dict[str, list[float]]:
-    """``tune.grids``: the learning rates tried per family (no entry: the family is not tuned)."""
-    return config.get("tune", {}).get("grids", {})
 
 
 def rate_family(family: str, config: dict[str, Any]) -> str:
@@ -155,30 +156,6 @@ def next_rate(results: list[dict[str, Any]], side: str) -> float:
     rates = sorted(entry["lr"] for entry in results)
     rate = rates[-1] * rates[-1] / rates[-2] if side == "highest" else rates[0] * rates[0] / rates[1]
     return float(f"{rate:.12g}")  # 0.02, not 0.020000000000000004
-
-
-def check_grids(config: dict[str, Any]) -> None:
-    """Each ``tune.grids`` entry is a known family's non-empty list of positive numbers.
-
-    Raises:
-        ConfigError: naming the key and the value.
-    """
-    for family, grid in grids(config).items():
-        key = f"tune.grids.{family}"
-        if family not in TUNABLE_FAMILIES:
-            raise ConfigError(f"{key}: not a tunable method family; tunable: {list(TUNABLE_FAMILIES)}")
-        if not isinstance(grid, list) or not grid:
-            raise ConfigError(f"{key}: must be a non-empty list of learning rates, got {grid!r}")
-        for lr in grid:
-            if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
-                raise ConfigError(f"{key}: every learning rate must be a number > 0, got {lr!r} in {grid!r}")
-        if len(set(grid)) != len(grid):
-            raise ConfigError(f"{key}: a learning rate is listed twice in {grid!r}")
-        if len(grid) < 2:
-            raise ConfigError(
-                f"{key}: a grid brackets a rate, so it needs at least 2 rates, got {grid!r} "
-                f"(to fix a rate without tuning, drop the grid and set methods.{family}.lr)"
-            )
 
 
 def chosen_lr(choice_path: str | Path) -> float:
