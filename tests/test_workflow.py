@@ -428,7 +428,16 @@ def test_every_build_output_is_ignored_by_git(tmp_path):
     outputs = {path for line in re.findall(r"^    output: (.*)$", plan, re.M) for path in line.split(", ")}
     assert {"paper.pdf", "supplement.pdf"} <= outputs
     checked = subprocess.run(
-        ["git", "-C", str(REPO), "check-ignore", "--no-index", "--verbose", "--non-matching", *sorted(outputs)],
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "check-ignore",
+            "--no-index",
+            "--verbose",
+            "--non-matching",
+            *sorted(outputs),
+        ],
         capture_output=True,
         text=True,
     )
