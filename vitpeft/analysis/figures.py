@@ -25,10 +25,12 @@ from vitpeft.analysis.style import (
     method_family,
     method_label,
     method_sort_key,
+    placeholder,
     plt,
+    save,
 )
 from vitpeft.baselines import BASELINE_NAMES
-from vitpeft.io import atomic_path, read_json
+from vitpeft.io import read_json
 from vitpeft.methods import parse_method_name
 
 FRONTIER_COLOUR = "#7f7f7f"
@@ -38,25 +40,6 @@ BASELINE_COLOUR = "#595959"
 BASELINE_DASHES = {"logreg": ":", "svc": "--", "knn": "-."}
 # The memory axis of Figure 1, read from this one column of the cell statistics.
 MEMORY_COLUMN, MEMORY_LABEL = "train_peak_mem_mb", "peak memory while training (MiB)"
-
-
-def save(fig, out_pdf: str | Path | None):
-    """Write a figure as a vector PDF, atomically, and free it; without a path, return it (notebooks)."""
-    if out_pdf is None:
-        return fig
-    with atomic_path(out_pdf) as tmp:
-        fig.savefig(tmp, format="pdf")
-    plt.close(fig)
-    return None
-
-
-def placeholder(message: str, out_pdf: str | Path) -> None:
-    """A small figure that only states ``message``: the study has nothing to plot here."""
-    apply_style()
-    fig, ax = plt.subplots(figsize=(4.5, 1.2))
-    ax.axis("off")
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=10)
-    save(fig, out_pdf)
 
 
 def panels(frame: pd.DataFrame, width: float = 4.5, height: float = 3.2):

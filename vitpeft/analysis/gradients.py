@@ -20,7 +20,9 @@ from vitpeft.analysis.style import (
     method_family,
     method_label,
     method_sort_key,
+    placeholder,
     plt,
+    save,
 )
 from vitpeft.analysis.tables import render
 from vitpeft.methods import parse_method_name
@@ -66,7 +68,6 @@ def stability_figure(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str |
     (mean over the epoch's steps: mean over seeds, band from the lowest to the highest seed; thin
     line: the epoch's largest, over all seeds), the percentage of steps clipped (mean over seeds)
     and the loss spikes of all seeds together."""
-    from vitpeft.analysis.figures import placeholder, save  # figures imports this module
 
     methods = compared_methods(runs.method.unique())
     if not methods:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from vitpeft.analysis.figures import run_curves, save
-from vitpeft.analysis.style import apply_style, method_colour, method_label, method_sort_key, plt
+from vitpeft.analysis.figures import run_curves
+from vitpeft.analysis.style import apply_style, method_colour, method_label, method_sort_key, plt, save
 
 # The curves drawn, one PDF each: metrics.json's curve name -> axis label.
 SEED_CURVES = {"val_top1": "validation top-1 (%)", "train_loss": "training loss"}

@@ -7,12 +7,14 @@ deficiencies; a method keeps its colour in every figure.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # figures are files; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 
+from vitpeft.io import atomic_path  # noqa: E402
 from vitpeft.methods import parse_method_name  # noqa: E402
 
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
@@ -97,3 +99,22 @@ def macro_name(*parts: str) -> str:
         for piece in re.findall(r"[A-Za-z]+|\d", token):
             words.append(NUMBER_WORDS[int(piece)] if piece.isdigit() else piece.capitalize())
     return "".join(words)
+
+
+def save(fig, out_pdf: str | Path | None):
+    """Write a figure as a vector PDF, atomically, and free it; without a path, return it (notebooks)."""
+    if out_pdf is None:
+        return fig
+    with atomic_path(out_pdf) as tmp:
+        fig.savefig(tmp, format="pdf")
+    plt.close(fig)
+    return None
+
+
+def placeholder(message: str, out_pdf: str | Path) -> None:
+    """A small figure that only states ``message``: the study has nothing to plot here."""
+    apply_style()
+    fig, ax = plt.subplots(figsize=(4.5, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=10)
+    save(fig, out_pdf)
