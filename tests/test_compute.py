@@ -1,5 +1,7 @@
 import copy
 import dataclasses
+import json
+import math
 
 import pytest
 import yaml
@@ -194,3 +196,56 @@ def test_the_summary_states_gpu_hours_and_requests_or_that_the_study_runs_on_cpu
     line = compute.summary(full_study, estimate)
     assert f"{estimate.gpu_hours:.3g} GPU-hours" in line and "runtime requests add up to" in line
     assert "runs on CPU" in compute.summary(demo_config, compute.estimate_study(demo_config))
+
+
+def test_measured_rates_replace_the_assumed_throughput_where_they_cover_a_run(full_study, tmp_path):
+    """A hand-written compute.throughput_file: deit_small's lora_r8 and full (hence scratch) are
+    measured at 224 px, its compiled rate is ignored, and every other run keeps the assumption."""
+    measured = {
+        "device": "Test GPU",
+        "img_size": 224,
+        "rates": [
+            {"model": "deit_small", "method": "lora_r8", "compile": False, "images_per_s": 1000.0},
+            {"model": "deit_small", "method": "lora_r8", "compile": True, "images_per_s": 9000.0},
+            {"model": "deit_small", "method": "full", "compile": False, "images_per_s": 500.0},
+        ],
+    }
+    path = tmp_path / "rates.json"
+    path.write_text(json.dumps(measured))
+    config = copy.deepcopy(full_study)
+    config["compute"]["throughput_file"] = str(path)
+    lora = study_config.resolve_run(config, "deit_small", "cifar10", "lora_r8", 0)
+    sizes = split_sizes(config["datasets"]["cifar10"])
+    image = compute.image_flops(lora.model, lora.method, sizes["classes"])
+    seconds = compute.estimated_flops(config, lora) / (1000.0 * (image.forward + image.backward))
+    assert compute.run_hours(config, lora, compute.measured_rates(config)) == pytest.approx(seconds / 3600)
+    # the training passes alone take train images x epochs / rate; evaluation adds under a tenth
+    assert seconds == pytest.approx(sizes["train"] * lora.train.epochs / 1000.0, rel=0.1)
+    margin = config["resources"]["runtime_margin"]
+    assert compute.job_resources(config, [lora])["runtime"] == math.ceil(margin * seconds / 60)
+    scratch = study_config.resolve_run(config, "deit_small", "cifar10", "scratch", 0)
+    assert compute.measured_images_per_s(compute.measured_rates(config), scratch) == 500.0
+    other = study_config.resolve_run(config, "deit_tiny", "cifar10", "lora_r8", 0)
+    assert compute.run_hours(config, other, compute.measured_rates(config)) == pytest.approx(
+        compute.gpu_hours(config, compute.estimated_flops(config, other))
+    )
+    estimate = compute.estimate_study(config)
+    # deit_small's lora_r8 and full runs (3 datasets x 3 seeds each; the full study has no scratch),
+    # and the lora and full tuning runs that train them (3 datasets x 3 rates each)
+    assert estimate.measured_runs == 2 * 3 * 3 + 2 * 3 * 3 and estimate.measured_on == "Test GPU"
+    line = compute.summary(config, estimate)
+    assert (
+        f"the images/s measured on Test GPU (compute.throughput_file {path}) for 36 of the 459 runs" in line
+    )
+    assert "a sustained 250 TFLOP/s per GPU (compute.gpu_tflops) for the others" in line
+
+
+def test_a_throughput_file_that_is_not_one_is_refused_naming_the_key(full_study, tmp_path):
+    (tmp_path / "rates.json").write_text('{"device": "GPU", "rates": []}')
+    for path in (tmp_path / "absent.json", tmp_path / "rates.json"):
+        config = copy.deepcopy(full_study)
+        config["compute"]["throughput_file"] = str(path)
+        with pytest.raises(
+            study_config.ConfigError, match=f"compute.throughput_file: '{path}' is not a readable"
+        ):
+            compute.estimate_study(config)

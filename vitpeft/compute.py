@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vitpeft import tune
@@ -30,6 +31,7 @@ from vitpeft.architecture import TIMM_VIT, BlockLayout
 from vitpeft.config import (
     TRANSFER_BASELINE,
     TRANSFER_REFERENCE,
+    ConfigError,
     ModelSpec,
     RunConfig,
     extra_transfer_seeds,
@@ -211,12 +213,70 @@ def gpu_hours(config: dict[str, Any], flops: float) -> float:
     return flops / (config["compute"]["gpu_tflops"] * TERA) / 3600.0
 
 
+@dataclass(frozen=True)
+class MeasuredRates:
+    """Training images/s per (model, method), measured on one device at one input size: a
+    ``compute.throughput_file`` as ``benchmarks/device_check.py --json`` writes it."""
+
+    path: str
+    device: str
+    img_size: int
+    images_per_s: dict[tuple[str, str], float]
+
+    @classmethod
+    def read(cls, path: str) -> MeasuredRates:
+        """The eager (not compiled) rates of the file: the pipeline trains eagerly."""
+        import json
+
+        try:
+            data = json.loads(Path(path).read_text())
+            rates = {
+                (r["model"], r["method"]): float(r["images_per_s"])
+                for r in data["rates"]
+                if not r.get("compile") and r["images_per_s"] > 0
+            }
+            return cls(str(path), str(data["device"]), int(data["img_size"]), rates)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(
+                f"compute.throughput_file: {path!r} is not a readable benchmarks/device_check.py --json file "
+                f"({type(err).__name__}: {err})"
+            ) from err
+
+
+def measured_rates(config: dict[str, Any]) -> MeasuredRates | None:
+    """``compute.throughput_file``, read (a file that is not one fails naming the key), or None."""
+    path = config["compute"].get("throughput_file")
+    return MeasuredRates.read(path) if path else None
+
+
+def measured_images_per_s(rates: MeasuredRates | None, run: RunConfig) -> float | None:
+    """The measured training rate of ``run``'s model and method at its input size, if the file has
+    it (scratch trains as full fine-tuning does, so it takes full's)."""
+    if rates is None or run.model.img_size != rates.img_size:
+        return None
+    method = TRANSFER_REFERENCE if run.method.name == TRANSFER_BASELINE else run.method.name
+    return rates.images_per_s.get((run.model.name, method))
+
+
+def run_hours(config: dict[str, Any], run: RunConfig, rates: MeasuredRates | None = None) -> float:
+    """One GPU's hours for ``run``: its FLOPs at the FLOP/s its model and method sustained where
+    ``rates`` measured them (images/s times a training image's FLOPs), else at the assumed
+    ``compute.gpu_tflops``."""
+    flops = estimated_flops(config, run)
+    images_per_s = measured_images_per_s(rates, run)
+    if images_per_s is None:
+        return gpu_hours(config, flops)
+    image = image_flops(run.model, run.method, split_sizes(config["datasets"][run.dataset])["classes"])
+    return flops / (images_per_s * (image.forward + image.backward)) / 3600.0
+
+
 def runtime_minutes(config: dict[str, Any], runs: Sequence[RunConfig], attempt: int = 1) -> int:
-    """A GPU training job's wall-time request: the estimate of its runs (trained one after another)
-    times ``resources.runtime_margin``, at least ``resources.min_runtime`` minutes (start-up, data
-    loading, scheduler), times ``attempt``; rounded up."""
+    """A GPU training job's wall-time request: the estimate of its runs (trained one after another,
+    :func:`run_hours`) times ``resources.runtime_margin``, at least ``resources.min_runtime``
+    minutes (start-up, data loading, scheduler), times ``attempt``; rounded up."""
     section = config["resources"]
-    estimate = 60.0 * gpu_hours(config, sum(estimated_flops(config, run) for run in runs))
+    rates = measured_rates(config)
+    estimate = 60.0 * sum(run_hours(config, run, rates) for run in runs)
     return math.ceil(max(section["min_runtime"], section["runtime_margin"] * estimate) * attempt)
 
 
@@ -267,6 +327,8 @@ class StudyEstimate:
         gpu_tflops: the assumed sustained throughput of one GPU, TFLOP/s (``compute.gpu_tflops``).
         gpu_hours: those FLOPs at that throughput.
         tuning_runs, tuning_flops: the learning-rate tuning's share of ``runs`` and ``flops``.
+        measured_runs: the runs whose hours come from measured images/s (``compute.throughput_file``,
+            measured on ``measured_on``) instead of the assumed ``gpu_tflops``.
     """
 
     runs: int
@@ -276,22 +338,29 @@ class StudyEstimate:
     gpu_hours: float
     tuning_runs: int = 0
     tuning_flops: float = 0.0
+    measured_runs: int = 0
+    throughput_file: str = ""
+    measured_on: str = ""
 
 
 def estimate_study(config: dict[str, Any]) -> StudyEstimate:
-    """Sum :func:`run_flops` over every training run of the study, the tuning runs included."""
+    """Sum :func:`run_flops` and :func:`run_hours` over every training run of the study, the tuning
+    runs included."""
     jobs = study_jobs(config)
-    flops = sum(estimated_flops(config, run) for runs in jobs for run in runs)
-    runs = sum(len(runs) for runs in jobs)
+    every_run = [run for runs in jobs for run in runs]
+    rates = measured_rates(config)
     tuning = [run for runs in tuning_jobs(config) for run in runs]
     return StudyEstimate(
-        runs,
+        len(every_run),
         len(jobs),
-        flops,
+        sum(estimated_flops(config, run) for run in every_run),
         config["compute"]["gpu_tflops"],
-        gpu_hours(config, flops),
+        sum(run_hours(config, run, rates) for run in every_run),
         tuning_runs=len(tuning),
         tuning_flops=sum(estimated_flops(config, run) for run in tuning),
+        measured_runs=sum(measured_images_per_s(rates, run) is not None for run in every_run),
+        throughput_file=rates.path if rates else "",
+        measured_on=rates.device if rates else "",
     )
 
 
@@ -301,6 +370,19 @@ def requested_gpu_hours(config: dict[str, Any]) -> float:
     return sum(job["runtime"] * job["gpu"] for job in jobs) / 60.0
 
 
+def throughput_source(estimate: StudyEstimate) -> str:
+    """Where the estimate's hours come from: measured rates, the assumed TFLOP/s, or both."""
+    assumed = f"a sustained {estimate.gpu_tflops:g} TFLOP/s per GPU (compute.gpu_tflops)"
+    measured = f"the images/s measured on {estimate.measured_on} (compute.throughput_file {estimate.throughput_file})"
+    if not estimate.throughput_file:
+        return assumed
+    if not estimate.measured_runs:
+        return f"{assumed}; compute.throughput_file {estimate.throughput_file} measures none of its runs' model, method and input size"
+    if estimate.measured_runs == estimate.runs:
+        return f"{measured} for every run"
+    return f"{measured} for {estimate.measured_runs} of the {estimate.runs} runs, {assumed} for the others"
+
+
 def summary(config: dict[str, Any], estimate: StudyEstimate) -> str:
     """One line for the workflow's log: the study's estimated compute (:func:`estimate_study`)
     and what its jobs request."""
@@ -308,8 +390,8 @@ def summary(config: dict[str, Any], estimate: StudyEstimate) -> str:
         f"vitpeft: the {config['study']} study's {estimate.runs} training runs ({estimate.jobs} jobs) "
         f"need an estimated "
         f"{estimate.flops:.3g} FLOPs ({estimate.tuning_runs} short tuning runs: "
-        f"{estimate.tuning_flops / estimate.flops:.0%}), {estimate.gpu_hours:.3g} GPU-hours at a sustained "
-        f"{estimate.gpu_tflops:g} TFLOP/s per GPU (compute.gpu_tflops)"
+        f"{estimate.tuning_flops / estimate.flops:.0%}), {estimate.gpu_hours:.3g} GPU-hours: "
+        + throughput_source(estimate)
     )
     resources = config["resources"]
     if job_gpus(config) > 0:
