@@ -41,7 +41,9 @@ def type_of(node: dict[str, Any]) -> str:
     return kind
 
 
-def keys(node: dict[str, Any], schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+def keys(
+    node: dict[str, Any], schema: dict[str, Any], path: str = ""
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every key of the config (``<name>`` for a key the user names), depth first."""
     node = resolved(node, schema)
     if path:
