@@ -44,12 +44,32 @@ def test_a_requested_device_that_is_missing_is_an_error(monkeypatch, requested):
 
 
 def test_autocast_is_bf16_on_cuda_and_on_mps_only_where_mps_has_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert devices.autocast_dtype(torch.device("cuda")) == torch.bfloat16
     assert devices.autocast_dtype(torch.device("cpu")) is None
     monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: major <= 14)
     assert devices.autocast_dtype(torch.device("mps")) == torch.bfloat16
     monkeypatch.setattr(torch.backends.mps, "is_macos_or_newer", lambda major, minor: major <= 13)
     assert devices.autocast_dtype(torch.device("mps")) is None  # fp32, not fp16 without a scaler
+
+
+def test_auto_precision_is_fp16_with_a_scaler_on_a_cuda_gpu_without_bf16(monkeypatch):
+    """A T4 or V100: bf16 would run emulated or not at all, so auto picks fp16 and torch's
+    GradScaler; a GPU with bf16 gets bf16 and no scaler; an explicit precision is kept."""
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
+    assert devices.training_precision(cuda) == "fp16" and devices.autocast_dtype(cuda) == torch.float16
+    assert devices.grad_scaler(cuda).is_enabled()
+    assert "autocast fp16 with a gradient scaler" in devices.describe(cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert devices.training_precision(cuda) == "bf16" and not devices.grad_scaler(cuda).is_enabled()
+    assert devices.training_precision(cuda, "fp32") == "fp32" and devices.autocast_dtype(cuda, "fp32") is None
+    cpu = torch.device("cpu")
+    assert devices.training_precision(cpu) == "fp32" and devices.training_precision(cpu, "fp16") == "fp16"
+    assert devices.grad_scaler(cpu, "fp16").is_enabled() and not devices.grad_scaler(cpu, "bf16").is_enabled()
+    with pytest.raises(ValueError, match="train.precision must be one of"):
+        devices.training_precision(cpu, "fp8")
 
 
 def test_fused_adamw_where_torch_has_it_but_not_on_the_cpu():
@@ -181,4 +201,8 @@ def test_a_run_records_the_device_it_used(tmp_path, tiny_config, capsys):
     train_run(run, tmp_path / "data", None, tmp_path / "run", threads=1, device="cpu")
     provenance = read_json(tmp_path / "run" / "provenance.json")
     assert (provenance["device"], provenance["device_requested"]) == ("cpu", "cpu")
-    assert "device cpu: fp32, AdamW reference loop (config device: cpu)" in capsys.readouterr().err
+    assert (provenance["precision"], provenance["precision_requested"]) == ("fp32", "auto")
+    assert (
+        "device cpu: fp32, AdamW reference loop (config device: cpu, train.precision: auto)"
+        in capsys.readouterr().err
+    )

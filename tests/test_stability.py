@@ -32,6 +32,7 @@ def test_the_meter_counts_clipped_steps_and_spiking_or_non_finite_losses_per_epo
         "grad_norm_max": 3.0,
         "clipped_fraction": 2 / SPIKE_WINDOW,  # 2.0 and 3.0; 1.0 is at the threshold, not above it
         "loss_spikes": 0,
+        "skipped_steps": 0,
     }
     # The window's median is 1.0: at SPIKE_FACTOR times it a loss is not a spike, above it it is.
     losses = [SPIKE_FACTOR, SPIKE_FACTOR + 0.01, math.nan, math.inf, 1.0]
@@ -42,6 +43,7 @@ def test_the_meter_counts_clipped_steps_and_spiking_or_non_finite_losses_per_epo
         "grad_norm_max": 0.25,
         "clipped_fraction": 0.0,
         "loss_spikes": 3,
+        "skipped_steps": 0,
     }
 
 
@@ -150,3 +152,46 @@ def test_a_fit_killed_mid_epoch_after_the_window_filled_records_what_an_uninterr
     resumed, _ = run(tiny_spec, 1.0, ResumeFile(resume.path, every=6, key="run"))
     assert resumed == expected
     assert resumed.loss_spikes == [0, 0, 1]
+
+
+def train_at(tiny_spec, precision, grad_clip=1.0):
+    torch.manual_seed(0)
+    method = prepare(create_model(tiny_spec, num_classes=10), "full", total_steps=2 * IMAGES // BATCH)
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (IMAGES, 16, 16, 3)).astype(np.uint8))
+    train = Split(images, torch.from_numpy(rng.integers(0, 10, IMAGES)))
+    cfg = TrainConfig(epochs=2, batch_size=BATCH, grad_clip=grad_clip, precision=precision)
+    preprocess = BatchPreprocessor(16, (0.5,) * 3, (0.5,) * 3)
+    return fit(method, train, Split(images[:16], train.labels[:16]), preprocess, cfg, 1e-3, 0.0, 0)
+
+
+def test_fp16_skips_overflowing_steps_and_records_and_clips_the_unscaled_gradients(tiny_spec):
+    """CPU autocast in fp16 with torch's GradScaler: its first scale (2**16) overflows fp16's
+    backward, so those steps are skipped and counted, not a divergence; the norm recorded (and
+    clipped) is the true one, as in fp32, not 2**16 times it."""
+    fp32, fp16 = train_at(tiny_spec, "fp32"), train_at(tiny_spec, "fp16")
+    assert fp32.skipped_steps == [0, 0]
+    assert fp16.skipped_steps[0] >= 1 and sum(fp16.skipped_steps) < 2 * IMAGES // BATCH
+    assert all(math.isfinite(n) for n in fp16.grad_norm_mean + fp16.grad_norm_max + fp16.train_loss)
+    assert fp16.grad_norm_mean == pytest.approx(fp32.grad_norm_mean, rel=0.5)
+    assert fp16.clipped_fraction == pytest.approx(fp32.clipped_fraction, abs=0.35)
+    assert fp16.train_loss[-1] < fp16.train_loss[0]
+
+
+def test_bf16_on_the_cpu_trains_under_autocast_without_a_scaler(tiny_spec):
+    history = train_at(tiny_spec, "bf16")
+    assert history.skipped_steps == [0, 0] and all(math.isfinite(x) for x in history.train_loss)
+
+
+def test_a_skipped_step_is_counted_and_left_out_of_the_norm_statistics():
+    meter = StabilityMeter(torch.device("cpu"), grad_clip=1.0, num_classes=10)
+    meter.record(torch.tensor(2.0), torch.tensor(float("inf")), skipped=torch.tensor(True))
+    meter.record(torch.tensor(2.0), torch.tensor(0.5))
+    meter.record(torch.tensor(2.0), torch.tensor(3.0))
+    summary = meter.epoch_summary()
+    assert summary["skipped_steps"] == 1
+    assert (summary["grad_norm_mean"], summary["grad_norm_max"], summary["clipped_fraction"]) == (
+        1.75,
+        3.0,
+        0.5,
+    )

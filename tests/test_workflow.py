@@ -346,6 +346,7 @@ def test_the_full_study_is_one_flag_away(tmp_path):
         "cell": 33,
         "baseline": 3 * 3,  # three classical baselines on each dataset
         "aggregate": 1,
+        "transfer_runs": 1,  # of no run: the full study has no transfer check
         "stats": 1,
         "figures": 1,
         "findings": 1,

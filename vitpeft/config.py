@@ -273,6 +273,8 @@ class TrainConfig:
             linearly from 0 at the first block). Training only; it holds no weights.
         accumulation_steps: micro-batches per optimizer step (same effective batch, less memory).
         compile: train through ``torch.compile(model)`` (worth it on a GPU for long runs).
+        precision: ``auto``, ``bf16``, ``fp16`` or ``fp32`` (:func:`vitpeft.device.training_precision`:
+            auto is bf16 where the device has it, else fp16 with a gradient scaler on CUDA, else fp32).
     """
 
     epochs: int = 5
@@ -284,8 +286,11 @@ class TrainConfig:
     drop_path_rate: float = 0.0
     accumulation_steps: int = 1
     compile: bool = False
+    precision: str = "auto"
 
     def __post_init__(self):
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"train.precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         if min(self.epochs, self.batch_size, self.eval_batch_size, self.accumulation_steps) < 1:
             raise ConfigError(f"epochs, batch sizes and accumulation_steps must be >= 1, got {self}")
         for key in ("label_smoothing", "drop_path_rate"):

@@ -2,8 +2,10 @@
 
 ``auto`` picks CUDA, then Apple's MPS, then the CPU. Per device:
 
-- autocast: bf16 on CUDA, as before. On MPS bf16 only where the device has it (macOS 14 or
-  newer); otherwise fp32, not fp16, which would need a gradient scaler. The CPU trains in fp32.
+- precision (``train.precision``): ``auto`` autocasts to bf16 where the device has it (a CUDA GPU
+  from Ampere on, MPS from macOS 14), else to fp16 with a gradient scaler on CUDA (a T4, a
+  V100), else trains in fp32 (the CPU, older MPS). ``bf16``, ``fp16`` and ``fp32`` insist; fp16
+  always trains with torch's ``GradScaler``.
 - fused AdamW: where torch has the fused kernel (``torch.utils._foreach_utils``: CUDA, MPS and
   the CPU in torch 2.14), except on the CPU, which keeps the reference loop as before (its
   resumes are bit-exact).
@@ -113,23 +115,45 @@ def select(requested: str = "auto"):
     return torch.device(requested)
 
 
-def autocast_dtype(device):
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def training_precision(device, requested: str = "auto") -> str:
+    """What ``train.precision`` (``requested``) trains in on ``device``: bf16, fp16 or fp32."""
+    import torch
+
+    if requested not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {PRECISIONS}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps" and torch.backends.mps.is_macos_or_newer(14, 0):
+        return "bf16"  # MPS has bf16 from macOS 14 on
+    return "fp32"
+
+
+def autocast_dtype(device, requested: str = "auto"):
     """The dtype that training autocasts to on ``device``, or None for fp32."""
     import torch
 
-    if device.type == "cuda":
-        return torch.bfloat16
-    if device.type == "mps" and torch.backends.mps.is_macos_or_newer(14, 0):
-        return torch.bfloat16  # MPS has bf16 from macOS 14 on
-    return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(training_precision(device, requested))
 
 
-def autocast(device):
+def autocast(device, requested: str = "auto"):
     """The autocast context of a training step on ``device`` (disabled where it trains in fp32)."""
     import torch
 
-    dtype = autocast_dtype(device)
+    dtype = autocast_dtype(device, requested)
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def grad_scaler(device, requested: str = "auto"):
+    """torch's loss scaler, enabled where the training precision is fp16: its gradients would
+    otherwise underflow. A step whose scaled gradients overflow is skipped, and the scale halved."""
+    import torch
+
+    return torch.amp.GradScaler(device.type, enabled=training_precision(device, requested) == "fp16")
 
 
 def fused_adamw(device) -> bool:
@@ -149,11 +173,11 @@ def empty_cache(device) -> None:
         torch.mps.empty_cache()
 
 
-def describe(device) -> str:
+def describe(device, requested_precision: str = "auto") -> str:
     """One line for a run's log: the device and how it trains there."""
-    dtype = autocast_dtype(device)
+    precision = training_precision(device, requested_precision)
     parts = [
-        f"autocast {str(dtype).removeprefix('torch.')}" if dtype else "fp32",
+        {"bf16": "autocast bf16", "fp16": "autocast fp16 with a gradient scaler", "fp32": "fp32"}[precision],
         "fused AdamW" if fused_adamw(device) else "AdamW reference loop",
     ]
     if device.type == "mps":

@@ -137,7 +137,11 @@ def _train(
 ) -> Trained:
     seed_everything(run.seed, threads)
     device = devices.select(requested_device)
-    print(f"{desc}: {devices.describe(device)} (config device: {requested_device})", file=sys.stderr)
+    print(
+        f"{desc}: {devices.describe(device, run.train.precision)} (config device: {requested_device}, "
+        f"train.precision: {run.train.precision})",
+        file=sys.stderr,
+    )
     memory = PhasePeaks(device)
     prepared, splits, preprocess = _set_up(run, data_dir, backbone, device, probe=True)
     params = count_parameters(prepared.model)
@@ -255,6 +259,8 @@ def train_run(
         provenance(
             device=str(trained.device),  # the one used, whatever the config asked
             device_requested=device,
+            precision=devices.training_precision(trained.device, run.train.precision),
+            precision_requested=run.train.precision,
             threads=torch.get_num_threads(),
             backbone_weights=str(backbone) if backbone else None,
         ),

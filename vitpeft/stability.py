@@ -27,7 +27,7 @@ SPIKE_MIN_RISE = 0.1
 SPIKE_WINDOW = 16
 
 # The order of the per-epoch sums in StabilityMeter.sums.
-NORM_SUM, NORM_MAX, CLIPPED, SPIKES = range(4)
+NORM_SUM, NORM_MAX, CLIPPED, SPIKES, SKIPPED = range(5)
 
 
 class StabilityMeter:
@@ -45,15 +45,21 @@ class StabilityMeter:
         self.min_rise = SPIKE_MIN_RISE * math.log(num_classes)
         self.window = torch.zeros(SPIKE_WINDOW, device=device)  # the last step losses, a ring
         self.losses_seen = 0  # step losses recorded in the run so far
-        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # this epoch's, see NORM_SUM
+        self.sums = torch.zeros(5, dtype=torch.float64, device=device)  # this epoch's, see NORM_SUM
         self.steps = 0  # optimizer steps recorded in this epoch
-        self.is_max = torch.arange(4, device=device) == NORM_MAX  # the one sum that is a maximum
+        self.is_max = torch.arange(5, device=device) == NORM_MAX  # the one sum that is a maximum
 
-    def record(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def record(
+        self, loss: torch.Tensor, grad_norm: torch.Tensor, skipped: torch.Tensor | bool = False
+    ) -> None:
         """One optimizer step: its mean training ``loss`` and its global gradient norm before
-        clipping (what ``clip_grad_norm_`` returns), both 0-d tensors; no host sync."""
+        clipping (what ``clip_grad_norm_`` returns), both 0-d tensors; no host sync.
+
+        ``skipped``: the fp16 gradient scaler skipped the step (its scaled gradients overflowed, so
+        its norm is not finite). It is counted, and left out of the norm statistics and clipping."""
         loss = loss.detach().float()
-        norm = grad_norm.detach().to(torch.float64)
+        skipped = torch.as_tensor(skipped, device=loss.device)
+        norm = torch.where(skipped, 0.0, grad_norm.detach().to(torch.float64))
         if self.losses_seen >= SPIKE_WINDOW:
             median = self.window.nanmedian()
             limit = torch.maximum(SPIKE_FACTOR * median, median + self.min_rise)
@@ -62,7 +68,7 @@ class StabilityMeter:
             spike = torch.zeros((), dtype=torch.bool, device=loss.device)
         self.window[self.losses_seen % SPIKE_WINDOW] = loss
         self.losses_seen += 1
-        step = torch.stack([norm, norm, (norm > self.clip_at).double(), spike.double()])
+        step = torch.stack([norm, norm, (norm > self.clip_at).double(), spike.double(), skipped.double()])
         self.sums = torch.where(self.is_max, torch.maximum(self.sums, step), self.sums + step)
         self.steps += 1
 
@@ -74,15 +80,17 @@ class StabilityMeter:
                 clipping, mean and maximum over the epoch's optimizer steps;
             clipped_fraction: the fraction of those steps whose norm exceeded the clipping
                 threshold (so that clipping scaled the gradient down);
-            loss_spikes: the steps whose loss spiked (see ``SPIKE_FACTOR``).
+            loss_spikes: the steps whose loss spiked (see ``SPIKE_FACTOR``);
+            skipped_steps: the steps the fp16 gradient scaler skipped (not in the statistics above).
         """
-        norm_sum, norm_max, clipped, spikes = self.sums.tolist()
-        steps = max(self.steps, 1)
+        norm_sum, norm_max, clipped, spikes, skipped = self.sums.tolist()
+        steps = max(self.steps - int(skipped), 1)  # the steps the optimizer took
         summary = {
             "grad_norm_mean": norm_sum / steps,
             "grad_norm_max": norm_max,
             "clipped_fraction": clipped / steps,
             "loss_spikes": int(spikes),
+            "skipped_steps": int(skipped),
         }
         self.sums = torch.zeros_like(self.sums)
         self.steps = 0

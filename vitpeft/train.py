@@ -57,6 +57,8 @@ class History:
     grad_norm_max: list[float] = field(default_factory=list)
     clipped_fraction: list[float] = field(default_factory=list)
     loss_spikes: list[int] = field(default_factory=list)
+    # fp16: the steps the gradient scaler skipped, their scaled gradients having overflowed
+    skipped_steps: list[int] = field(default_factory=list)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -185,7 +187,8 @@ def fit(
     per_epoch = steps_per_epoch(len(train), cfg)
     scheduler = warmup_cosine(optimizer, round(cfg.warmup_epochs * per_epoch), cfg.epochs * per_epoch)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    autocast = devices.autocast(device)
+    autocast = devices.autocast(device, cfg.precision)
+    scaler = devices.grad_scaler(device, cfg.precision)  # a no-op unless the precision is fp16
     history = History()
     stability = StabilityMeter(device, cfg.grad_clip, num_classes=int(train.labels.max()) + 1)
     fit_started = time.perf_counter()
@@ -195,6 +198,8 @@ def fit(
     ema = ModelEmaV3(model, decay=ema_decay) if ema_decay > 0 else None  # a copy, from the start
     if saved is not None:
         at, history = _restore(saved, method, optimizer, scheduler, generator, ema)
+        if "scaler" in saved:
+            scaler.load_state_dict(saved["scaler"])
         if "stability" in saved:  # a state saved before the meter existed starts it afresh
             stability.load_state(saved["stability"])
         print(
@@ -218,7 +223,7 @@ def fit(
                     f"{desc}: stopping, the loss is {objective.item()} at epoch {at.epoch}, "
                     f"step {at.step + 1} of {per_epoch}; no result is written"
                 )
-            (objective * (len(micro) / len(batch))).backward()
+            scaler.scale(objective * (len(micro) / len(batch))).backward()
             loss_sum += loss.item() * len(micro)
             device_loss_sum += loss.detach() * len(micro)
         return loss_sum, device_loss_sum / len(batch)
@@ -260,14 +265,17 @@ def fit(
                         file=sys.stderr,
                         flush=True,
                     )
+                scaler.unscale_(optimizer)  # fp16: the true gradients, to record and to clip
                 if cfg.grad_clip > 0:  # the norm before clipping, computed to clip
                     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 else:
                     grad_norm = torch.nn.utils.get_total_norm(
                         [p.grad for p in trainable if p.grad is not None]
                     )
-                stability.record(step_loss, grad_norm)
-                optimizer.step()
+                # fp16 overflow: the scaler skips the step (and halves its scale); not a divergence
+                stability.record(step_loss, grad_norm, skipped=scaler.is_enabled() and ~grad_norm.isfinite())
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
                 at.step, at.global_step = step + 1, at.global_step + 1
                 at.loss_sum, at.seen = at.loss_sum + loss_sum, at.seen + len(batch)
@@ -278,7 +286,7 @@ def fit(
                 if resume is not None and resume.due(at.global_step, cfg.epochs * per_epoch):
                     resume.save(
                         _snapshot(at, history, method, optimizer, scheduler, generator, ema)
-                        | {"stability": stability.state()},
+                        | {"stability": stability.state(), "scaler": scaler.state_dict()},
                         train_time_s=resume.time_before_s + time.perf_counter() - fit_started,
                     )
                 rate = (at.seen - seen_before) / (time.perf_counter() - started)
