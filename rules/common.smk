@@ -248,7 +248,7 @@ def pretrain_config(wildcards):
 
 def dataset_spec(wildcards):
     known_names(wildcards)
-    return canonical(config["datasets"][wildcards.dataset])
+    return canonical(study_config.prepared_dataset_spec(config, wildcards.dataset))
 
 
 def cell_run_dirs(method, dataset):
