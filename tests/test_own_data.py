@@ -304,3 +304,23 @@ def test_a_lora_cell_trains_and_exports_on_each_kind_of_own_data(tmp_path):
         assert report and (run / "export" / "model.onnx").stat().st_size > 0
         assert json.loads((run / "config.json").read_text())["model"]["timm_arch"] == "vit_tiny_patch16_224"
         assert np.isfinite(metrics["test_top1"])
+
+
+def test_the_vtab_study_plans_without_its_data_and_prints_its_compute(tmp_path):
+    from vitpeft import compute
+
+    config = study_config.load({**yaml.safe_load((REPO / "config.yaml").read_text()), "study": "vtab"})
+    cmd = snakemake_command(tmp_path, REPO / "config.yaml", "-n", "paper.pdf", "--config", "study=vtab")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert compute.summary(config, compute.estimate_study(config)) in result.stderr
+    planned = {
+        line.split()[0]: int(line.split()[1])
+        for line in result.stdout.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
+    assert planned["prepare_data"] == 19 and planned["train"] == 19 * 6 and planned["tune"] == 19 * 6
+    tasks = {config["datasets"][name]["options"]["task"] for name in study_config.study(config)["datasets"]}
+    assert tasks == set(VTAB_TASKS)
+    spec = study_config.model_spec(config, "vit_b16_in21k")
+    assert spec.arch == "vit_base_patch16_224.augreg_in21k" and spec.geometry().width == 768
