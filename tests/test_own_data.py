@@ -324,3 +324,16 @@ def test_the_vtab_study_plans_without_its_data_and_prints_its_compute(tmp_path):
     assert tasks == set(VTAB_TASKS)
     spec = study_config.model_spec(config, "vit_b16_in21k")
     assert spec.arch == "vit_base_patch16_224.augreg_in21k" and spec.geometry().width == 768
+
+
+def test_a_cell_target_says_which_study_and_model_it_trains(tmp_path):
+    cmd = snakemake_command(tmp_path, REPO / "config.yaml", "-n", "results/lora_r8_cifar10")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-5000:]
+    line = next(line for line in result.stderr.splitlines() if "results/lora_r8_cifar10 trains" in line)
+    assert "the demo study's vit_w64_d4 (8 px, vit_tiny_patch16_224 at width 64, depth 4)" in line
+    assert line.endswith("cifar10 is not in that study: for its models add --config study=full")
+    cmd = snakemake_command(tmp_path, REPO / "config.yaml", "-n", "results/lora_r8_digits")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stderr.count("results/lora_r8_digits trains") == 1
+    assert "not in that study" not in result.stderr

@@ -606,6 +606,27 @@ def check_device(config: dict[str, Any], method: str) -> None:
             )
 
 
+def cell_plan(config: dict[str, Any], method: str, dataset: str) -> str:
+    """One line on what the cell target ``results/<method>_<dataset>`` trains: the selected
+    study's models (name, input size, architecture) and seeds, and, for a dataset that study does
+    not list, the studies that do."""
+    selected = study(config)
+    specs = {name: model_spec(config, name) for name in selected["models"]}
+    models = ", ".join(
+        f"{name} ({spec.img_size} px, {spec.arch} at width {spec.geometry().width}, depth {spec.geometry().depth})"
+        for name, spec in specs.items()
+    )
+    line = (
+        f"vitpeft: results/{method}_{dataset} trains the {config['study']} study's {models} "
+        f"at seeds {selected['seeds']}"
+    )
+    if dataset in selected["datasets"]:
+        return line
+    listing = sorted(name for name, entry in config["studies"].items() if dataset in entry["datasets"])
+    switch = " or ".join(f"--config study={name}" for name in listing)
+    return f"{line}; {dataset} is not in that study" + (f": for its models add {switch}" if listing else "")
+
+
 def check_target_names(
     config: dict[str, Any], dataset: str | None = None, model: str | None = None, method: str | None = None
 ) -> None:
