@@ -248,7 +248,7 @@ def pretrain_config(wildcards):
 
 def dataset_spec(wildcards):
     known_names(wildcards)
-    return canonical(config["datasets"][wildcards.dataset])
+    return canonical(study_config.prepared_dataset_spec(config, wildcards.dataset))
 
 
 def cell_run_dirs(method, dataset):
@@ -261,9 +261,22 @@ def cell_run_dirs(method, dataset):
     ]
 
 
+ANNOUNCED_CELLS = set()
+
+
+def announce_cell(method, dataset):
+    """Say in one line, once per cell, which study's models a cell target trains: the selected
+    study's, whatever the dataset (the demo's 8 px model on CIFAR-10 shrinks it to 8 px)."""
+    if (method, dataset) in ANNOUNCED_CELLS:
+        return
+    ANNOUNCED_CELLS.add((method, dataset))
+    print(study_config.cell_plan(config, method, dataset), file=sys.stderr)
+
+
 def cell_runs(wildcards):
     """Each run of a cell: the metrics, provenance and export report that the cell reads."""
     known_names(wildcards)
+    announce_cell(wildcards.method, wildcards.dataset)
     runs = cell_run_dirs(wildcards.method, wildcards.dataset)
     return {
         "metrics": [f"{run}/metrics.json" for run in runs],

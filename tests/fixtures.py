@@ -123,3 +123,75 @@ def serve(folder: Path, truncate: set[str] | None = None, ranges: bool = True):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _class_image(label: int, rng, size: int = 12, mode: str = "RGB") -> Image.Image:
+    """A small image whose mean colour says its class, with noise."""
+    base = np.zeros((size, size, 3), dtype=np.float64)
+    base[..., label % 3] = 200.0
+    base[: size // 2, :, (label + 1) % 3] = 120.0 * (label // 3)
+    pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels).convert(mode)
+
+
+IMAGE_FOLDER_COUNTS = {"train": {"cat": 10, "dog": 6, "owl": 4}, "test": {"cat": 3, "dog": 3, "owl": 2}}
+
+
+def write_image_folder(root: Path, seed: int = 0) -> dict[str, dict[str, int]]:
+    """``root/{train,test}/<class>/``: unequal classes, PNG and JPEG files, and one grey-scale
+    image (``train/dog/grey.png``). Returns the images per split and class."""
+    rng = np.random.default_rng(seed)
+    for split, counts in IMAGE_FOLDER_COUNTS.items():
+        for label, (name, count) in enumerate(counts.items()):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                fmt = "png" if i % 2 else "jpg"
+                _class_image(label, rng).save(folder / f"{i}.{fmt}")
+    _class_image(1, rng, mode="L").save(root / "train" / "dog" / "grey.png")
+    counts = {split: dict(c) for split, c in IMAGE_FOLDER_COUNTS.items()}
+    counts["train"]["dog"] += 1
+    return counts
+
+
+VTAB_FIXTURE_SIZES = {"train800.txt": 8, "val200.txt": 4, "test.txt": 6}
+
+
+def write_vtab_tree(root: Path, tasks: dict[str, int], seed: int = 0) -> None:
+    """The VTAB-1k layout for each task (name -> its classes): ``root/<task>/images/*.jpg`` and the
+    four split lists, train800val200 being train800 followed by val200; sizes of
+    :data:`VTAB_FIXTURE_SIZES`, every class in every list."""
+    rng = np.random.default_rng(seed)
+    for task, classes in tasks.items():
+        folder = root / task
+        (folder / "images").mkdir(parents=True)
+        lines = {}
+        for name, count in VTAB_FIXTURE_SIZES.items():
+            lines[name] = []
+            for i in range(count):
+                label = i % classes
+                relative = f"images/{name.split('.')[0]}_{i}.jpg"
+                _class_image(label, rng).save(folder / relative)
+                lines[name].append(f"{relative} {label}")
+        lines["train800val200.txt"] = lines["train800.txt"] + lines["val200.txt"]
+        for name, entries in lines.items():
+            (folder / name).write_text("\n".join(entries) + "\n")
+
+
+HF_CLASSES = ["left", "right"]
+
+
+def write_hf_dataset(path: Path, train: int = 12, test: int = 6, seed: int = 0) -> None:
+    """A ``DatasetDict`` (train, test) of RGB and grey-scale images with a ClassLabel column,
+    written with ``save_to_disk``."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=HF_CLASSES)})
+
+    def split(count):
+        labels = [i % len(HF_CLASSES) for i in range(count)]
+        images = [_class_image(y, rng, mode="L" if i == 0 else "RGB") for i, y in enumerate(labels)]
+        return datasets.Dataset.from_dict({"img": images, "label": labels}, features=features)
+
+    datasets.DatasetDict({"train": split(train), "test": split(test)}).save_to_disk(str(path))

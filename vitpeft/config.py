@@ -20,7 +20,7 @@ from typing import Any
 from vitpeft import device as devices
 from vitpeft.architecture import HF_MODEL_TYPES, TIMM_VIT, BlockLayout, hf_layout
 from vitpeft.convergence import ConvergenceCriterion
-from vitpeft.data.sources import check_kind
+from vitpeft.data.sources import FILE_KINDS, check_kind, check_options, image_folder_size
 from vitpeft.methods import METHODS, config_from_dict, method_config, parse_method_name
 from vitpeft.methods.base import MethodConfig
 from vitpeft.quant import INT_BITS, check_groups
@@ -65,6 +65,51 @@ def hf_config(model_id: str) -> dict[str, Any]:
     return json.loads(Path(hf_hub_download(model_id, "config.json")).read_text())
 
 
+@functools.cache
+def timm_vit(arch: str, img_size: int, patch_size: int, kwargs_json: str) -> tuple[int, int, int, int, int]:
+    """``(width, depth, hidden, extra_tokens, in_chans)`` of a timm architecture (with its
+    pretrained tag, if any), built without weights on the meta device.
+
+    Raises:
+        ValueError: naming ``arch``, when timm does not know it, the tag has no weights, or its
+            model is not a VisionTransformer whose blocks have timm's ViT layout.
+    """
+    import timm
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not timm.is_model(arch):
+        raise ValueError(f"arch: timm knows no model {arch!r} (timm.list_models('vit_*') lists the ViTs)")
+    if "." in arch and not timm.list_pretrained(arch):
+        raise ValueError(f"arch: timm has no pretrained tag {arch!r} (timm.list_pretrained lists them)")
+    with torch.device("meta"):
+        default = timm.create_model(arch, pretrained=False)
+        if not isinstance(default, VisionTransformer):
+            raise ValueError(f"arch: {arch!r} is a {type(default).__name__}, not a timm VisionTransformer")
+        try:
+            model = timm.create_model(
+                arch, pretrained=False, img_size=img_size, patch_size=patch_size, **json.loads(kwargs_json)
+            )
+        except (TypeError, ValueError, RuntimeError, AssertionError) as err:
+            raise ValueError(
+                f"arch: timm cannot build {arch!r} at img_size {img_size}, patch_size {patch_size} ({err})"
+            ) from err
+    block = model.blocks[0]
+    linears = {name for name, module in block.named_modules() if isinstance(module, torch.nn.Linear)}
+    missing = sorted(set(TIMM_VIT.paths) - linears)
+    if missing:
+        raise ValueError(
+            f"arch: {arch!r} blocks lack timm's ViT Linear layers {missing} (they have {sorted(linears)})"
+        )
+    return (
+        model.embed_dim,
+        len(model.blocks),
+        block.mlp.fc1.out_features,
+        model.num_prefix_tokens,
+        model.patch_embed.proj.in_channels,
+    )
+
+
 @dataclass(frozen=True)
 class Geometry:
     """What the FLOP count and the shape checks need to know of a ViT, without building it.
@@ -97,6 +142,8 @@ class ModelSpec:
             ``{"source": "timm"}``, ``{"source": "file", "path": ...}`` or
             ``{"source": "hf", "id": <hub id or save_pretrained folder>}``.
         kwargs: extra keyword arguments for ``timm.create_model`` (e.g. ``depth`` in tests).
+        timm_arch: any timm VisionTransformer by name, with a pretrained tag if wanted (the
+            config's ``arch``, e.g. ``vit_base_patch16_224.augreg_in21k``); then ``name`` is free.
     """
 
     name: str
@@ -104,6 +151,7 @@ class ModelSpec:
     patch_size: int = 16
     backbone: dict[str, Any] = field(default_factory=lambda: {"source": "timm"})
     kwargs: dict[str, Any] = field(default_factory=dict)
+    timm_arch: str | None = None
 
     def __post_init__(self):
         if self.backbone.get("source") not in BACKBONE_SOURCES:
@@ -111,15 +159,27 @@ class ModelSpec:
                 f"{self.name}: backbone.source must be one of {BACKBONE_SOURCES}, got {self.backbone.get('source')!r}"
             )
         if self.is_hf:
+            if self.timm_arch:
+                raise ValueError(
+                    f"{self.name}: arch is timm's; a transformers model (backbone.source hf) takes its id"
+                )
             self._check_hf()
+        elif self.timm_arch:
+            self._timm_vit()  # fails naming the arch
         elif self.name not in MODEL_ARCHS:
             raise ValueError(
-                f"unknown model {self.name!r}; known: {sorted(MODEL_ARCHS)} (or backbone.source hf)"
+                f"unknown model {self.name!r}; known: {sorted(MODEL_ARCHS)} (or arch: <any timm ViT>, "
+                "or backbone.source hf)"
             )
         if self.img_size % self.patch_size:
             raise ValueError(
                 f"{self.name}: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
             )
+
+    def _timm_vit(self) -> tuple[int, int, int, int, int]:
+        return timm_vit(
+            self.timm_arch, self.img_size, self.patch_size, json.dumps(self.create_kwargs, sort_keys=True)
+        )
 
     @property
     def is_hf(self) -> bool:
@@ -149,7 +209,7 @@ class ModelSpec:
         if self.is_hf:
             hf = hf_config(self.backbone["id"])
             return (hf.get("architectures") or [hf["model_type"]])[0]
-        return MODEL_ARCHS[self.name]
+        return self.timm_arch or MODEL_ARCHS[self.name]
 
     @property
     def create_kwargs(self) -> dict[str, Any]:
@@ -172,6 +232,8 @@ class ModelSpec:
                 extra,
                 hf.get("num_channels", 3),
             )
+        if self.timm_arch:
+            return Geometry(*self._timm_vit())
         kwargs = self.create_kwargs
         width = kwargs.get("embed_dim", MODEL_WIDTHS[self.name])
         return Geometry(
@@ -348,7 +410,10 @@ class RunConfig:
     augment: AugmentConfig
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["model"]["timm_arch"] is None:  # a named model: its name says its architecture
+            del data["model"]["timm_arch"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
@@ -392,7 +457,34 @@ def extra_transfer_seeds(config: dict[str, Any]) -> list[int]:
 
 
 def model_spec(config: dict[str, Any], model: str) -> ModelSpec:
-    return ModelSpec(name=model, **config["models"][model])
+    return spec_of_entry(model, config["models"][model])
+
+
+def spec_of_entry(model: str, entry: dict[str, Any]) -> ModelSpec:
+    """The :class:`ModelSpec` of one ``models:`` entry (its ``arch`` is the spec's ``timm_arch``)."""
+    entry = dict(entry)
+    if "arch" in entry:
+        entry["timm_arch"] = entry.pop("arch")
+    return ModelSpec(name=model, **entry)
+
+
+def prepared_dataset_spec(config: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The ``datasets:`` entry that rule prepare_data builds from: a file kind's
+    ``options.image_size`` defaults to the input size of the selected study's models.
+
+    Raises:
+        ConfigError: the models take different sizes, so the size must be stated.
+    """
+    spec = config["datasets"][dataset]
+    options = spec.get("options", {})
+    if spec["kind"] not in FILE_KINDS or "image_size" in options:
+        return spec
+    sizes = sorted({model_spec(config, m).img_size for m in study(config)["models"]})
+    if len(sizes) != 1:
+        raise ConfigError(
+            f"datasets.{dataset}.options.image_size: required, since the study's models take sizes {sizes}"
+        )
+    return {**spec, "options": {**options, "image_size": sizes[0]}}
 
 
 def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -562,6 +654,27 @@ def check_device(config: dict[str, Any], method: str) -> None:
             )
 
 
+def cell_plan(config: dict[str, Any], method: str, dataset: str) -> str:
+    """One line on what the cell target ``results/<method>_<dataset>`` trains: the selected
+    study's models (name, input size, architecture) and seeds, and, for a dataset that study does
+    not list, the studies that do."""
+    selected = study(config)
+    specs = {name: model_spec(config, name) for name in selected["models"]}
+    models = ", ".join(
+        f"{name} ({spec.img_size} px, {spec.arch} at width {spec.geometry().width}, depth {spec.geometry().depth})"
+        for name, spec in specs.items()
+    )
+    line = (
+        f"vitpeft: results/{method}_{dataset} trains the {config['study']} study's {models} "
+        f"at seeds {selected['seeds']}"
+    )
+    if dataset in selected["datasets"]:
+        return line
+    listing = sorted(name for name, entry in config["studies"].items() if dataset in entry["datasets"])
+    switch = " or ".join(f"--config study={name}" for name in listing)
+    return f"{line}; {dataset} is not in that study" + (f": for its models add {switch}" if listing else "")
+
+
 def check_target_names(
     config: dict[str, Any], dataset: str | None = None, model: str | None = None, method: str | None = None
 ) -> None:
@@ -583,6 +696,23 @@ def check_target_names(
         except (ValueError, TypeError) as err:
             raise ConfigError(f"requested target: method {method!r}: {err}") from err
         check_device(config, method)
+
+
+def _check_files(config: dict[str, Any], dataset: str) -> None:
+    """A study dataset that the workflow sizes from its files (an image folder, a Hugging Face
+    dataset) can be read now; VTAB-1k's sizes are known, its folder is read when prepared."""
+    spec = config["datasets"][dataset]
+    try:
+        if spec["kind"] == "image_folder":
+            image_folder_size(str(spec["options"]["root"]))
+        elif spec["kind"] == "hf_dataset":
+            from vitpeft.data.sources import kind_size
+
+            kind_size(spec)
+    except ValueError as err:
+        where = f"datasets.{dataset}." if str(err).startswith("options.") else f"datasets.{dataset}: "
+        raise ConfigError(f"{where}{err}") from err
+    prepared_dataset_spec(config, dataset)
 
 
 def validate(config: dict[str, Any]) -> None:
@@ -629,9 +759,15 @@ def validate(config: dict[str, Any]) -> None:
         except ValueError as err:
             raise ConfigError(f"datasets.{name}.kind: {err}") from err
         try:
+            check_options(spec["kind"], spec.get("options", {}))
+        except ValueError as err:
+            raise ConfigError(f"datasets.{name}.{err}") from err
+        try:
             augment_config(spec)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"datasets.{name}: {err}") from err
+    for dataset in selected["datasets"]:
+        _check_files(config, dataset)
     for dataset in config.get("by_dataset", {}):
         if dataset not in config["datasets"]:
             raise ConfigError(

@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vitpeft.config import ExportConfig, ModelSpec
+from vitpeft.config import ExportConfig, spec_of_entry
 from vitpeft.data import arrays
 from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.io import atomic_path, hardware, logging_to, read_json, remove_partial_writes, write_json
@@ -315,7 +315,7 @@ def export_runs(
 
 def write_graph(model: str, model_entry: dict[str, Any], data_dir: str | Path, path: str | Path) -> None:
     """Trace the float ONNX graph of ``model`` with the dataset's classes, once for all its runs."""
-    spec = ModelSpec(name=model, **model_entry)
+    spec = spec_of_entry(model, model_entry)
     classes = len(arrays.load_manifest(data_dir)["class_names"])
     trace_graph(create_model(spec, classes), torch.zeros(2, 3, spec.img_size, spec.img_size), path)
     print(f"{model}: the ONNX graph with {classes} classes -> {path}", file=sys.stderr)

@@ -50,14 +50,22 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
         torch.set_num_threads(threads)
 
 
-def load_splits(data_dir: str | Path, device: torch.device) -> dict[str, Split]:
-    """Verify the prepared dataset's checksums, then hold every split on ``device``."""
+def load_splits(data_dir: str | Path, device: torch.device, final: bool = False) -> dict[str, Split]:
+    """Verify the prepared dataset's checksums, then hold every split on ``device``.
+
+    Args:
+        final: a study run (not a tuning run): its ``train`` split is then the manifest's
+            ``final_train`` splits together (VTAB-1k: train800 and val200), where it names them.
+    """
     arrays.verify(data_dir)
-    splits = {}
-    for name in arrays.SPLITS:
-        images, labels = arrays.load_split(data_dir, name)
-        splits[name] = Split(torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device))
-    return splits
+    loaded = {name: arrays.load_split(data_dir, name) for name in arrays.SPLITS}
+    if final:
+        parts = [loaded[name] for name in arrays.final_train_splits(arrays.load_manifest(data_dir))]
+        loaded["train"] = (np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]))
+    return {
+        name: Split(torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device))
+        for name, (images, labels) in loaded.items()
+    }
 
 
 def build_model(run: RunConfig, num_classes: int, backbone: str | Path | None) -> nn.Module:
@@ -110,15 +118,16 @@ def resume_file(
 
 
 def _set_up(
-    run: RunConfig, data_dir, backbone, device: torch.device, probe: bool
+    run: RunConfig, data_dir, backbone, device: torch.device, probe: bool, final: bool
 ) -> tuple[Prepared, dict[str, Split], BatchPreprocessor]:
     """The run's data on ``device`` and its model as the method prepares it, before any training.
 
     Args:
         probe: hand the method a fixed validation batch for its numerical checks (quantization
             error); not needed to rebuild a finished run.
+        final: a study run, which trains on the manifest's ``final_train`` (:func:`load_splits`).
     """
-    splits = load_splits(data_dir, device)
+    splits = load_splits(data_dir, device, final)
     num_classes = len(arrays.load_manifest(data_dir)["class_names"])
     model = build_model(run, num_classes, backbone).to(device)
     preprocess = preprocessor(model, run)
@@ -133,7 +142,14 @@ def _set_up(
 
 
 def _train(
-    run: RunConfig, data_dir, backbone, threads, desc, resume: ResumeFile, requested_device: str
+    run: RunConfig,
+    data_dir,
+    backbone,
+    threads,
+    desc,
+    resume: ResumeFile,
+    requested_device: str,
+    final: bool,
 ) -> Trained:
     seed_everything(run.seed, threads)
     device = devices.select(requested_device)
@@ -143,7 +159,7 @@ def _train(
         file=sys.stderr,
     )
     memory = PhasePeaks(device)
-    prepared, splits, preprocess = _set_up(run, data_dir, backbone, device, probe=True)
+    prepared, splits, preprocess = _set_up(run, data_dir, backbone, device, probe=True, final=final)
     params = count_parameters(prepared.model)
     print(f"{desc}: {params['trainable']:,} trainable of {params['total']:,} parameters", file=sys.stderr)
     started = time.perf_counter()
@@ -212,7 +228,8 @@ def train_run(
     remove_partial_writes(out_dir)  # a killed attempt's; its resume state, if any, is kept
     resume = resume_file(run_dict, data_dir, backbone, out_dir / RESUME_NAME, checkpoint_every)
     resume.save_last_step = keep_resume
-    trained = _train(run, data_dir, backbone, threads, desc, resume, device)
+    # A study run evaluates test; a tuning run does not, and trains on train alone.
+    trained = _train(run, data_dir, backbone, threads, desc, resume, device, final=evaluate_test)
     model, splits, params, history = trained.model, trained.splits, trained.params, trained.history
     train_time = trained.train_time_s
     tested = {}
@@ -234,6 +251,10 @@ def train_run(
         "params_by_type": params["by_type"],
         "train_time_s": train_time,
         "train_images_per_s": run.train.epochs * len(splits["train"]) / train_time,
+        "train_images": len(splits["train"]),
+        "train_splits": arrays.final_train_splits(arrays.load_manifest(data_dir))
+        if evaluate_test
+        else ["train"],
         # Memory is of the last attempt when a run was resumed; see vitpeft.memory.
         "train_peak_mem_mb": trained.memory.peaks["train"],
         "eval_peak_mem_mb": trained.memory.peaks["eval"],
@@ -333,7 +354,7 @@ def pretrain_backbone(
     weights_out = Path(weights_out)
     state = weights_out.with_name(f"{weights_out.stem}.{RESUME_NAME}")
     resume = resume_file(run_dict, data_dir, None, state, checkpoint_every)
-    trained = _train(run, data_dir, None, threads, desc, resume, device)
+    trained = _train(run, data_dir, None, threads, desc, resume, device, final=False)
     model, history, train_time = trained.model, trained.history, trained.train_time_s
     test = evaluate(model, trained.splits["test"], trained.preprocess, run.train.eval_batch_size)
     meta = {
@@ -373,7 +394,8 @@ def load_trained(
     run = RunConfig.from_dict(read_json(run_dir / "config.json"))
     seed_everything(run.seed)
     device = torch.device(device)
-    prepared, splits, preprocess = _set_up(run, data_dir, backbone, device, probe=False)
+    # Only a study run is exported: rebuilt on the splits it trained on (AdaLoRA's schedule counts them).
+    prepared, splits, preprocess = _set_up(run, data_dir, backbone, device, probe=False, final=True)
     model = prepared.model
     state = load_file(str(run_dir / "checkpoint.safetensors"), device=str(device))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

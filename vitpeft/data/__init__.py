@@ -20,8 +20,11 @@ from vitpeft.data.arrays import stratified_holdout, stratified_split, write_spli
 from vitpeft.data.digits import build_digits
 from vitpeft.data.download import verify_md5
 from vitpeft.data.glyphs import build_glyphs
+from vitpeft.data.hf_dataset import build_hf_dataset
+from vitpeft.data.image_folder import build_image_folder
 from vitpeft.data.shapes import build_shapes
 from vitpeft.data.sources import ARCHIVES, DATASET_KINDS, archive_md5, archive_url
+from vitpeft.data.vtab1k import build_vtab1k
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,9 @@ DATASETS: dict[str, DatasetKind] = {
     "cifar10": DatasetKind(_cifar("cifar10"), from_archive=True),
     "cifar100": DatasetKind(_cifar("cifar100"), from_archive=True),
     "tinyimagenet": DatasetKind(_tinyimagenet, from_archive=True),
+    "image_folder": DatasetKind(build_image_folder),
+    "vtab1k": DatasetKind(build_vtab1k),
+    "hf_dataset": DatasetKind(build_hf_dataset),
 }
 assert set(DATASETS) == set(DATASET_KINDS)
 
@@ -95,6 +101,15 @@ def prepare_dataset(
         images, labels = built["pool"]
         split_index = stratified_split(labels, val_fraction, spec["test_fraction"], seed)
         source["test_fraction"] = spec["test_fraction"]
+    elif "val" in built:  # every split given: none is carved
+        parts = [built[split] for split in ("train", "val", "test")]
+        images, labels = np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+        ends = np.cumsum([0] + [len(y) for _, y in parts])
+        split_index = {
+            split: np.arange(ends[i], ends[i + 1]) for i, split in enumerate(("train", "val", "test"))
+        }
+        source.pop("val_fraction")
+        source["test"] = source["val"] = "official"
     else:
         (train_x, train_y), (test_x, test_y) = built["train"], built["test"]
         # The official test split stays the test set; validation is carved from train.
@@ -102,4 +117,6 @@ def prepare_dataset(
         images, labels = np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y])
         split_index = {"train": train_idx, "val": val_idx, "test": len(train_y) + np.arange(len(test_y))}
         source["test"] = "official"
-    return write_splits(out_dir, images, labels, split_index, built["class_names"], source)
+    return write_splits(
+        out_dir, images, labels, split_index, built["class_names"], source, built.get("final_train")
+    )

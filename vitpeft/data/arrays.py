@@ -45,8 +45,14 @@ def write_splits(
     split_index: dict[str, np.ndarray],
     class_names: list[str],
     source: dict[str, Any],
+    final_train: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Write each split and a manifest with checksums; return the manifest."""
+    """Write each split and a manifest with checksums; return the manifest.
+
+    Args:
+        final_train: the splits the study's runs train on together, when not ``train`` alone
+            (VTAB-1k's protocol: train800 and val200); recorded as the manifest's ``final_train``.
+    """
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
     out_dir = Path(out_dir)
@@ -67,6 +73,11 @@ def write_splits(
         "counts_per_class": counts,
         "sha256": files,
     }
+    if final_train is not None:
+        unknown = sorted(set(final_train) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"final_train: unknown splits {unknown}; known: {list(SPLITS)}")
+        manifest["final_train"] = list(final_train)
     write_json(out_dir / "manifest.json", manifest)
     return manifest
 
@@ -74,6 +85,11 @@ def write_splits(
 def load_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     with np.load(Path(data_dir) / f"{split}.npz") as arrays:
         return arrays["images"], arrays["labels"]
+
+
+def final_train_splits(manifest: dict[str, Any]) -> list[str]:
+    """The splits the study's (not the tuning) runs train on: ``train``, unless the manifest says."""
+    return manifest.get("final_train", ["train"])
 
 
 def load_manifest(data_dir: str | Path) -> dict[str, Any]:

@@ -4,8 +4,10 @@ can validate its config and plan downloads without loading the data stack."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vitpeft.data.glyphs import DEFAULT_CHARACTERS
@@ -29,7 +31,56 @@ ARCHIVES: dict[str, Archive] = {
         "tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de", "http://cs231n.stanford.edu"
     ),
 }
-DATASET_KINDS = ("sklearn_digits", "synthetic_shapes", "font_glyphs", *ARCHIVES)
+# Kinds that read a user's files (or a Hugging Face dataset) named by their options, at a stated size.
+FILE_KINDS = ("image_folder", "vtab1k", "hf_dataset")
+DATASET_KINDS = ("sklearn_digits", "synthetic_shapes", "font_glyphs", *ARCHIVES, *FILE_KINDS)
+# The options each file kind requires, and those it also takes. ``image_size`` is the side every
+# image is resized to when prepared; without it the workflow uses its study's models' input size.
+KIND_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "image_folder": (("root",), ("image_size",)),
+    "vtab1k": (("root", "task"), ("image_size",)),
+    "hf_dataset": (
+        ("path", "image_column", "label_column"),
+        ("train_split", "test_split", "val_split", "image_size"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class VtabTask:
+    """One task of VTAB-1k (Zhai et al., 2019): its group, classes, and test images (as listed in
+    VPT's appendix, Jia et al., ECCV 2022). Every task trains on 800 images and validates on 200."""
+
+    group: str
+    classes: int
+    test: int
+
+
+# The task folders of VTAB-1k as NOAH (Zhang et al., 2022) distributes it and VPT, NOAH and the
+# PETL benchmarks after them read it: root/<task>/{train800,val200,train800val200,test}.txt.
+VTAB_TASKS: dict[str, VtabTask] = {
+    "cifar": VtabTask("natural", 100, 10_000),
+    "caltech101": VtabTask("natural", 102, 6_084),
+    "dtd": VtabTask("natural", 47, 1_880),
+    "oxford_flowers102": VtabTask("natural", 102, 6_149),
+    "oxford_iiit_pet": VtabTask("natural", 37, 3_669),
+    "svhn": VtabTask("natural", 10, 26_032),
+    "sun397": VtabTask("natural", 397, 21_750),
+    "patch_camelyon": VtabTask("specialized", 2, 32_768),
+    "eurosat": VtabTask("specialized", 10, 5_400),
+    "resisc45": VtabTask("specialized", 45, 6_300),
+    "diabetic_retinopathy": VtabTask("specialized", 5, 42_670),
+    "clevr_count": VtabTask("structured", 8, 15_000),
+    "clevr_dist": VtabTask("structured", 6, 15_000),
+    "dmlab": VtabTask("structured", 6, 22_735),
+    "kitti": VtabTask("structured", 4, 711),
+    "dsprites_loc": VtabTask("structured", 16, 73_728),
+    "dsprites_ori": VtabTask("structured", 16, 73_728),
+    "smallnorb_azi": VtabTask("structured", 18, 12_150),
+    "smallnorb_ele": VtabTask("structured", 9, 12_150),
+}
+VTAB_GROUPS = ("natural", "specialized", "structured")
+VTAB_TRAIN, VTAB_VAL = 800, 200
 
 
 @dataclass(frozen=True)
@@ -42,12 +93,14 @@ class KindSize:
         train, test: images of the official train and test splits; for a kind without official
             splits, ``train`` is the whole pool and ``test`` is None.
         size_option: the builder option that sets the pool's size, if any (it then replaces ``train``).
+        val: images of a validation split the data gives; None when it is carved from train.
     """
 
     classes: int
     train: int
     test: int | None = None
     size_option: str | None = None
+    val: int | None = None
 
 
 KIND_SIZES: dict[str, KindSize] = {
@@ -62,6 +115,12 @@ KIND_SIZES: dict[str, KindSize] = {
 
 def kind_size(spec: dict[str, Any]) -> KindSize:
     """The sizes of one ``datasets:`` entry's kind, its pool sized by its options where they say."""
+    if spec["kind"] == "image_folder":
+        return image_folder_size(spec["options"]["root"])
+    if spec["kind"] == "hf_dataset":
+        from vitpeft.data.hf_dataset import hf_dataset_size
+
+        return hf_dataset_size(**{k: v for k, v in spec["options"].items() if k != "image_size"})
     size = KIND_SIZES[spec["kind"]]
     options = spec.get("options", {})
     if "characters" in options:  # font_glyphs: one class per character drawn
@@ -80,7 +139,13 @@ def split_sizes(spec: dict[str, Any]) -> dict[str, int]:
     """Images per split of one ``datasets:`` entry, as :func:`vitpeft.data.prepare_dataset` makes
     them, known without the data: validation (and, for a pool, test) held out by ``val_fraction``
     and ``test_fraction``. Also ``classes``."""
+    if spec["kind"] == "vtab1k":
+        task = VTAB_TASKS[spec["options"]["task"]]
+        # train: the final runs' train800val200, an upper bound for the tuning runs' train800
+        return {"train": VTAB_TRAIN + VTAB_VAL, "val": VTAB_VAL, "test": task.test, "classes": task.classes}
     size = kind_size(spec)
+    if size.val is not None:  # validation given, not carved
+        return {"train": size.train, "val": size.val, "test": size.test, "classes": size.classes}
     if size.test is None:  # a pool: test first, then validation from the rest
         test = held_out(size.train, spec["test_fraction"])
         rest = size.train - test
@@ -94,6 +159,67 @@ def split_sizes(spec: dict[str, Any]) -> dict[str, int]:
 def check_kind(kind: str) -> None:
     if kind not in DATASET_KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; known: {list(DATASET_KINDS)}")
+
+
+def check_options(kind: str, options: dict[str, Any]) -> None:
+    """The options a file kind needs are there, and none it does not know.
+
+    Raises:
+        ValueError: naming the option (as ``options.<key>``) and the kind.
+    """
+    if kind not in KIND_OPTIONS:
+        return
+    required, optional = KIND_OPTIONS[kind]
+    for key in required:
+        if key not in options:
+            raise ValueError(f"options.{key}: required by kind {kind!r}")
+    for key in options:
+        if key not in required + optional:
+            raise ValueError(
+                f"options.{key}: unknown option of kind {kind!r}; known: {list(required + optional)}"
+            )
+    size = options.get("image_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"options.image_size: must be an integer >= 1 (pixels), got {size!r}")
+    if kind == "vtab1k" and options["task"] not in VTAB_TASKS:
+        raise ValueError(f"options.task: unknown VTAB-1k task {options['task']!r}; known: {list(VTAB_TASKS)}")
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The files under ``folder`` (recursively), sorted, hidden ones left out."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def class_folders(root: Path, split: str) -> dict[str, list[Path]]:
+    """``root/<split>/<class>/``: class name -> its files, by class name.
+
+    Raises:
+        ValueError: naming the folder, when it is missing or holds no class folder.
+    """
+    folder = root / split
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such folder (an image folder holds train/<class>/ and test/<class>/)")
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{folder}: holds no class folder")
+    return {p.name: image_files(p) for p in classes}
+
+
+@functools.cache
+def image_folder_size(root: str) -> KindSize:
+    """The sizes of an image folder, counted from its files (known before any image is read)."""
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise ValueError(f"options.root: {root} is not a folder")
+    train = class_folders(root_path, "train")
+    test = class_folders(root_path, "test")
+    val = class_folders(root_path, "val") if (root_path / "val").is_dir() else None
+    return KindSize(
+        classes=len(train),
+        train=sum(map(len, train.values())),
+        test=sum(map(len, test.values())),
+        val=None if val is None else sum(map(len, val.values())),
+    )
 
 
 def archive_url(spec: dict) -> str:
