@@ -10,7 +10,7 @@ from conftest import REPO, prepare
 from vitpeft import compute
 from vitpeft import config as study_config
 from vitpeft.config import ModelSpec
-from vitpeft.data.sources import split_sizes
+from vitpeft.data.sizes import split_sizes
 
 
 def counted_flops(model, images):

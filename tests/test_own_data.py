@@ -15,7 +15,8 @@ from fixtures import HF_CLASSES, VTAB_FIXTURE_SIZES, write_hf_dataset, write_ima
 from vitpeft import config as study_config
 from vitpeft.config import ConfigError, ModelSpec
 from vitpeft.data import arrays, prepare_dataset
-from vitpeft.data.sources import VTAB_GROUPS, VTAB_TASKS, split_sizes
+from vitpeft.data.sizes import split_sizes
+from vitpeft.data.sources import VTAB_GROUPS, VTAB_TASKS
 from vitpeft.io import sha256_file
 from vitpeft.runs import load_splits
 

@@ -40,7 +40,7 @@ from vitpeft.config import (
     study,
     study_methods,
 )
-from vitpeft.data.sources import split_sizes
+from vitpeft.data.sizes import split_sizes
 from vitpeft.device import may_use_cuda
 from vitpeft.methods.adalora import AdaLoraConfig
 from vitpeft.methods.base import MethodConfig
@@ -157,7 +157,7 @@ def run_flops(run: RunConfig, splits: dict[str, int]) -> float:
     split at the end.
 
     Args:
-        splits: images per split and ``classes``, as :func:`vitpeft.data.sources.split_sizes` gives.
+        splits: images per split and ``classes``, as :func:`vitpeft.data.sizes.split_sizes` gives.
     """
     image = image_flops(run.model, run.method, splits["classes"])
     per_epoch = splits["train"] * (image.forward + image.backward) + splits["val"] * image.forward

@@ -706,7 +706,7 @@ def _check_files(config: dict[str, Any], dataset: str) -> None:
         if spec["kind"] == "image_folder":
             image_folder_size(str(spec["options"]["root"]))
         elif spec["kind"] == "hf_dataset":
-            from vitpeft.data.sources import kind_size
+            from vitpeft.data.sizes import kind_size
 
             kind_size(spec)
     except ValueError as err:
