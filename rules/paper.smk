@@ -39,6 +39,9 @@ rule paper:
         main="results/logs/paper.log",
         latexmk="results/logs/paper.latexmk.log",
         latex="results/logs/paper.tex.log",  # LaTeX's own log: its overfull-box warnings
+    params:
+        authors=config["paper"]["authors"],
+        anonymous=config["paper"]["anonymous"],
     conda:
         "../envs/vitpeft.yaml"
     script:
@@ -61,6 +64,9 @@ rule supplement:
         main="results/logs/supplement.log",
         latexmk="results/logs/supplement.latexmk.log",
         latex="results/logs/supplement.tex.log",
+    params:
+        authors=config["paper"]["authors"],
+        anonymous=config["paper"]["anonymous"],
     conda:
         "../envs/vitpeft.yaml"
     script:

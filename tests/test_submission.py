@@ -99,3 +99,31 @@ def test_a_failed_checklist_builds_no_archive_and_names_the_checks(tmp_path):
         build_submission(tmp_path / "a.tar.gz", **inputs)
     assert "2 check(s) failed" in str(error.value) and all(line in str(error.value) for line in failed)
     assert not (tmp_path / "a.tar.gz").exists()
+
+
+def test_the_archive_holds_the_source_at_the_commit_that_built_it(tmp_path):
+    """`tar tzf` lists the repository's tracked tree under source/, as `git archive` gives it, and
+    source/COMMIT names the commit (and says when the working tree had uncommitted changes)."""
+    import subprocess
+
+    repository = tmp_path / "repo"
+    (repository / "vitpeft").mkdir(parents=True)
+    (repository / "vitpeft" / "train.py").write_text("print('train')\n")
+    (repository / "Snakefile").write_text("rule all:\n")
+    (repository / "untracked.txt").write_text("not in git")
+    git = ["git", "-C", str(repository), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "vitpeft", "Snakefile"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    sums = build_submission(tmp_path / "a.tar.gz", source_repository=repository, **study(tmp_path))
+    with tarfile.open(tmp_path / "a.tar.gz") as archive:
+        names = set(archive.getnames())
+        assert archive.extractfile("submission/source/vitpeft/train.py").read() == b"print('train')\n"
+        assert archive.extractfile("submission/source/COMMIT").read().decode() == f"{commit}\n"
+    assert {"submission/source/Snakefile", "submission/source/COMMIT"} <= names
+    assert "submission/source/untracked.txt" not in names and "source/Snakefile" in sums
+    (repository / "Snakefile").write_text("rule all:\n    input: []\n")  # uncommitted
+    build_submission(tmp_path / "b.tar.gz", source_repository=repository, **study(tmp_path))
+    with tarfile.open(tmp_path / "b.tar.gz") as archive:
+        assert "uncommitted changes" in archive.extractfile("submission/source/COMMIT").read().decode()

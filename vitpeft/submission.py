@@ -1,6 +1,6 @@
 """The submission package: one archive with the paper and its supplement, their generated parts,
-the results tables, the best run of every cell, the environment lock and the data manifests, plus
-``SHA256SUMS``.
+the results tables, the best run of every cell, the environment lock, the data manifests and the
+source at the commit that built it (``git archive``), plus ``SHA256SUMS``.
 
 The archive is deterministic (sorted members, fixed times and owners), so the same results give
 the same bytes and its own checksum can be quoted.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -68,6 +69,32 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes | None = None, path: P
             archive.addfile(info, handle)
 
 
+def source_files(repository: str | Path) -> dict[str, bytes]:
+    """The repository's tracked files at its checked-out commit (``git archive HEAD``), as
+    ``source/<path>``, and ``source/COMMIT``: the commit id, and whether the working tree had
+    uncommitted changes (then the source differs from what built the results)."""
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", "-C", str(repository), *args], capture_output=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").decode().strip()
+    except (subprocess.CalledProcessError, FileNotFoundError) as err:
+        raise RuntimeError(
+            f"{repository} is not a git checkout: the archive's source comes from git archive"
+        ) from err
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    files = {}
+    with tarfile.open(fileobj=io.BytesIO(git("archive", "--format=tar", commit))) as tree:
+        for member in tree.getmembers():
+            if member.isfile():
+                files[f"source/{member.name}"] = tree.extractfile(member).read()
+    note = f"{commit}\n" + (
+        "uncommitted changes in the working tree when this archive was built\n" if dirty else ""
+    )
+    return {**files, "source/COMMIT": note.encode()}
+
+
 class FailedChecklistError(RuntimeError):
     """The checklist failed: the paper is a draft, and a draft is not submitted."""
 
@@ -87,6 +114,7 @@ def build_submission(
     checklist_json: str | Path,
     config: dict | None = None,
     root: str = "submission",
+    source_repository: str | Path | None = None,
     **inputs,
 ) -> dict[str, str]:
     """Write the archive (``.tar.gz``) with every member under ``root/`` and ``root/SHA256SUMS``,
@@ -94,6 +122,7 @@ def build_submission(
 
     Args:
         config: the resolved study config, stored as ``environment/config.resolved.yaml``.
+        source_repository: the git checkout whose source goes in (:func:`source_files`).
         inputs: the arguments of :func:`members`.
 
     Returns:
@@ -105,6 +134,8 @@ def build_submission(
     inputs["tables"] = [*inputs.get("tables", []), checklist_json]
     files = members(**inputs)
     data = {"environment/config.resolved.yaml": yaml.safe_dump(config).encode()} if config else {}
+    if source_repository is not None:
+        data |= source_files(source_repository)
     sums = {name: sha256_file(path) for name, path in files.items()}
     sums |= {name: hashlib.sha256(blob).hexdigest() for name, blob in data.items()}
     sums = dict(sorted(sums.items()))

@@ -5,4 +5,5 @@ whose environments hold the dependencies but not this checkout). Snakemake puts 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY))

@@ -16,4 +16,6 @@ build_pdf(
     template=snakemake.input.template[0],  # the template's own file
     latex_log=snakemake.log.latex,
     figure_dirs=sorted({Path(p).parent for p in snakemake.input.get("supplement_figures", [])}),
+    authors=snakemake.params.authors,
+    anonymous=snakemake.params.anonymous,
 )

@@ -1,6 +1,6 @@
 """Rule submission: bundle the paper and everything behind it into one checksummed archive."""
 
-import _package  # noqa: F401  (puts the repository's vitpeft package on sys.path)
+from _package import REPOSITORY  # (also puts the repository's vitpeft package on sys.path)
 
 from vitpeft.io import log_to_file
 from vitpeft.submission import build_submission
@@ -10,6 +10,7 @@ build_submission(
     snakemake.output[0],
     checklist_json=snakemake.input.checklist_json,
     config=snakemake.params.config,
+    source_repository=REPOSITORY,  # its tracked files at HEAD go in (git archive)
     paper_pdf=snakemake.input.paper,
     supplement_pdf=snakemake.input.supplement,
     generated=[

@@ -34,6 +34,7 @@ DATASET_CITATIONS = {
     "cifar10": "krizhevsky2009cifar",
     "cifar100": "krizhevsky2009cifar",
     "tinyimagenet": "le2015tinyimagenet",
+    "vtab1k": "zhai2019vtab",
 }
 
 
