@@ -1048,3 +1048,39 @@ def test_gradient_stability_compares_lora_with_its_quantized_variants_at_their_r
         in sentence
     )
     assert "in 0 of 3, 0 of 3, 1 of 3 and 0 of 3 runs." in sentence
+
+
+def test_the_quantization_caption_states_the_measured_qalora_merge_gap(tmp_path):
+    runs = pd.DataFrame(
+        {
+            "method": ["qalora4_r8", "qalora4_r8", "lora_r8"],
+            "export_int_vs_unmerged_max_rel": [3e-4, 5.1e-4, 0.02],  # LoRA's is the naive route's loss
+        }
+    )
+    assert tables.qalora_merge_gap(runs) == 5.1e-4
+    row = {
+        "method": "qalora4_r8",
+        "base_bits_per_weight": 6.0,
+        "test_top1_mean": 80.0,
+        "export_top1_int_mean": 79.0,
+        "export_int_bits": 4,
+        "export_int_group_size": 16,
+        "int_change_mean": -1.0,
+        "int_change_ci_low": -1.0,  # every seed lost one point: an interval without width
+        "int_change_ci_high": -1.0,
+        "export_onnx_bytes": 2**20,
+        "export_int_onnx_bytes": 2**18,
+    }
+    groups = [{"dataset": "digits", "model": "vit", "rows": [row]}]
+    text = " ".join(
+        tables.render(
+            "quantization_table.tex.j2",
+            tmp_path / "q.tex",
+            groups=groups,
+            merge_gap=tables.qalora_merge_gap(runs),
+        ).split()
+    )
+    assert "merges exactly" not in text
+    assert "exact up to one fp16 rounding of each shifted zero" in text
+    assert "by at most 0.00051 of the largest logit" in text
+    assert r"& -1.0 & 1.00 & 0.25 \\" in text  # no [-1.0, -1.0]

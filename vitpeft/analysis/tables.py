@@ -15,7 +15,7 @@ import jinja2
 import pandas as pd
 
 from vitpeft.analysis.aggregate import baselines_table
-from vitpeft.analysis.style import macro_name, method_label, method_sort_key
+from vitpeft.analysis.style import macro_name, method_family, method_label, method_sort_key
 from vitpeft.baselines import BASELINE_LABELS, BASELINE_NAMES
 from vitpeft.config import ExportConfig, model_spec, training_recipe
 from vitpeft.convergence import ConvergenceCriterion
@@ -248,6 +248,16 @@ def ablation_groups(cells: pd.DataFrame, compared: pd.DataFrame) -> list[dict[st
     return groups
 
 
+def qalora_merge_gap(runs: pd.DataFrame) -> float:
+    """The largest relative logit gap between QA-LoRA's merged INT-N model and its unmerged model
+    over the exported QA-LoRA runs (the export reports' ``int_vs_unmerged``): what rounding the
+    shifted zeros to fp16 costs. NaN without such runs."""
+    column = "export_int_vs_unmerged_max_rel"
+    if column not in runs:
+        return math.nan
+    return float(runs.loc[runs.method.map(method_family) == "qalora", column].max())
+
+
 def macros(
     cells: pd.DataFrame, transfer: pd.DataFrame, baselines: pd.DataFrame | None = None
 ) -> dict[str, str]:
@@ -327,6 +337,7 @@ def write_tables(
         "quantization_table.tex.j2",
         out_dir / "quantization_table.tex",
         groups=result_groups(cells) if "export_top1_int_mean" in cells else [],
+        merge_gap=qalora_merge_gap(runs),
     )
     converged = int(runs["converged"].fillna(False).astype(bool).sum()) if "converged" in runs else 0
     named = {
