@@ -1050,6 +1050,30 @@ def test_gradient_stability_compares_lora_with_its_quantized_variants_at_their_r
     assert "in 0 of 3, 0 of 3, 1 of 3 and 0 of 3 runs." in sentence
 
 
+def test_without_clipping_the_stability_figure_and_sentence_say_nothing_of_clipped_steps(
+    rich_study, tmp_path
+):
+    # The full study trains with grad_clip 0: no clipped steps exist, so none are reported.
+    runs = pd.read_csv(rich_study / "runs.csv").assign(grad_clip=0.0)
+    runs.to_csv(rich_study / "runs.csv", index=False)
+    paths = make_all_figures(rich_study, tmp_path / "figures")
+    drawn = pdf_text(paths["out_stability"])
+    assert "steps clipped" not in drawn and "loss spikes" in drawn and "global gradient norm" in drawn
+    text = " ".join(paths["out_stability_sentence"].read_text().split())
+    assert "clipping scaled down" not in text and "before clipping" not in text
+    assert "training used no gradient clipping; and a step's loss spiked" in text
+    assert "Training used no gradient clipping, so no panel counts clipped steps. Right:" in text
+    assert "Middle:" not in text
+
+    # Clipping at norm 1.0: the panel, the threshold and the clipped shares are back.
+    runs.assign(grad_clip=1.0).to_csv(rich_study / "runs.csv", index=False)
+    paths = make_all_figures(rich_study, tmp_path / "clipped")
+    assert "steps clipped" in pdf_text(paths["out_stability"])
+    text = " ".join(paths["out_stability_sentence"].read_text().split())
+    assert r"clipping (norm 1) scaled down 0.0\%, 0.0\%, 37.5\% and 6.2\% of their steps" in text
+    assert "Middle: the share of steps whose norm exceeded the clipping threshold (norm 1). Right:" in text
+
+
 def test_the_quantization_caption_states_the_measured_qalora_merge_gap(tmp_path):
     runs = pd.DataFrame(
         {
