@@ -1108,3 +1108,16 @@ def test_the_quantization_caption_states_the_measured_qalora_merge_gap(tmp_path)
     assert "exact up to one fp16 rounding of each shifted zero" in text
     assert "by at most 0.00051 of the largest logit" in text
     assert r"& -1.0 & 1.00 & 0.25 \\" in text  # no [-1.0, -1.0]
+
+
+def test_the_memory_caption_says_what_the_runs_device_measured(study_tables, tmp_path):
+    runs = pd.read_csv(study_tables / "runs.csv")
+    on_cpu = tables.memory_measure(runs.assign(device="cpu"))
+    assert "resident set size of the whole training process" in on_cpu and "CUDA" not in on_cpu
+    on_gpu = tables.memory_measure(runs.assign(device="cuda:0"))
+    assert on_gpu == "on a CUDA GPU, the peak memory allocated to PyTorch's tensors"
+    mixed = tables.memory_measure(runs.assign(device=["cpu", "cuda"] * (len(runs) // 2)))
+    assert mixed == f"{on_gpu}; {on_cpu}"
+    runs.assign(device="cpu").to_csv(study_tables / "runs.csv", index=False)
+    macros = (render_tables(study_tables, tmp_path / "paper") / "macros.tex").read_text()
+    assert rf"\newcommand{{\TrainingMemoryMeasure}}{{{on_cpu}}}" in macros

@@ -248,6 +248,27 @@ def ablation_groups(cells: pd.DataFrame, compared: pd.DataFrame) -> list[dict[st
     return groups
 
 
+# What the training-memory axis measured, by the runs' device (vitpeft.memory): CUDA counts the
+# tensors PyTorch allocated; every other device, the resident set of the whole process.
+MEMORY_MEASURES = {
+    "cuda": "on a CUDA GPU, the peak memory allocated to PyTorch's tensors",
+    "process": (
+        "on the CPU, the peak resident set size of the whole training process, in which the Python "
+        "and PyTorch libraries outweigh the model and its optimizer state at this scale, so small "
+        "differences between methods say little"
+    ),
+}
+
+
+def memory_measure(runs: pd.DataFrame) -> str:
+    """How the runs' training memory was measured, for the Pareto figure's caption: by the
+    devices they trained on (both measures where the study mixed them; none where no run
+    recorded its device)."""
+    devices = runs["device"].dropna().astype(str) if "device" in runs else pd.Series(dtype=str)
+    kinds = sorted({"cuda" if d.startswith("cuda") else "process" for d in devices})
+    return "; ".join(MEMORY_MEASURES[k] for k in kinds) or "as the run's device reported it"
+
+
 def qalora_merge_gap(runs: pd.DataFrame) -> float:
     """The largest relative logit gap between QA-LoRA's merged INT-N model and its unmerged model
     over the exported QA-LoRA runs (the export reports' ``int_vs_unmerged``): what rounding the
@@ -344,6 +365,7 @@ def write_tables(
         "StudyTitle": tex_escape(study.get("title", "A PEFT study")),
         "RunsConverged": str(converged),  # by the criterion each run was judged by (the checklist's)
         "RunsTotal": str(len(runs)),
+        "TrainingMemoryMeasure": memory_measure(runs),
         **macros(cells, transfer, references),
     }
     render("macros.tex.j2", out_dir / "macros.tex", macros=named)
