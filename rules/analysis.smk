@@ -79,6 +79,7 @@ rule tables:
                 "transfer",
                 "comparisons",
                 "baselines",
+                "limitations",
             ],
         ),
     log:

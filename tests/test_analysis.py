@@ -2,15 +2,17 @@ import contextlib
 import itertools
 import math
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats as scipy_stats
 
 from vitpeft.analysis import aggregate, figures, stats, tables
 from vitpeft.analysis.style import FAMILY_LABELS, macro_name, method_colour, method_label
-from vitpeft.config import merged
+from vitpeft.config import load, merged
 from vitpeft.io import read_json, write_json
 
 
@@ -1121,3 +1123,25 @@ def test_the_memory_caption_says_what_the_runs_device_measured(study_tables, tmp
     runs.assign(device="cpu").to_csv(study_tables / "runs.csv", index=False)
     macros = (render_tables(study_tables, tmp_path / "paper") / "macros.tex").read_text()
     assert rf"\newcommand{{\TrainingMemoryMeasure}}{{{on_cpu}}}" in macros
+
+
+@pytest.mark.parametrize("study", ["demo", "full"])
+def test_the_limitations_are_written_from_the_selected_study(study, tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    config = load({**yaml.safe_load((repo / "config.yaml").read_text()), "study": study})
+    text = " ".join(
+        tables.render("limitations.tex.j2", tmp_path / "l.tex", **tables.limitations(config)).split()
+    )
+    if study == "demo":
+        assert (
+            "The demo study is deliberately small: 8~px inputs, a backbone pretrained here (on glyphs)"
+            in text
+        )
+        assert "and 5 seeds per method" in text and "no $p$ below 0.0625" in text
+    else:
+        assert "demo" not in text and "deliberately small" not in text
+        assert (
+            "The full study fine-tunes deit\\_tiny, deit\\_small, vit\\_small from pretrained weights at 224~px"
+            in text
+        )
+        assert "With 3 seeds" in text and "no $p$ below 0.25 before any correction" in text

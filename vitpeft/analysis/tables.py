@@ -269,6 +269,25 @@ def memory_measure(runs: pd.DataFrame) -> str:
     return "; ".join(MEMORY_MEASURES[k] for k in kinds) or "as the run's device reported it"
 
 
+def limitations(config: dict[str, Any]) -> dict[str, Any]:
+    """What the limitations section says of the selected study, from its config: its name, size
+    and whether its backbones were pretrained here (on the study's own source data) or elsewhere."""
+    study = config["studies"][config["study"]]
+    specs = [model_spec(config, name) for name in study["models"]]
+    here = [spec.backbone for spec in specs if spec.backbone["source"] == "pretrain"]
+    return {
+        "name": config["study"],
+        "models": study["models"],
+        "datasets": study["datasets"],
+        "sizes": "/".join(str(s) for s in sorted({spec.img_size for spec in specs})),
+        "pretrained_here": bool(here),
+        "pretrain_data": sorted({b.get("dataset", "synthetic images") for b in here}),
+        "epochs": config["train"]["epochs"],
+        "seeds": len(study["seeds"]),
+        "smallest_p": 2.0 * 0.5 ** len(study["seeds"]),
+    }
+
+
 def qalora_merge_gap(runs: pd.DataFrame) -> float:
     """The largest relative logit gap between QA-LoRA's merged INT-N model and its unmerged model
     over the exported QA-LoRA runs (the export reports' ``int_vs_unmerged``): what rounding the
@@ -374,6 +393,7 @@ def write_tables(
         ["baseline", "dataset", "model", "order"]
     )
     render("comparisons.tex.j2", out_dir / "comparisons.tex", rows=compared.to_dict("records"))
+    render("limitations.tex.j2", out_dir / "limitations.tex", **limitations(config))
     criterion = ConvergenceCriterion(**config.get("convergence", {}))
     backbones = [read_json(p) for p in backbone_metas]
     choices = [read_json(p) for p in lr_choices]
