@@ -1145,3 +1145,33 @@ def test_the_limitations_are_written_from_the_selected_study(study, tmp_path):
             in text
         )
         assert "With 3 seeds" in text and "no $p$ below 0.25 before any correction" in text
+
+
+def test_the_supplement_draws_adalora_ranks_epoch_by_epoch(rich_study, tmp_path):
+    from vitpeft.analysis import seed_curves
+
+    runs = pd.read_csv(rich_study / "runs.csv")
+    with contextlib.chdir(rich_study):
+        curves = figures.run_curves(runs, run_metrics(rich_study))
+    adalora = runs[runs.method == "adalora_r8"].sort_values("seed")
+    ranks = seed_curves.rank_epochs(curves[adalora.run_dir.iloc[1]]["records"])
+    # Seed 1: every layer at 12 after epoch 1; block 0's qkv at 10 after epoch 2.
+    assert list(ranks.index) == [1, 2] and ranks.loc[1].tolist() == [12.0] * 4
+    assert ranks.loc[2, (0, "attn.qkv")] == 10 and ranks.loc[2, (1, "attn.proj")] == 5
+    fig = seed_curves.adalora_rank_epochs(runs, curves, None)
+    drawn = [ax for ax in fig.axes if ax.lines]
+    assert [ax.get_title() for ax in drawn] == ["attn.proj", "attn.qkv"]
+    qkv = drawn[1]
+    block0 = next(line for line in qkv.lines if line.get_label() == "block 0")
+    assert list(block0.get_ydata()) == [12.0, 10.0]  # seeds 0, 1, 2 end at 12, 10, 8: mean 10
+    everything = next(line for line in qkv.lines if line.get_label() == "all layers")
+    assert list(everything.get_ydata()) == [12.0, (10 + 6 + 9 + 5) / 4]
+
+    out = tmp_path / "epochs.pdf"
+    with contextlib.chdir(rich_study):
+        seed_curves.make_seed_curves("runs.csv", run_metrics(rich_study), {}, out_adalora_epochs=out)
+    assert "block 1" in pdf_text(out) and "AdaLoRA" in pdf_text(out)
+
+    no_adalora = runs[runs.method != "adalora_r8"]
+    seed_curves.adalora_rank_epochs(no_adalora, curves, tmp_path / "none.pdf")
+    assert "No AdaLoRA run" in pdf_text(tmp_path / "none.pdf")
