@@ -1175,3 +1175,22 @@ def test_the_supplement_draws_adalora_ranks_epoch_by_epoch(rich_study, tmp_path)
     no_adalora = runs[runs.method != "adalora_r8"]
     seed_curves.adalora_rank_epochs(no_adalora, curves, tmp_path / "none.pdf")
     assert "No AdaLoRA run" in pdf_text(tmp_path / "none.pdf")
+
+
+def test_the_comparisons_table_prints_no_interval_without_width(tmp_path):
+    # Every seed gave -1.0: the interval is [-1.0, -1.0], which says nothing the mean does not.
+    row = {
+        "dataset": "digits",
+        "model": "vit",
+        "baseline": "full",
+        "method": "lora_r8",
+        "diff_mean": -1.0,
+        "diff_ci_low": -1.0,
+        "diff_ci_high": -1.0,
+        "p_value": 0.25,
+        "p_test": "exact sign",
+        "p_holm": 0.25,
+        "effect_dz": math.nan,
+    }
+    text = tables.render("comparisons.tex.j2", tmp_path / "c.tex", rows=[row])
+    assert r"& -1.0 & 0.250$^{s}$ & 0.250 &" in text and "[-1.0, -1.0]" not in text
