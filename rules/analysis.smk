@@ -94,6 +94,7 @@ rule tables:
                 "transfer",
                 "comparisons",
                 "baselines",
+                "limitations",
             ],
         ),
     log:

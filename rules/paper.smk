@@ -15,6 +15,9 @@ rule supplement_figures:
             )
             for curve in SEED_CURVES
         },
+        adalora_epochs=report(
+            "results/supplement/adalora_rank_epochs.pdf", category="Supplement"
+        ),
     log:
         "results/logs/supplement_figures.log",
     conda:

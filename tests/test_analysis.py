@@ -2,15 +2,17 @@ import contextlib
 import itertools
 import math
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats as scipy_stats
 
 from vitpeft.analysis import aggregate, figures, stats, tables
 from vitpeft.analysis.style import FAMILY_LABELS, macro_name, method_colour, method_label
-from vitpeft.config import merged
+from vitpeft.config import load, merged
 from vitpeft.io import read_json, write_json
 
 
@@ -612,8 +614,9 @@ def test_identical_paired_differences_stay_in_the_holm_family(tmp_path):
     text = tables.render(
         "comparisons.tex.j2", tmp_path / "c.tex", rows=table.reset_index().to_dict("records")
     )
-    assert r"LoRA ($r{=}4$) & 0.1 [0.1, 0.1] & 0.250$^{s}$ &" in text and "exact two-sided sign" in text
-    assert r"LoRA ($r{=}2$) & 0.0 [0.0, 0.0] & 1.000$^{0}$ &" in text
+    # ... and prints no interval of zero width where every seed gave the same difference
+    assert r"LoRA ($r{=}4$) & 0.1 & 0.250$^{s}$ &" in text and "exact two-sided sign" in text
+    assert r"LoRA ($r{=}2$) & 0.0 & 1.000$^{0}$ &" in text
 
 
 def test_each_pair_is_tested_once_and_marks_both_references():
@@ -1082,3 +1085,169 @@ def test_the_transfer_check_compares_on_its_own_seeds_and_nothing_else_does(tmp_
     aggregate.write_runs_table([], tmp_path / "none.csv")
     stats.write_stats(tmp_path / "runs.csv", *out, transfer_runs_csv=tmp_path / "none.csv")
     assert pd.read_csv(out[1]).empty
+
+
+def test_without_clipping_the_stability_figure_and_sentence_say_nothing_of_clipped_steps(
+    rich_study, tmp_path
+):
+    # The full study trains with grad_clip 0: no clipped steps exist, so none are reported.
+    runs = pd.read_csv(rich_study / "runs.csv").assign(grad_clip=0.0)
+    runs.to_csv(rich_study / "runs.csv", index=False)
+    paths = make_all_figures(rich_study, tmp_path / "figures")
+    drawn = pdf_text(paths["out_stability"])
+    assert "steps clipped" not in drawn and "loss spikes" in drawn and "global gradient norm" in drawn
+    text = " ".join(paths["out_stability_sentence"].read_text().split())
+    assert "clipping scaled down" not in text and "before clipping" not in text
+    assert "training used no gradient clipping; and a step's loss spiked" in text
+    assert "Training used no gradient clipping, so no panel counts clipped steps. Right:" in text
+    assert "Middle:" not in text
+
+    # Clipping at norm 1.0: the panel, the threshold and the clipped shares are back.
+    runs.assign(grad_clip=1.0).to_csv(rich_study / "runs.csv", index=False)
+    paths = make_all_figures(rich_study, tmp_path / "clipped")
+    assert "steps clipped" in pdf_text(paths["out_stability"])
+    text = " ".join(paths["out_stability_sentence"].read_text().split())
+    assert r"clipping (norm 1) scaled down 0.0\%, 0.0\%, 37.5\% and 6.2\% of their steps" in text
+    assert "Middle: the share of steps whose norm exceeded the clipping threshold (norm 1). Right:" in text
+
+
+def test_the_quantization_caption_states_the_measured_qalora_merge_gap(tmp_path):
+    runs = pd.DataFrame(
+        {
+            "method": ["qalora4_r8", "qalora4_r8", "lora_r8"],
+            "export_int_vs_unmerged_max_rel": [3e-4, 5.1e-4, 0.02],  # LoRA's is the naive route's loss
+        }
+    )
+    assert tables.qalora_merge_gap(runs) == 5.1e-4
+    row = {
+        "method": "qalora4_r8",
+        "base_bits_per_weight": 6.0,
+        "test_top1_mean": 80.0,
+        "export_top1_int_mean": 79.0,
+        "export_int_bits": 4,
+        "export_int_group_size": 16,
+        "int_change_mean": -1.0,
+        "int_change_ci_low": -1.0,  # every seed lost one point: an interval without width
+        "int_change_ci_high": -1.0,
+        "export_onnx_bytes": 2**20,
+        "export_int_onnx_bytes": 2**18,
+    }
+    groups = [{"dataset": "digits", "model": "vit", "rows": [row]}]
+    text = " ".join(
+        tables.render(
+            "quantization_table.tex.j2",
+            tmp_path / "q.tex",
+            groups=groups,
+            merge_gap=tables.qalora_merge_gap(runs),
+        ).split()
+    )
+    assert "merges exactly" not in text
+    assert "exact up to one fp16 rounding of each shifted zero" in text
+    assert "by at most 0.00051 of the largest logit" in text
+    assert r"& -1.0 & 1.00 & 0.25 \\" in text  # no [-1.0, -1.0]
+
+
+def test_the_memory_caption_says_what_the_runs_device_measured(study_tables, tmp_path):
+    runs = pd.read_csv(study_tables / "runs.csv")
+    on_cpu = tables.memory_measure(runs.assign(device="cpu"))
+    assert "resident set size of the whole training process" in on_cpu and "CUDA" not in on_cpu
+    on_gpu = tables.memory_measure(runs.assign(device="cuda:0"))
+    assert on_gpu == "on a CUDA GPU, the peak memory allocated to PyTorch's tensors"
+    mixed = tables.memory_measure(runs.assign(device=["cpu", "cuda"] * (len(runs) // 2)))
+    assert mixed == f"{on_gpu}; {on_cpu}"
+    runs.assign(device="cpu").to_csv(study_tables / "runs.csv", index=False)
+    macros = (render_tables(study_tables, tmp_path / "paper") / "macros.tex").read_text()
+    assert rf"\newcommand{{\TrainingMemoryMeasure}}{{{on_cpu}}}" in macros
+
+
+@pytest.mark.parametrize("study", ["demo", "full"])
+def test_the_limitations_are_written_from_the_selected_study(study, tmp_path):
+    repo = Path(__file__).resolve().parent.parent
+    config = load({**yaml.safe_load((repo / "config.yaml").read_text()), "study": study})
+    text = " ".join(
+        tables.render("limitations.tex.j2", tmp_path / "l.tex", **tables.limitations(config)).split()
+    )
+    if study == "demo":
+        assert (
+            "The demo study is deliberately small: 8~px inputs, a backbone pretrained here (on glyphs)"
+            in text
+        )
+        assert "and 5 seeds per method" in text and "no $p$ below 0.0625" in text
+    else:
+        assert "demo" not in text and "deliberately small" not in text
+        assert (
+            "The full study fine-tunes deit\\_tiny, deit\\_small, vit\\_small from pretrained weights at 224~px"
+            in text
+        )
+        assert "With 3 seeds" in text and "no $p$ below 0.25 before any correction" in text
+
+
+def test_the_supplement_draws_adalora_ranks_epoch_by_epoch(rich_study, tmp_path):
+    from vitpeft.analysis import seed_curves
+
+    runs = pd.read_csv(rich_study / "runs.csv")
+    with contextlib.chdir(rich_study):
+        curves = figures.run_curves(runs, run_metrics(rich_study))
+    adalora = runs[runs.method == "adalora_r8"].sort_values("seed")
+    ranks = seed_curves.rank_epochs(curves[adalora.run_dir.iloc[1]]["records"])
+    # Seed 1: every layer at 12 after epoch 1; block 0's qkv at 10 after epoch 2.
+    assert list(ranks.index) == [1, 2] and ranks.loc[1].tolist() == [12.0] * 4
+    assert ranks.loc[2, (0, "attn.qkv")] == 10 and ranks.loc[2, (1, "attn.proj")] == 5
+    fig = seed_curves.adalora_rank_epochs(runs, curves, None)
+    drawn = [ax for ax in fig.axes if ax.lines]
+    assert [ax.get_title() for ax in drawn] == ["attn.proj", "attn.qkv"]
+    qkv = drawn[1]
+    block0 = next(line for line in qkv.lines if line.get_label() == "block 0")
+    assert list(block0.get_ydata()) == [12.0, 10.0]  # seeds 0, 1, 2 end at 12, 10, 8: mean 10
+    everything = next(line for line in qkv.lines if line.get_label() == "all layers")
+    assert list(everything.get_ydata()) == [12.0, (10 + 6 + 9 + 5) / 4]
+
+    out = tmp_path / "epochs.pdf"
+    with contextlib.chdir(rich_study):
+        seed_curves.make_seed_curves("runs.csv", run_metrics(rich_study), {}, out_adalora_epochs=out)
+    assert "block 1" in pdf_text(out) and "AdaLoRA" in pdf_text(out)
+
+    no_adalora = runs[runs.method != "adalora_r8"]
+    seed_curves.adalora_rank_epochs(no_adalora, curves, tmp_path / "none.pdf")
+    assert "No AdaLoRA run" in pdf_text(tmp_path / "none.pdf")
+
+
+def test_the_comparisons_table_prints_no_interval_without_width(tmp_path):
+    # Every seed gave -1.0: the interval is [-1.0, -1.0], which says nothing the mean does not.
+    row = {
+        "dataset": "digits",
+        "model": "vit",
+        "baseline": "full",
+        "method": "lora_r8",
+        "diff_mean": -1.0,
+        "diff_ci_low": -1.0,
+        "diff_ci_high": -1.0,
+        "p_value": 0.25,
+        "p_test": "exact sign",
+        "p_holm": 0.25,
+        "effect_dz": math.nan,
+    }
+    text = tables.render("comparisons.tex.j2", tmp_path / "c.tex", rows=[row])
+    assert r"& -1.0 & 0.250$^{s}$ & 0.250 &" in text and "[-1.0, -1.0]" not in text
+
+
+def test_the_transfer_sentence_prints_no_interval_where_every_seed_gave_the_same_difference(tmp_path):
+    row = {
+        "dataset": "digits",
+        "model": "deit_tiny",
+        "diff_mean": 1.0,
+        "diff_n": 3,
+        "diff_ci_low": 1.0,
+        "diff_ci_high": 1.0,
+        "p_value": 0.25,
+        "p_test": "exact sign",
+    }
+    text = " ".join(tables.render("transfer.tex.j2", tmp_path / "t.tex", transfer=[row]).split())
+    assert "CI 1.0 to 1.0" not in text
+    assert (
+        "the same difference on every seed, so no interval; an exact sign test gives $p = 0.250$, the smallest 3 seeds allow"
+        in text
+    )
+    varied = {**row, "diff_ci_low": 0.4, "diff_ci_high": 1.6, "p_value": 0.01, "p_test": "paired t"}
+    text = " ".join(tables.render("transfer.tex.j2", tmp_path / "t.tex", transfer=[varied]).split())
+    assert "(95\\% CI 0.4 to 1.6; paired $t$-test $p = 0.010$)" in text

@@ -133,7 +133,7 @@ def test_tiny_study_builds_a_paper_with_the_runs_numbers(tiny_study, tmp_path):
     )
     assert built.returncode == 0, built.stderr[-5000:]
     assert re.findall(r"^(?:local)?rule (\w+):", built.stdout + built.stderr, re.M) == ["paper"]
-    prose = workflow / "paper" / "sections" / "limitations.tex"
+    prose = workflow / "paper" / "sections" / "introduction.tex"
     prose.write_text(prose.read_text() + "\n% a prose-only edit\n")
     plan = subprocess.run([*from_copy, "-n", "paper.pdf"], capture_output=True, text=True, timeout=120).stdout
     assert job_stats(plan) == {"paper": "1", "total": "1"}

@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vitpeft.analysis import findings, published, stats
+from vitpeft.analysis import findings, published, stats, tables
 from vitpeft.methods import parse_method_name
 
 SEEDS = 6
+STUDY_SEEDS = 3  # what the studies run, and where a test's power is smallest
 # The accuracy each method is planted at (test top-1, %), before seed and run noise.
 NULL = {
     "full": 80.0,
@@ -25,17 +26,26 @@ NULL = {
 }
 
 
-def planted_runs(accuracy=None, int_loss=None, noise=0.3, cells=(("digits", "vit"),), rng_seed=0):
+def planted_runs(
+    accuracy=None,
+    int_loss=None,
+    noise=0.3,
+    cells=(("digits", "vit"),),
+    rng_seed=0,
+    seeds=SEEDS,
+    merge_gap=None,
+):
     """Runs with per-method mean accuracies (``accuracy`` over :data:`NULL`) and per-method INT-N
     losses (``int_loss``: trained minus INT-N, points; 0 for methods not named), plus a per-seed
-    effect that pairing removes and run noise. Costs: trainable parameters grow with the rank and
-    are largest for full fine-tuning."""
+    effect that pairing removes and run noise (``noise`` 0: every seed gives the same difference).
+    Costs: trainable parameters grow with the rank and are largest for full fine-tuning.
+    ``merge_gap``: per method, the export report's largest INT-N logit gap (relative)."""
     accuracy = {**NULL, **(accuracy or {})}
     int_loss = int_loss or {}
     rng = np.random.default_rng(rng_seed)
     rows = []
     for dataset, model in cells:
-        for seed in range(SEEDS):
+        for seed in range(seeds):
             shared = rng.normal(0, 2)
             for method, mean in accuracy.items():
                 family, fields = parse_method_name(method)
@@ -58,6 +68,11 @@ def planted_runs(accuracy=None, int_loss=None, noise=0.3, cells=(("digits", "vit
                         else top1,
                         "export_int_bits": 4,
                         "export_int_group_size": 16,
+                        **(
+                            {"export_int_vs_unmerged_max_rel": merge_gap.get(method, 0.0)}
+                            if merge_gap is not None
+                            else {}
+                        ),
                     }
                 )
     return pd.DataFrame(rows)
@@ -128,7 +143,8 @@ def test_qalora_exact_merge_against_quantizing_a_float_merge(tmp_path):
     assert re.search(r"LoRA \(\$r\{=\}8\$\)'s INT-4 model loses \$(1\.9|2\.0|2\.1)\$ points", naive)
     deployed = sentence(text, "Deployed,")
     assert "points above" in deployed
-    assert "with its exact merge is" in abstract and "points above" in abstract
+    assert "merged into INT-4 codes (exact up to one fp16 rounding per zero) is" in abstract
+    assert "points above" in abstract
 
     # Nothing lost either way: the sentences say so, and the deployed models cannot be told apart.
     text, _ = section(planted_runs(int_loss={"lora_r8": 0.0}), tmp_path)
@@ -155,6 +171,78 @@ def test_the_rank_at_which_lora_stops_rising_moves_with_the_data(tmp_path):
 
     flat, _ = section(planted_runs(), tmp_path)
     assert "does not rise significantly beyond the smallest rank tested, $r = 4$" in flat
+
+
+def test_a_significant_later_doubling_is_no_stopping_point_at_3_seeds(tmp_path):
+    # 4 -> 8 cannot be told apart; 8 -> 16 rises by 4 points: accuracy has not stopped rising.
+    planted = planted_runs({"lora_r4": 80.0, "lora_r8": 80.0, "lora_r16": 84.0}, seeds=STUDY_SEEDS)
+    text, _ = section(planted, tmp_path)
+    assert "does not rise significantly beyond" not in text and "stops rising significantly" not in text
+    assert "still rises significantly at the last doubling, to $r = 16$" in sentence(text, "LoRA's accuracy")
+    steps = sentence(text, "Doubling by doubling").split("; $r =")
+    assert "$r = 4 \\to 8$" in steps[0] and steps[0].endswith("the data cannot tell")
+    assert steps[-1].startswith(" 8 \\to 16$: $4.") and steps[-1].endswith("significantly higher.")
+
+
+def test_a_stopping_point_is_the_last_significant_rise_at_3_seeds(tmp_path):
+    # 4 -> 8 is flat, 8 -> 16 rises, 16 -> 32 is flat: accuracy stops rising at r = 16, not at 4.
+    ranks = {"lora_r4": 80.0, "lora_r8": 80.0, "lora_r16": 84.0, "lora_r32": 84.0}
+    text, _ = section(planted_runs(ranks, seeds=STUDY_SEEDS, noise=0.2), tmp_path)
+    claim = sentence(text, "LoRA's accuracy")
+    assert claim.startswith(
+        "LoRA's accuracy stops rising significantly at $r = 16$: from $r = 16$ to $r = 32$"
+    )
+    assert "no later doubling is significantly higher" not in claim  # 16 -> 32 is the last
+
+
+IDENTICAL_CI = re.compile(r"CI \$(-?[\d.]+)\$ to \$\1\$")
+
+
+def test_identical_differences_get_their_own_wording_at_3_seeds(tmp_path):
+    # No run noise: LoRA is 1.0 point below full fine-tuning on every seed; the exact sign test's
+    # p is 0.25 before any correction, the smallest that 3 seeds allow.
+    text, abstract = section(planted_runs({"full": 81.0}, noise=0.0, seeds=STUDY_SEEDS), tmp_path)
+    claim = sentence(text, "Against full fine-tuning")
+    assert f"{LORA} is $1.0$ points below full fine-tuning on every one of the 3 seeds" in claim
+    assert "the smallest attainable $p$ is 0.25" in claim and "95\\% CI" not in claim
+    assert "cannot make significant (the smallest attainable $p$ is 0.25)" in abstract
+    assert "after Holm" not in abstract and "after Holm" not in claim
+    # Methods equal on every seed say so, with no zero-width interval either.
+    assert "give the same test top-1 on every one of the 3 seeds" in sentence(text, "At the same average")
+    assert not IDENTICAL_CI.search(text) and not IDENTICAL_CI.search(abstract)
+
+
+def test_the_abstract_counts_identical_differences_apart_from_holm_at_3_seeds(tmp_path):
+    cells = (("cifar10", "deit_tiny"), ("cifar100", "deit_tiny"))
+    runs = pd.concat(
+        [
+            planted_runs({"full": 81.0}, noise=0.0, cells=cells[:1], seeds=STUDY_SEEDS),
+            planted_runs({"full": 82.0}, noise=0.0, cells=cells[1:], seeds=STUDY_SEEDS, rng_seed=1),
+        ]
+    )
+    _, abstract = section(runs, tmp_path)
+    counted = sentence(abstract, "Across the model--dataset pairs")
+    assert (
+        "differs by the same amount on every seed, which too few seeds cannot make significant, in 2 of 2"
+        in counted
+    )
+    assert "Holm" not in counted
+
+
+def test_the_deployed_comparisons_are_a_holm_family_at_3_seeds(tmp_path):
+    text, _ = section(planted_runs(int_loss={"lora_r8": 2.0}, seeds=STUDY_SEEDS), tmp_path)
+    assert "the deployed INT-$N$ comparisons on one model and data set" in text.split("\\paragraph")[0]
+    deployed = sentence(text, "Deployed,")
+    assert "points above" in deployed and "Holm-corrected $p" in deployed
+
+
+def test_the_qalora_merge_is_exact_up_to_fp16_zeros_with_its_measured_gap(tmp_path):
+    planted = planted_runs(seeds=STUDY_SEEDS, merge_gap={"qalora4_r8": 5.1e-4, "lora_r8": 0.02})
+    text, abstract = section(planted, tmp_path)
+    merge = sentence(text, "QA-LoRA 4-bit")
+    assert "merges into its INT-4 base (group size 16) up to one fp16 rounding of each shifted zero" in merge
+    assert "at most 0.00051 of the largest logit" in merge
+    assert "merges exactly" not in text.lower() and "merges exactly" not in abstract.lower()
 
 
 def test_the_pareto_frontier_names_the_methods_nothing_cheaper_beats(tmp_path):
@@ -232,8 +320,13 @@ def test_the_demo_shows_the_published_rows_and_says_it_is_not_comparable(tmp_pat
     text = published_table(stats.cell_stats(runs), stats.comparisons(runs), tmp_path)
     rows = table_rows(text)
     assert len(rows) == len(published.PUBLISHED)
-    assert all(row[3] == "--" for row in rows)
-    assert "shares no data set with these rows" in " ".join(text.split())
+    with_data_set = [row for row, r in zip(rows, published.PUBLISHED, strict=True) if r.dataset]
+    assert len(with_data_set) == len(rows) - 1 and all(row[3] == "--" for row in with_data_set)
+    # QLoRA's row names no data set: the demo's own 4-bit-minus-fp32 difference stands beside it.
+    qlora = next(row for row in rows if "NF4" in row[1])
+    diff = stats.paired_difference(runs, "qlora4_r8", "lora_r8").iloc[0]
+    assert qlora[3] == f"${tables.fmt(diff.diff_mean)} \\pm {tables.fmt(diff.diff_ci_high - diff.diff_mean)}$"
+    assert "shares no data set with the other rows" in " ".join(text.split())
     assert r"\citet{caron2021dino}" in text and "$89.5$" in text and "$92.43$" in text
 
 
@@ -270,3 +363,11 @@ def test_every_published_number_is_cited_from_the_bibliography():
     bib = (Path(__file__).resolve().parent.parent / "paper" / "refs.bib").read_text()
     keys = set(re.findall(r"@\w+\{([^,]+),", bib))
     assert {r.citation for r in published.PUBLISHED} <= keys
+
+
+def test_a_difference_that_no_test_of_the_seeds_can_make_significant_is_not_blamed_on_holm():
+    # Every seed -1.0: zero-width interval, exact sign p = 0.25 before correction and 1.0 after.
+    assert findings.verdict(-1.0, -1.0, 1.0, uncorrected_p=0.25) == "too_few_seeds"
+    # Significant before correction, not after: Holm changed the verdict.
+    assert findings.verdict(-2.0, -0.5, 0.08, uncorrected_p=0.02) == "uncorrected"
+    assert findings.smallest_p(3) == 0.25

@@ -73,7 +73,8 @@ def template_files(template: str, template_dir: str | Path = TEMPLATE_DIR) -> li
     ``wide_floats.tex``): what a build in that template reads of the templates."""
     main = Path(template_dir) / f"{template}.tex"
     inputs = re.findall(r"^\\input\{([\w.-]+?)(?:\.tex)?\}", main.read_text(), re.M)
-    return [main, *(Path(template_dir) / f"{name}.tex" for name in inputs)]
+    staged = {"front_matter"}  # written by build_pdf from paper.authors and paper.anonymous
+    return [main, *(Path(template_dir) / f"{name}.tex" for name in inputs if name not in staged)]
 
 
 def overfull_boxes(latex_log: str) -> list[float]:

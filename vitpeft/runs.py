@@ -264,6 +264,7 @@ def train_run(
         "oom_backoffs": sum(history.oom_backoffs),
         "epochs": run.train.epochs,
         "lr": run.method.lr,  # the peak rate it trained at: tuned (vitpeft.tune) or the config's
+        "grad_clip": run.train.grad_clip,  # 0: no clipping, and no clipped steps to report
         **criterion.judge(history.val_top1),
         "backbone": run.model.backbone["source"] if run.method.uses_pretrained_backbone else "scratch",
         "config_hash": config_hash(run_dict),

@@ -324,16 +324,21 @@ def final_ranks(records: list[dict]) -> dict[str, int]:
     return records[-1]["adalora_ranks"]
 
 
+def block_module(name: str) -> tuple[int, str]:
+    """An adapted layer's transformer block index and module name within the block."""
+    # timm's blocks.N.attn.qkv; transformers' backbone.layers.N.attention.q_proj
+    match = re.fullmatch(r"(?:.*\.)?(?:blocks|layers?)\.(\d+)\.(.+)", name)
+    if match is None:
+        raise ValueError(f"AdaLoRA layer {name!r} is not inside a transformer block")
+    return int(match[1]), match[2]
+
+
 def rank_grid(ranks: list[dict[str, int]]) -> pd.DataFrame:
     """Mean final rank over seeds as a blocks x modules grid (rows: block index; columns: module)."""
     cells = {}
     for per_seed in ranks:
         for name, rank in per_seed.items():
-            # timm's blocks.N.attn.qkv; transformers' backbone.layers.N.attention.q_proj
-            match = re.fullmatch(r"(?:.*\.)?(?:blocks|layers?)\.(\d+)\.(.+)", name)
-            if match is None:
-                raise ValueError(f"AdaLoRA layer {name!r} is not inside a transformer block")
-            cells.setdefault((int(match[1]), match[2]), []).append(rank)
+            cells.setdefault(block_module(name), []).append(rank)
     grid = pd.Series({key: np.mean(values) for key, values in cells.items()}).unstack()
     return grid.sort_index()
 

@@ -5,10 +5,18 @@ Each claim is a small dict computed from the stats files; the templates ``findin
 
 - ``higher`` / ``lower``: the 95% interval of the paired difference excludes zero and the
   (Holm-corrected, where the comparison has a family) p-value is below 0.05;
-- ``uncorrected``: the interval excludes zero but the corrected p-value is not below 0.05;
+- ``uncorrected``: the interval excludes zero and the p-value before correction is below 0.05,
+  but the Holm-corrected one is not;
+- ``too_few_seeds``: every seed gives the same nonzero difference, so the interval has no width and
+  the exact sign test gives its smallest p, 2 * 0.5**n, which at n seeds may not reach 0.05
+  before any correction (0.25 at 3 seeds);
 - ``unclear``: the interval includes zero, or one seed gives none: the data cannot tell.
 
-A comparison that the study did not run (a method missing) yields no claim and no sentence.
+Every p-value belongs to a Holm family (:data:`HOLM_FAMILIES`): the comparisons against one
+baseline in one dataset x model cell (``stats.comparisons``), LoRA's rank doublings in one cell,
+or QA-LoRA's deployed INT-N comparisons in one cell. A claim outside them says its p is
+uncorrected. A comparison that the study did not run (a method missing) yields no claim and no
+sentence.
 """
 
 from __future__ import annotations
@@ -24,42 +32,76 @@ from statsmodels.stats.multitest import multipletests
 from vitpeft.analysis import stats
 from vitpeft.analysis.figures import MEMORY_COLUMN, pareto_front
 from vitpeft.analysis.style import method_family, method_sort_key
-from vitpeft.analysis.tables import RANK_REFERENCE, SIGNIFICANCE, render
+from vitpeft.analysis.tables import RANK_REFERENCE, SIGNIFICANCE, qalora_merge_gap, render
 from vitpeft.io import read_json
 from vitpeft.methods import parse_method_name
 
 REFERENCE_FULL = "full"
 # The Pareto frontiers that the findings name: cost column -> how the text calls the cost.
 FRONTIER_COSTS = {"trainable_params": "trainable parameters", MEMORY_COLUMN: "peak training memory"}
+# The Holm families the findings read their p-values from, as the section names them.
+HOLM_FAMILIES = (
+    "the comparisons against one baseline (LoRA at $r = 8$, or full fine-tuning) on one model and data set",
+    "the doublings of LoRA's rank on one model and data set",
+    "the deployed INT-$N$ comparisons on one model and data set",
+)
+# The tests of ``stats.paired_p_value`` whose differences are one value on every seed.
+IDENTICAL_TESTS = ("exact sign", "all zero")
 
 
-def verdict(low: float, high: float, p: float) -> str:
-    """``higher``, ``lower``, ``uncorrected`` or ``unclear`` (see the module docstring)."""
+def verdict(low: float, high: float, p: float, uncorrected_p: float | None = None) -> str:
+    """``higher``, ``lower``, ``uncorrected``, ``too_few_seeds`` or ``unclear`` (see the module
+    docstring). ``uncorrected_p``: the p-value before Holm correction, where ``p`` is corrected;
+    without it a non-significant ``p`` is taken to be the correction's doing."""
     if any(math.isnan(v) for v in (low, high)) or low <= 0.0 <= high:
         return "unclear"
     if math.isnan(p) or p >= SIGNIFICANCE:
+        if uncorrected_p is not None and not uncorrected_p < SIGNIFICANCE:
+            return "too_few_seeds"
         return "uncorrected"
     return "higher" if low > 0 else "lower"
 
 
+def smallest_p(n: int) -> float:
+    """The smallest two-sided p-value that n paired seeds can give (the exact sign test with every
+    difference of one sign): 2 * 0.5**n, 0.25 at 3 seeds."""
+    return 2.0 * 0.5**n
+
+
 def oriented(row: dict[str, Any], sign: float, p_column: str, method: str, baseline: str) -> dict[str, Any]:
     """A paired-difference row as ``method`` minus ``baseline`` (``sign`` -1 flips a row stored the
-    other way round), with its verdict."""
+    other way round), with its verdict. ``identical``: every seed gave the same difference, so the
+    interval has no width and is not printed."""
     low, high = sign * row["diff_ci_low"], sign * row["diff_ci_high"]
     if sign < 0:
         low, high = high, low
-    p = row[p_column]
+    p, uncorrected_p = row[p_column], row["p_value"]
+    n = int(row["diff_n"])
     return {
         "method": method,
         "baseline": baseline,
         "diff": sign * row["diff_mean"],
         "low": low,
         "high": high,
-        "n": int(row["diff_n"]),
+        "n": n,
         "p": p,
+        "uncorrected_p": uncorrected_p,
         "holm": p_column == "p_holm",
-        "verdict": verdict(low, high, p),
+        "identical": row.get("p_test") in IDENTICAL_TESTS,
+        "smallest_p": smallest_p(n),
+        "verdict": verdict(low, high, p, uncorrected_p),
     }
+
+
+def holm(rows: list[dict[str, Any]]) -> None:
+    """Add ``p_holm`` to each row, Holm-corrected over the rows that have a p-value (NaN where one
+    seed gave none): one family."""
+    tested = [row for row in rows if not math.isnan(row["p_value"])]
+    corrected = multipletests([row["p_value"] for row in tested], method="holm")[1] if tested else []
+    for row in rows:
+        row["p_holm"] = math.nan
+    for row, p in zip(tested, corrected, strict=True):
+        row["p_holm"] = p
 
 
 def paired(
@@ -91,8 +133,9 @@ def frontiers(group: pd.DataFrame) -> dict[str, list[str]]:
 
 def rank_steps(runs: pd.DataFrame, dataset: str, model: str) -> dict[str, Any] | None:
     """LoRA's rank ladder in one cell: each doubling (next rank minus this one, paired on seeds,
-    Holm-corrected over the steps), and the rank after which accuracy no longer clearly rises
-    (``stops_at``; None while every step rises)."""
+    Holm-corrected over the steps), and the rank after which accuracy no longer rises
+    significantly (``stops_at``): the start of the first step after which no step is
+    significantly higher. None while the last step still rises."""
     in_cell = runs[(runs.dataset == dataset) & (runs.model == model)]
     lora = sorted({m for m in in_cell.method if method_family(m) == "lora"}, key=method_sort_key)
     if len(lora) < 2:
@@ -102,35 +145,36 @@ def rank_steps(runs: pd.DataFrame, dataset: str, model: str) -> dict[str, Any] |
     rows = [t.iloc[0].to_dict() for t in tables if len(t)]
     if len(rows) != len(lora) - 1:
         return None
-    tested = [i for i, r in enumerate(rows) if not math.isnan(r["p_value"])]
-    corrected = multipletests([rows[i]["p_value"] for i in tested], method="holm")[1] if tested else []
-    for i, p in zip(tested, corrected, strict=True):
-        rows[i]["p_holm"] = p
+    holm(rows)
     steps = [
         {
-            **oriented({"p_holm": math.nan, **row}, 1.0, "p_holm", upper, lower),
+            **oriented(row, 1.0, "p_holm", upper, lower),
             "from_r": parse_method_name(lower)[1]["r"],
             "to_r": parse_method_name(upper)[1]["r"],
         }
         for row, (lower, upper) in zip(rows, pairs, strict=True)
     ]
-    stop = next((s for s in steps if s["verdict"] != "higher"), None)
+    last_rise = max((i for i, s in enumerate(steps) if s["verdict"] == "higher"), default=-1)
+    stop = steps[last_rise + 1] if last_rise + 1 < len(steps) else None
     return {
         "ranks": [parse_method_name(m)[1]["r"] for m in lora],
         "steps": steps,
         "stop": stop,
         "stops_at": stop["from_r"] if stop else None,
+        "every_step_rises": all(s["verdict"] == "higher" for s in steps),
     }
 
 
 def deployment(runs: pd.DataFrame, cells: pd.DataFrame, dataset: str, model: str) -> list[dict[str, Any]]:
-    """QA-LoRA's exact INT-N merge against LoRA at its rank merged in fp32 and then quantized to the
-    same bits and group size: each one's change from its trained model (INT-N minus trained, per
-    seed) and the paired difference of the two deployed INT-N models."""
+    """QA-LoRA's INT-N merge against LoRA at its rank merged in fp32 and then quantized to the same
+    bits and group size: each one's change from its trained model (INT-N minus trained, per seed)
+    and the paired difference of the two deployed INT-N models, Holm-corrected over the cell's
+    deployed comparisons (one family)."""
     if "int_change_mean" not in cells:
         return []
     in_cell = cells[(cells.dataset == dataset) & (cells.model == model)].set_index("method")
-    out = []
+    runs_cell = runs[(runs.dataset == dataset) & (runs.model == model)]
+    out, tested = [], []
     for method in sorted(m for m in in_cell.index if method_family(m) == "qalora"):
         naive = f"lora_r{parse_method_name(method)[1]['r']}"
         if naive not in in_cell.index or pd.isna(in_cell.loc[[method, naive], "int_change_mean"]).any():
@@ -147,8 +191,10 @@ def deployment(runs: pd.DataFrame, cells: pd.DataFrame, dataset: str, model: str
                 "high": high,
                 "kept": verdict(low, high, 0.0) == "unclear",  # no change the data can see
             }
-        runs_cell = runs[(runs.dataset == dataset) & (runs.model == model)]
         table = stats.paired_difference(runs_cell, method, naive, metric="export_top1_int")
+        row = table.iloc[0].to_dict() if len(table) else None
+        if row:
+            tested.append(row)
         out.append(
             {
                 "method": method,
@@ -157,13 +203,16 @@ def deployment(runs: pd.DataFrame, cells: pd.DataFrame, dataset: str, model: str
                 "group_size": int(q.export_int_group_size),
                 "int_top1": q.export_top1_int_mean,
                 "naive_int_top1": n.export_top1_int_mean,
+                "merge_gap": qalora_merge_gap(runs_cell[runs_cell.method == method]),
                 "change": change[method],
                 "naive_change": change[naive],
-                "deployed": oriented(table.iloc[0].to_dict(), 1.0, "p_value", method, naive)
-                if len(table)
-                else None,
+                "deployed": row,
             }
         )
+    holm(tested)
+    for d in out:
+        if d["deployed"]:
+            d["deployed"] = oriented(d["deployed"], 1.0, "p_holm", d["method"], d["naive"])
     return out
 
 
@@ -213,9 +262,9 @@ def findings(
 
     def tally(claims: list[dict | None]) -> dict[str, int]:
         verdicts = [c["verdict"] for c in claims if c]
-        return {v: verdicts.count(v) for v in ("higher", "lower", "uncorrected", "unclear")} | {
-            "n": len(verdicts)
-        }
+        return {
+            v: verdicts.count(v) for v in ("higher", "lower", "uncorrected", "too_few_seeds", "unclear")
+        } | {"n": len(verdicts)}
 
     return {
         "cells": per_cell,
@@ -227,6 +276,7 @@ def findings(
             "deployed": tally([d["deployed"] for c in per_cell for d in c["deployment"]]),
         },
         "significance": SIGNIFICANCE,
+        "families": HOLM_FAMILIES,
         "reference": RANK_REFERENCE,
         "costs": FRONTIER_COSTS,
     }

@@ -6,6 +6,7 @@ Both read the per-epoch records of :class:`vitpeft.stability.StabilityMeter` in 
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -32,12 +33,29 @@ QUANTIZED_FAMILIES = ("qlora", "qalora")
 COMPARED_FAMILIES = ("lora", *QUANTIZED_FAMILIES)
 # One line style per base precision, since QLoRA's two widths share the family's colour.
 BITS_DASHES = {None: "-", 8: "--", 4: "-."}
-# The panels: curve key, axis label, log scale.
-PANELS = [
-    ("grad_norm_mean", "global gradient norm", True),
-    ("clipped_fraction", "steps clipped (%)", False),
-    ("loss_spikes", "loss spikes (all seeds)", False),
-]
+# The panels: curve key, axis label, log scale. The clipped steps' panel is drawn only for runs
+# that clipped (:func:`clip_thresholds`).
+NORM_PANEL = ("grad_norm_mean", "global gradient norm", True)
+CLIP_PANEL = ("clipped_fraction", "steps clipped (%)", False)
+SPIKE_PANEL = ("loss_spikes", "loss spikes (all seeds)", False)
+
+
+def clip_thresholds(runs: pd.DataFrame) -> list[float] | None:
+    """The gradient-norm thresholds that ``runs`` clipped at (``grad_clip`` in their metrics), or
+    None when none of them clipped. Runs that do not record it (trained before metrics.json held
+    it) are taken to have clipped at a threshold not stated (NaN), so their panel stays."""
+    if "grad_clip" not in runs:
+        return [math.nan]
+    thresholds = runs.grad_clip.astype(float)
+    clipped = thresholds[thresholds.isna() | (thresholds > 0)]
+    if clipped.empty:
+        return None
+    return sorted(set(clipped.dropna())) + ([math.nan] if clipped.isna().any() else [])
+
+
+def panels(runs: pd.DataFrame) -> list[tuple[str, str, bool]]:
+    """The figure's panels: the clipped steps' only where the runs clipped."""
+    return [NORM_PANEL, CLIP_PANEL, SPIKE_PANEL] if clip_thresholds(runs) else [NORM_PANEL, SPIKE_PANEL]
 
 
 def compared_methods(methods) -> list[str]:
@@ -66,17 +84,20 @@ def stacked(curves: dict[str, dict], run_dirs, key: str) -> np.ndarray:
 def stability_figure(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str | Path | None):
     """Per epoch, one row of panels per dataset x model: the global gradient norm before clipping
     (mean over the epoch's steps: mean over seeds, band from the lowest to the highest seed; thin
-    line: the epoch's largest, over all seeds), the percentage of steps clipped (mean over seeds)
-    and the loss spikes of all seeds together."""
+    line: the epoch's largest, over all seeds), the percentage of steps clipped (mean over seeds;
+    only where the runs clipped) and the loss spikes of all seeds together."""
 
     methods = compared_methods(runs.method.unique())
     if not methods:
         placeholder("No quantized LoRA run in this study: no gradient-stability comparison.", out_pdf)
         return None
     apply_style()
-    groups = list(runs[runs.method.isin(methods)].groupby(["dataset", "model"], sort=True))
-    fig, axes = plt.subplots(len(groups), len(PANELS), figsize=(7.2, 2.4 * len(groups)), squeeze=False)
+    compared = runs[runs.method.isin(methods)]
+    drawn = panels(compared)
+    groups = list(compared.groupby(["dataset", "model"], sort=True))
+    fig, axes = plt.subplots(len(groups), len(drawn), figsize=(7.2, 2.4 * len(groups)), squeeze=False)
     for row_axes, ((dataset, model), group) in zip(axes, groups, strict=True):
+        panel_axes = {key: ax for ax, (key, _, _) in zip(row_axes, drawn, strict=True)}
         for method in methods:
             run_dirs = list(group[group.method == method].run_dir)
             if not run_dirs:
@@ -90,14 +111,16 @@ def stability_figure(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str |
             }
             norms = stacked(curves, run_dirs, "grad_norm_mean")
             epochs = np.arange(1, norms.shape[1] + 1)
-            norm_ax, clip_ax, spike_ax = row_axes
+            norm_ax = panel_axes["grad_norm_mean"]
             norm_ax.plot(epochs, norms.mean(0), **style)
             norm_ax.fill_between(epochs, norms.min(0), norms.max(0), color=style["color"], alpha=0.15)
             highest = stacked(curves, run_dirs, "grad_norm_max").max(0)
             norm_ax.plot(epochs, highest, color=style["color"], linestyle=style["linestyle"], lw=0.6)
-            clip_ax.plot(epochs, 100 * stacked(curves, run_dirs, "clipped_fraction").mean(0), **style)
-            spike_ax.plot(epochs, stacked(curves, run_dirs, "loss_spikes").sum(0), **style)
-        for ax, (_, ylabel, log) in zip(row_axes, PANELS, strict=True):
+            if "clipped_fraction" in panel_axes:
+                clipped = 100 * stacked(curves, run_dirs, "clipped_fraction").mean(0)
+                panel_axes["clipped_fraction"].plot(epochs, clipped, **style)
+            panel_axes["loss_spikes"].plot(epochs, stacked(curves, run_dirs, "loss_spikes").sum(0), **style)
+        for ax, (_, ylabel, log) in zip(row_axes, drawn, strict=True):
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -106,10 +129,12 @@ def stability_figure(runs: pd.DataFrame, curves: dict[str, dict], out_pdf: str |
                 ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
                 ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # 0.5, not 5e-1
                 ax.yaxis.set_minor_formatter(NullFormatter())
-        row_axes[1].set_ylim(-3, 103)  # a percentage: 0 and 100 clearly on the axis
-        row_axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
-        top = max(1.0, row_axes[2].get_ylim()[1])  # counts: no fractions when all are 0
-        row_axes[2].set_ylim(-0.04 * top, top)  # lines at 0 clear of the axis line
+        if "clipped_fraction" in panel_axes:
+            panel_axes["clipped_fraction"].set_ylim(-3, 103)  # a percentage: 0 and 100 clearly on the axis
+        spike_ax = panel_axes["loss_spikes"]
+        spike_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        top = max(1.0, spike_ax.get_ylim()[1])  # counts: no fractions when all are 0
+        spike_ax.set_ylim(-0.04 * top, top)  # lines at 0 clear of the axis line
         row_axes[0].set_title(f"{model} on {dataset}", loc="left", fontsize=9)
     axes[0][0].plot([], [], color="0.4", lw=0.6, label="thin: the epoch's largest norm")
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -141,12 +166,13 @@ def stability_summary(runs: pd.DataFrame, curves: dict[str, dict]) -> list[dict]
 
 
 def write_stability_sentence(runs: pd.DataFrame, curves: dict[str, dict], out_tex: str | Path) -> str:
-    """``\\GradientStabilitySentence``, for the figure's caption and the findings, from
-    ``templates/gradient_stability.tex.j2``."""
+    """``\\GradientStabilitySentence`` for the findings and ``\\GradientStabilityCaption`` for the
+    figure, from ``templates/gradient_stability.tex.j2``."""
     return render(
         "gradient_stability.tex.j2",
         out_tex,
         rows=stability_summary(runs, curves),
+        clip_thresholds=clip_thresholds(runs[runs.method.isin(compared_methods(runs.method.unique()))]),
         spike_factor=SPIKE_FACTOR,
         spike_window=SPIKE_WINDOW,
         spike_min_rise=SPIKE_MIN_RISE,

@@ -3,8 +3,8 @@
 Every value below was read from its source (see each record's ``where``) and is cited from
 ``paper/refs.bib``; none is derived. A record names the study cell it compares with; the table
 lines that cell up only when the study has it, and says in a column how the published setting
-differs. A study that shares no data set with the records (the offline demo) shows the published
-rows alone and says that it is not comparable.
+differs. A study that shares no data set with the records (the offline demo) lines up only the
+records tied to no data set and says that the others are not comparable.
 """
 
 from __future__ import annotations
@@ -156,11 +156,12 @@ def published_rows(
     cells: pd.DataFrame, compared: pd.DataFrame, records=PUBLISHED
 ) -> tuple[list[dict[str, Any]], bool]:
     """The table's rows, and whether the study is comparable at all: it shares a data set with
-    the records. An incomparable study lines up none of its cells."""
+    the records. An incomparable study lines up none of the cells of a data set; a record tied to
+    no data set (QLoRA's difference on language models) is lined up either way."""
     comparable = bool(set(cells.dataset) & {r.dataset for r in records if r.dataset})
     rows = []
     for r in records:
-        ours = lined_up(r, cells, compared) if comparable else None
+        ours = lined_up(r, cells, compared) if comparable or r.dataset is None else None
         if ours and "half" in ours and math.isnan(ours["half"]):
             ours["half"] = None  # one seed: no interval
         rows.append({**r.__dict__, "ours": ours})

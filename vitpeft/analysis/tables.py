@@ -15,7 +15,7 @@ import jinja2
 import pandas as pd
 
 from vitpeft.analysis.aggregate import baselines_table
-from vitpeft.analysis.style import macro_name, method_label, method_sort_key
+from vitpeft.analysis.style import macro_name, method_family, method_label, method_sort_key
 from vitpeft.baselines import BASELINE_LABELS, BASELINE_NAMES
 from vitpeft.config import ExportConfig, model_spec, training_recipe
 from vitpeft.convergence import ConvergenceCriterion
@@ -249,6 +249,56 @@ def ablation_groups(cells: pd.DataFrame, compared: pd.DataFrame) -> list[dict[st
     return groups
 
 
+# What the training-memory axis measured, by the runs' device (vitpeft.memory): CUDA counts the
+# tensors PyTorch allocated; every other device, the resident set of the whole process.
+MEMORY_MEASURES = {
+    "cuda": "on a CUDA GPU, the peak memory allocated to PyTorch's tensors",
+    "process": (
+        "on the CPU, the peak resident set size of the whole training process, in which the Python "
+        "and PyTorch libraries outweigh the model and its optimizer state at this scale, so small "
+        "differences between methods say little"
+    ),
+}
+
+
+def memory_measure(runs: pd.DataFrame) -> str:
+    """How the runs' training memory was measured, for the Pareto figure's caption: by the
+    devices they trained on (both measures where the study mixed them; none where no run
+    recorded its device)."""
+    devices = runs["device"].dropna().astype(str) if "device" in runs else pd.Series(dtype=str)
+    kinds = sorted({"cuda" if d.startswith("cuda") else "process" for d in devices})
+    return "; ".join(MEMORY_MEASURES[k] for k in kinds) or "as the run's device reported it"
+
+
+def limitations(config: dict[str, Any]) -> dict[str, Any]:
+    """What the limitations section says of the selected study, from its config: its name, size
+    and whether its backbones were pretrained here (on the study's own source data) or elsewhere."""
+    study = config["studies"][config["study"]]
+    specs = [model_spec(config, name) for name in study["models"]]
+    here = [spec.backbone for spec in specs if spec.backbone["source"] == "pretrain"]
+    return {
+        "name": config["study"],
+        "models": study["models"],
+        "datasets": study["datasets"],
+        "sizes": "/".join(str(s) for s in sorted({spec.img_size for spec in specs})),
+        "pretrained_here": bool(here),
+        "pretrain_data": sorted({b.get("dataset", "synthetic images") for b in here}),
+        "epochs": config["train"]["epochs"],
+        "seeds": len(study["seeds"]),
+        "smallest_p": 2.0 * 0.5 ** len(study["seeds"]),
+    }
+
+
+def qalora_merge_gap(runs: pd.DataFrame) -> float:
+    """The largest relative logit gap between QA-LoRA's merged INT-N model and its unmerged model
+    over the exported QA-LoRA runs (the export reports' ``int_vs_unmerged``): what rounding the
+    shifted zeros to fp16 costs. NaN without such runs."""
+    column = "export_int_vs_unmerged_max_rel"
+    if column not in runs:
+        return math.nan
+    return float(runs.loc[runs.method.map(method_family) == "qalora", column].max())
+
+
 def macros(
     cells: pd.DataFrame, transfer: pd.DataFrame, baselines: pd.DataFrame | None = None
 ) -> dict[str, str]:
@@ -328,12 +378,14 @@ def write_tables(
         "quantization_table.tex.j2",
         out_dir / "quantization_table.tex",
         groups=result_groups(cells) if "export_top1_int_mean" in cells else [],
+        merge_gap=qalora_merge_gap(runs),
     )
     converged = int(runs["converged"].fillna(False).astype(bool).sum()) if "converged" in runs else 0
     named = {
         "StudyTitle": tex_escape(study.get("title", "A PEFT study")),
         "RunsConverged": str(converged),  # by the criterion each run was judged by (the checklist's)
         "RunsTotal": str(len(runs)),
+        "TrainingMemoryMeasure": memory_measure(runs),
         **macros(cells, transfer, references),
     }
     render("macros.tex.j2", out_dir / "macros.tex", macros=named)
@@ -342,6 +394,7 @@ def write_tables(
         ["baseline", "dataset", "model", "order"]
     )
     render("comparisons.tex.j2", out_dir / "comparisons.tex", rows=compared.to_dict("records"))
+    render("limitations.tex.j2", out_dir / "limitations.tex", **limitations(config))
     criterion = ConvergenceCriterion(**config.get("convergence", {}))
     backbones = [read_json(p) for p in backbone_metas]
     choices = [read_json(p) for p in lr_choices]
