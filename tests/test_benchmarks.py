@@ -167,3 +167,13 @@ def test_gradient_stability_cost_prints_the_recording_against_the_step():
     out = run_script("gradient_stability_cost.py", "--steps", "2", "--epochs", "1", "--repeats", "10")
     assert re.search(r"recording, clipping on\s+\d+\.\d us\s+ratio \d+\.\d{4}$", out, re.M)
     assert re.search(r"recording, clipping off\s+\d+\.\d us\s+ratio \d+\.\d{4} ", out, re.M)
+
+
+def test_augment_ops_counts_the_full_augmentation_at_two_batch_sizes():
+    out = run_script("augment_ops.py", "--img-size", "16")
+    assert re.search(r"^batch 128  RandAugment, per image\s+\d+ ops", out, re.M)
+    last = out.strip().splitlines()[-1]
+    match = re.fullmatch(r"ops per batch: (\d+) at batch 32, (\d+) at batch 128", last)
+    assert match, last
+    at_32, at_128 = map(int, match.groups())
+    assert 0 < at_128 <= 1.1 * at_32

@@ -30,9 +30,9 @@ def data():
 
 
 def preprocessor():
-    # Every random source of training: the data generator (shuffle, affine), torch's global
-    # generator (RandAugment, MixUp, CutMix and the choice between them, erasing noise) and
-    # Python's (erasing boxes).
+    # Every random source of training: the data generator (shuffle, affine, RandAugment, erasing
+    # boxes) and torch's global generator (MixUp, CutMix and the choice between them, erasing
+    # noise).
     augment = AugmentConfig(
         scale=(0.8, 1.0),
         translate=0.1,

@@ -265,8 +265,8 @@ class AugmentConfig:
         translate: largest shift of the content along each axis, as a fraction of the side
             (RandomAffine's ``translate``): 0.125 moves a 32-pixel image by up to 4 pixels.
         hflip: flip left-right with probability 0.5 (wrong for digits and text).
-        randaugment: torchvision's RandAugment on every training image (slower: per image), on
-            the uint8 image before the affine view.
+        randaugment: torchvision's RandAugment on every training image, its own ops each, on
+            the uint8 image before the affine view (``vitpeft.data.augment.BatchRandAugment``).
         randaugment_num_ops: RandAugment's ops per image (torchvision's ``num_ops``).
         randaugment_magnitude: their strength, in torchvision's 31 bins: 0 (none) to 30 (each op's
             largest). timm's ``rand-m9`` is 9 of its 10, so 27 here.
@@ -279,7 +279,8 @@ class AugmentConfig:
         cutmix_switch_prob: probability that a mixed batch gets CutMix rather than MixUp, when
             both are on (timm's ``mixup_switch_prob``).
         erasing_prob: probability that an image gets one random box of its normalized pixels
-            replaced by normal noise (timm's RandomErasing, mode ``pixel``, as DeiT's ``reprob``).
+            replaced by normal noise (timm's RandomErasing, mode ``pixel``, as DeiT's ``reprob``;
+            ``vitpeft.data.augment.random_erasing``).
     """
 
     scale: tuple[float, float] = (1.0, 1.0)

@@ -32,7 +32,7 @@ from vitpeft.io import atomic_path
 
 def capture_rng(generator: torch.Generator) -> dict[str, Any]:
     """Every random state training draws from: the data ``generator`` (shuffling, augmentation),
-    torch's global CPU and CUDA generators (dropout, RandAugment, MixUp), numpy and Python's."""
+    torch's global CPU and CUDA generators (dropout, MixUp, erasing noise), numpy and Python's."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "generator": generator.get_state(),

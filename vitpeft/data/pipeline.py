@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.data.random_erasing import RandomErasing
 from torchvision.transforms import v2
 
 from vitpeft.config import AugmentConfig
+from vitpeft.data.augment import BatchRandAugment, random_erasing
 
 
 class BatchPreprocessor:
@@ -26,9 +26,7 @@ class BatchPreprocessor:
         a = self.augment
         self.randaugment = None
         if a.randaugment:
-            self.randaugment = v2.RandAugment(
-                num_ops=a.randaugment_num_ops, magnitude=a.randaugment_magnitude
-            )
+            self.randaugment = BatchRandAugment(a.randaugment_num_ops, a.randaugment_magnitude)
         self.mixer = mixer(a, num_classes)
 
     def __call__(self, images: torch.Tensor, train: bool, generator: torch.Generator | None = None):
@@ -36,8 +34,7 @@ class BatchPreprocessor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if train and self.randaugment is not None:
-            # RandAugment draws one op sequence per call, so call it per image (global torch RNG).
-            x = torch.stack([self.randaugment(image) for image in x])
+            x = self.randaugment(x, generator)  # each image its own ops, from the data generator
         x = x.float().div_(255.0)  # in [0, 1]
         size = (self.img_size, self.img_size)
         if train and self._augments():
@@ -46,9 +43,8 @@ class BatchPreprocessor:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         if train and self.augment.erasing_prob > 0:
-            # timm's RandomErasing, on normalized pixels as timm's loader applies it; it draws its
-            # boxes from Python's random module and its noise from torch's global generator.
-            x = RandomErasing(self.augment.erasing_prob, mode="pixel", device=x.device)(x)
+            # on normalized pixels, as timm's loader applies its RandomErasing
+            x = random_erasing(x, self.augment.erasing_prob, generator)
         return x
 
     def mix(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
