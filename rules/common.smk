@@ -265,9 +265,11 @@ ANNOUNCED_CELLS = set()
 
 
 def announce_cell(method, dataset):
-    """Say in one line, once per cell, which study's models a cell target trains: the selected
-    study's, whatever the dataset (the demo's 8 px model on CIFAR-10 shrinks it to 8 px)."""
-    if (method, dataset) in ANNOUNCED_CELLS:
+    """Say in one line, once, which study's models a cell asked for on the command line trains:
+    the selected study's, whatever the dataset (the demo's 8 px model on CIFAR-10 shrinks it to
+    8 px). The cells a paper is built from go unannounced."""
+    requested = {t.rstrip("/") for t in workflow.dag_settings.targets}
+    if (method, dataset) in ANNOUNCED_CELLS or f"results/{method}_{dataset}" not in requested:
         return
     ANNOUNCED_CELLS.add((method, dataset))
     print(study_config.cell_plan(config, method, dataset), file=sys.stderr)

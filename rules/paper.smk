@@ -43,7 +43,7 @@ rule paper:
         latexmk="results/logs/paper.latexmk.log",
         latex="results/logs/paper.tex.log",  # LaTeX's own log: its overfull-box warnings
     params:
-        authors=config["paper"]["authors"],
+        authors=lambda wildcards: config["paper"]["authors"],  # LaTeX's braces are no wildcards
         anonymous=config["paper"]["anonymous"],
     conda:
         "../envs/vitpeft.yaml"
@@ -68,7 +68,7 @@ rule supplement:
         latexmk="results/logs/supplement.latexmk.log",
         latex="results/logs/supplement.tex.log",
     params:
-        authors=config["paper"]["authors"],
+        authors=lambda wildcards: config["paper"]["authors"],  # LaTeX's braces are no wildcards
         anonymous=config["paper"]["anonymous"],
     conda:
         "../envs/vitpeft.yaml"
