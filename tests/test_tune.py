@@ -187,6 +187,8 @@ def test_a_real_divergence_is_ranked_last_and_the_job_goes_on(tuned_workdir):
     choice = json.loads((workdir / "results/tuning/digits/full/deit_tiny/choice.json").read_text())
     (diverged,) = [entry for entry in choice["grid"] if entry["diverged"]]
     assert diverged["lr"] == 100.0 and diverged["val_top1"] is None and "the loss is" in diverged["error"]
+    log = (workdir / diverged["run_dir"] / "train.log").read_text()
+    assert log.rstrip().endswith(f"diverged: {diverged['error']}") and "Traceback" not in log
     assert (
         choice["lr"] == 3.0e-4
         and "diverged" in (workdir / "results/tuning/digits/full/deit_tiny/tune.log").read_text()

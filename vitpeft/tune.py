@@ -195,14 +195,18 @@ def tune_family(
     def short_run(run: dict[str, Any]) -> dict[str, Any]:
         out_dir = job_dir / run_folder(run["method"]["lr"])
         entry = {"lr": run["method"]["lr"], "run_dir": str(out_dir), "config_hash": config_hash(run)}
-        try:
-            with logging_to(out_dir / "train.log"):
+        divergence = None
+        with logging_to(out_dir / "train.log"):
+            try:
                 metrics = train_run(
                     run, data_dir, backbone, out_dir, threads, convergence=convergence, evaluate_test=False
                 )
-        except FloatingPointError as err:  # ranked last; the other rates still decide
-            print(f"{out_dir}: diverged: {err}", file=sys.stderr)
-            return entry | {CRITERION: None, "val_top5": None, "diverged": True, "error": str(err)}
+            except FloatingPointError as err:  # an outcome of the rate, not a bug: no traceback
+                divergence = err
+                print(f"diverged: {err}")
+        if divergence is not None:  # ranked last; the other rates still decide
+            print(f"{out_dir}: diverged: {divergence}", file=sys.stderr)
+            return entry | {CRITERION: None, "val_top5": None, "diverged": True, "error": str(divergence)}
         return entry | {
             CRITERION: metrics[CRITERION],
             "val_top5": metrics["val_top5"],
