@@ -163,5 +163,7 @@ rule published:
         "results/logs/published.log",
     conda:
         "../envs/vitpeft.yaml"
+    params:
+        vtab_tasks=study_config.vtab_tasks(config),  # a VTAB-1k study also gets its VTAB table
     script:
         "../workflow_scripts/published.py"

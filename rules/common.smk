@@ -269,9 +269,10 @@ def announce_cell(method, dataset):
     the selected study's, whatever the dataset (the demo's 8 px model on CIFAR-10 shrinks it to
     8 px). The cells a paper is built from go unannounced."""
     requested = {t.rstrip("/") for t in workflow.dag_settings.targets}
-    if (method, dataset) in ANNOUNCED_CELLS or f"results/{method}_{dataset}" not in requested:
+    cell = (method, dataset)
+    if cell in ANNOUNCED_CELLS or f"results/{method}_{dataset}" not in requested:
         return
-    ANNOUNCED_CELLS.add((method, dataset))
+    ANNOUNCED_CELLS.add(cell)
     print(study_config.cell_plan(config, method, dataset), file=sys.stderr)
 
 

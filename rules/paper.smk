@@ -42,11 +42,11 @@ rule paper:
         main="results/logs/paper.log",
         latexmk="results/logs/paper.latexmk.log",
         latex="results/logs/paper.tex.log",  # LaTeX's own log: its overfull-box warnings
+    conda:
+        "../envs/vitpeft.yaml"
     params:
         authors=lambda wildcards: config["paper"]["authors"],  # LaTeX's braces are no wildcards
         anonymous=config["paper"]["anonymous"],
-    conda:
-        "../envs/vitpeft.yaml"
     script:
         "../workflow_scripts/paper.py"
 
@@ -67,10 +67,10 @@ rule supplement:
         main="results/logs/supplement.log",
         latexmk="results/logs/supplement.latexmk.log",
         latex="results/logs/supplement.tex.log",
+    conda:
+        "../envs/vitpeft.yaml"
     params:
         authors=lambda wildcards: config["paper"]["authors"],  # LaTeX's braces are no wildcards
         anonymous=config["paper"]["anonymous"],
-    conda:
-        "../envs/vitpeft.yaml"
     script:
         "../workflow_scripts/paper.py"

@@ -164,7 +164,7 @@ def test_the_bibliography_covers_the_visual_peft_work_and_every_entry_is_cited()
     bib = (REPO / "paper" / "refs.bib").read_text()
     keys = re.findall(r"^@\w+\{([^,]+),", bib, re.M)
     sources = [*(REPO / "paper").rglob("*.tex"), *(REPO / "vitpeft" / "templates").glob("*.j2")]
-    sources += [REPO / "vitpeft" / "analysis" / name for name in ("tables.py", "published.py")]
+    sources += [REPO / "vitpeft" / "analysis" / name for name in ("tables.py", "published.py", "vtab.py")]
     text = "\n".join(path.read_text() for path in sources)
     cited = {key.strip() for group in re.findall(r"\\cite\w*\{([^}]*)\}", text) for key in group.split(",")}
     cited |= set(re.findall(r'"(\w+\d{4}\w*)"', text))  # keys the generators insert (DATASET_CITATIONS, ...)

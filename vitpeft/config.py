@@ -457,6 +457,12 @@ def extra_transfer_seeds(config: dict[str, Any]) -> list[int]:
     return [seed for seed in transfer_seeds(config) if seed not in study(config)["seeds"]]
 
 
+def vtab_tasks(config: dict[str, Any]) -> dict[str, str]:
+    """The study's VTAB-1k datasets: dataset name -> task name (empty for a study without one)."""
+    specs = {name: config["datasets"][name] for name in study(config)["datasets"]}
+    return {name: spec["options"]["task"] for name, spec in specs.items() if spec["kind"] == "vtab1k"}
+
+
 def model_spec(config: dict[str, Any], model: str) -> ModelSpec:
     return spec_of_entry(model, config["models"][model])
 

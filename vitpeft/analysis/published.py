@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from vitpeft.analysis.tables import render
+from vitpeft.analysis.vtab import vtab_table
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,9 @@ def published_rows(
     return rows, comparable
 
 
-def write_published(cell_stats_csv, comparisons_csv, out_tex) -> None:
-    """The published rule: ``published.tex`` from the cell statistics and the comparisons."""
+def write_published(cell_stats_csv, comparisons_csv, out_tex, vtab_tasks: dict[str, str]) -> None:
+    """The published rule: ``published.tex`` from the cell statistics and the comparisons; for a
+    study of VTAB-1k tasks (``vtab_tasks``: dataset name -> task) also the VTAB-1k table."""
     cells = pd.read_csv(cell_stats_csv)
     rows, comparable = published_rows(cells, pd.read_csv(comparisons_csv))
     render(
@@ -179,4 +181,5 @@ def write_published(cell_stats_csv, comparisons_csv, out_tex) -> None:
         comparable=comparable,
         datasets=sorted(cells.dataset.unique()),
         models=sorted(cells.model.unique()),
+        vtab=vtab_table(cells, vtab_tasks),
     )

@@ -46,36 +46,37 @@ KIND_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 @dataclass(frozen=True)
 class VtabTask:
-    """One task of VTAB-1k (Zhai et al., 2019): its group, classes, and test images (as listed in
+    """One task of VTAB-1k (Zhai et al., 2019): its group, classes, test images and label (as listed in
     VPT's appendix, Jia et al., ECCV 2022). Every task trains on 800 images and validates on 200."""
 
     group: str
     classes: int
     test: int
+    label: str  # as VTAB-1k tables print it
 
 
 # The task folders of VTAB-1k as NOAH (Zhang et al., 2022) distributes it and VPT, NOAH and the
 # PETL benchmarks after them read it: root/<task>/{train800,val200,train800val200,test}.txt.
 VTAB_TASKS: dict[str, VtabTask] = {
-    "cifar": VtabTask("natural", 100, 10_000),
-    "caltech101": VtabTask("natural", 102, 6_084),
-    "dtd": VtabTask("natural", 47, 1_880),
-    "oxford_flowers102": VtabTask("natural", 102, 6_149),
-    "oxford_iiit_pet": VtabTask("natural", 37, 3_669),
-    "svhn": VtabTask("natural", 10, 26_032),
-    "sun397": VtabTask("natural", 397, 21_750),
-    "patch_camelyon": VtabTask("specialized", 2, 32_768),
-    "eurosat": VtabTask("specialized", 10, 5_400),
-    "resisc45": VtabTask("specialized", 45, 6_300),
-    "diabetic_retinopathy": VtabTask("specialized", 5, 42_670),
-    "clevr_count": VtabTask("structured", 8, 15_000),
-    "clevr_dist": VtabTask("structured", 6, 15_000),
-    "dmlab": VtabTask("structured", 6, 22_735),
-    "kitti": VtabTask("structured", 4, 711),
-    "dsprites_loc": VtabTask("structured", 16, 73_728),
-    "dsprites_ori": VtabTask("structured", 16, 73_728),
-    "smallnorb_azi": VtabTask("structured", 18, 12_150),
-    "smallnorb_ele": VtabTask("structured", 9, 12_150),
+    "cifar": VtabTask("natural", 100, 10_000, "CIFAR-100"),
+    "caltech101": VtabTask("natural", 102, 6_084, "Caltech101"),
+    "dtd": VtabTask("natural", 47, 1_880, "DTD"),
+    "oxford_flowers102": VtabTask("natural", 102, 6_149, "Flowers102"),
+    "oxford_iiit_pet": VtabTask("natural", 37, 3_669, "Pets"),
+    "svhn": VtabTask("natural", 10, 26_032, "SVHN"),
+    "sun397": VtabTask("natural", 397, 21_750, "Sun397"),
+    "patch_camelyon": VtabTask("specialized", 2, 32_768, "Camelyon"),
+    "eurosat": VtabTask("specialized", 10, 5_400, "EuroSAT"),
+    "resisc45": VtabTask("specialized", 45, 6_300, "Resisc45"),
+    "diabetic_retinopathy": VtabTask("specialized", 5, 42_670, "Retinopathy"),
+    "clevr_count": VtabTask("structured", 8, 15_000, "Clevr-Count"),
+    "clevr_dist": VtabTask("structured", 6, 15_000, "Clevr-Dist"),
+    "dmlab": VtabTask("structured", 6, 22_735, "DMLab"),
+    "kitti": VtabTask("structured", 4, 711, "KITTI-Dist"),
+    "dsprites_loc": VtabTask("structured", 16, 73_728, "dSpr-Loc"),
+    "dsprites_ori": VtabTask("structured", 16, 73_728, "dSpr-Ori"),
+    "smallnorb_azi": VtabTask("structured", 18, 12_150, "sNORB-Azim"),
+    "smallnorb_ele": VtabTask("structured", 9, 12_150, "sNORB-Elev"),
 }
 VTAB_GROUPS = ("natural", "specialized", "structured")
 VTAB_TRAIN, VTAB_VAL = 800, 200
