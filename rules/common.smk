@@ -11,12 +11,7 @@ from vitpeft import compute
 from vitpeft.baselines import BASELINE_NAMES
 from vitpeft.data.sources import ARCHIVES, archive_md5, archive_url
 from vitpeft.io import canonical
-from vitpeft.methods import (
-    INT_EXPORT_FAMILIES,
-    method_config,
-    method_wildcard,
-)
-from vitpeft.methods import METHODS as METHODS_BY_FAMILY
+from vitpeft.methods import method_config
 from vitpeft.submission import RUN_FILES as SUBMITTED_RUN_FILES
 from vitpeft import tune
 from vitpeft.analysis.seed_curves import SEED_CURVES

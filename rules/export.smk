@@ -1,6 +1,6 @@
-# Every run merged and exported: safetensors and ONNX, checked numerically; one job per model x
-# dataset x method, for all its seeds. Methods whose merged model is INT-N (QA-LoRA) also export
-# their integer codes as an INT-N ONNX file.
+# Every run merged and exported: safetensors, ONNX and INT-N ONNX (QA-LoRA's exact merge, or every
+# other method's float merge quantized), checked numerically; one job per model x dataset x
+# method, for all its seeds.
 
 
 rule onnx_graph:
@@ -28,14 +28,11 @@ rule export:
         weights=seed_files("export/model.safetensors"),
         meta=seed_files("export/model.json"),
         onnx=seed_files("export/model.onnx"),
+        int_onnx=seed_files("export/model_int.onnx"),
     log:
         seed_files("export.log"),
     benchmark:
         f"{JOB_DIR}/export_benchmark.tsv"
-    wildcard_constraints:
-        method=method_wildcard(
-            f for f in METHODS_BY_FAMILY if f not in INT_EXPORT_FAMILIES
-        ),
     conda:
         "../envs/vitpeft.yaml"
     threads: config["threads"]
@@ -47,11 +44,3 @@ rule export:
         export=canonical(config["export"]),
     script:
         "../workflow_scripts/export.py"
-
-
-use rule export as export_int with:
-    output:
-        **rules.export.output,
-        int_onnx=seed_files("export/model_int.onnx"),
-    wildcard_constraints:
-        method=method_wildcard(INT_EXPORT_FAMILIES),

@@ -325,3 +325,66 @@ def test_merge_leaves_no_adapter_and_keeps_codes(tiny_model):
     assert not any(isinstance(m, QALoraLinear) for m in merged.modules())
     assert torch.equal(merged.blocks[0].attn.qkv.codes, before.codes)
     assert not re.search("lora", " ".join(n for n, _ in merged.named_parameters()))
+
+
+def finished_run(root, method):
+    """A real run of ``method`` on the tiny config (random backbone, its epochs), as the train rule
+    leaves it."""
+    import yaml
+    from conftest import REPO
+
+    from vitpeft import config as study_config
+    from vitpeft.data import prepare_dataset
+    from vitpeft.models import create_model, save_backbone
+    from vitpeft.runs import train_run
+
+    config = study_config.load(yaml.safe_load((REPO / "tests" / "tiny_config.yaml").read_text()))
+    prepare_dataset(config["datasets"]["digits"], root / "data")
+    torch.manual_seed(0)
+    backbone = create_model(study_config.model_spec(config, "deit_tiny"), num_classes=16)
+    save_backbone(backbone, root / "backbone.safetensors", root / "backbone.json", {})
+    run = study_config.resolve_run(config, "deit_tiny", "digits", method, 0).to_dict()
+    return train_run(run, root / "data", root / "backbone.safetensors", root / "run", threads=1)
+
+
+@pytest.mark.parametrize(("method", "bits"), [("qlora4_r8", 4), ("qlora8_r8", 8)])
+def test_a_qlora_run_exports_its_base_quantized_and_the_reload_reproduces_its_test_top1(
+    tmp_path, method, bits
+):
+    """The base in bitsandbytes' own serialization beside the adapter; rebuilt from those files
+    alone (no backbone, no checkpoint), the model computes the trained one's logits exactly; and
+    its naive INT-N model is an INT-N ONNX that ONNX Runtime runs."""
+    import bitsandbytes
+    from safetensors import safe_open
+
+    from vitpeft.export import load_quantized
+
+    metrics = finished_run(tmp_path, method)
+    report = export_run(
+        tmp_path / "run", tmp_path / "data", tmp_path / "backbone.safetensors", tmp_path / "export"
+    )
+    assert report["passed"]
+    reload = report["logits"]["quantized_reload_vs_unmerged"]
+    assert reload["max_abs"] == 0.0 and reload["rtol"] == 0.0
+    assert report["test_top1"]["quantized_reload"] == pytest.approx(metrics["test_top1"])
+    with safe_open(str(tmp_path / "export" / "base_quantized.safetensors"), "pt") as saved:
+        keys = set(saved.keys())
+        qkv = [k for k in keys if k.endswith("blocks.0.attn.qkv.base_layer.weight")]
+        assert len(qkv) == 1
+        codes = saved.get_tensor(qkv[0])
+    if bits == 4:  # two NF4 codes per byte, and the quant state bitsandbytes reads back
+        assert codes.dtype == torch.uint8 and codes.numel() == 576 * 192 // 2
+        assert any(k.endswith("qkv.base_layer.weight.quant_state.bitsandbytes__nf4") for k in keys)
+    else:  # int8 rows and one absmax scale per row
+        assert codes.dtype == torch.int8 and codes.shape == (576, 192)
+        assert any(k.endswith("qkv.base_layer.SCB") for k in keys)
+    layer = bitsandbytes.nn.Linear4bit if bits == 4 else bitsandbytes.nn.Linear8bitLt
+    rebuilt = load_quantized(tmp_path / "export")
+    assert sum(isinstance(m, layer) for m in rebuilt.modules()) == 4 * 2  # every block Linear
+    sizes = report["bytes"]
+    assert set(sizes) == {"safetensors", "onnx", "int_onnx", "base_quantized", "adapter"}
+    assert sizes["base_quantized"] < 0.6 * sizes["safetensors"] and sizes["adapter"] < sizes["base_quantized"]
+    assert report["int"]["route"] == "float merge, then quantized"
+    assert (
+        report["int"]["onnx_weight_types"] == {"UINT4": 8} and report["logits"]["int_onnx_vs_int"]["passed"]
+    )

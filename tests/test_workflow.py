@@ -32,8 +32,6 @@ CELLS = len(DEMO["studies"]["demo"]["methods"]) + 1  # + the scratch baseline of
 # One train job (and one export job) per model x dataset x method, for all its seeds; the demo has
 # one model and one dataset, so a job per cell.
 JOBS = CELLS
-# QA-LoRA's export also writes its INT-N ONNX file (rule export_int); every other run's is rule export
-INT_JOBS = sum(m.startswith("qalora") for m in DEMO["studies"]["demo"]["methods"])
 # One tuning job per method family with a grid (full, scratch, linear, lora, qlora, adalora, qalora)
 # x model x dataset.
 TUNE_JOBS = len(DEMO["tune"]["grids"])
@@ -43,8 +41,7 @@ UP_TO_CELLS = {
     "onnx_graph": 1,  # the float ONNX graph of the model on the dataset, traced once for all exports
     "tune": TUNE_JOBS,
     "train": JOBS,
-    "export": JOBS - INT_JOBS,
-    "export_int": INT_JOBS,
+    "export": JOBS,  # every method's writes its INT-N ONNX file too
     "cell": CELLS,
 }
 # The transfer check's seeds beyond the study's: a job each for full fine-tuning and scratch
@@ -91,7 +88,7 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "tune": 1, "train
                 "onnx_graph": 1,
                 "tune": 1,
                 "train": 1,
-                "export_int": 1,
+                "export": 1,
                 "cell": 1,
             },
         ),
@@ -114,7 +111,7 @@ ONE_CELL = {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "tune": 1, "train
         ),
         (
             "results/runs/digits/qalora4_r8/vit_w64_d4/seed0/export/model_int.onnx",
-            {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "tune": 1, "train": 1, "export_int": 1},
+            {"prepare_data": 2, "pretrain": 1, "onnx_graph": 1, "tune": 1, "train": 1, "export": 1},
         ),
         (
             "results/tuning/digits/qalora/vit_w64_d4/choice.json",
@@ -334,15 +331,13 @@ def test_the_full_study_is_one_flag_away(tmp_path):
     line = compute.summary(full, compute.estimate_study(full))
     assert "GPU-hours" in line and result.stderr.count(line) == 1
     jobs = 3 * 3 * 11  # models x datasets x methods, each job all 3 seeds; no scratch: hub weights
-    int_jobs = 3 * 3 * 1  # qalora4_r8
     assert planned_jobs(plan) == {
         "download": 3,
         "prepare_data": 3,
         "onnx_graph": 3 * 3,  # models x datasets
         "tune": 3 * 3 * 6,  # models x datasets x the six families with a grid
         "train": jobs,
-        "export": jobs - int_jobs,
-        "export_int": int_jobs,
+        "export": jobs,
         "cell": 33,
         "baseline": 3 * 3,  # three classical baselines on each dataset
         "aggregate": 1,

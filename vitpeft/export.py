@@ -5,10 +5,10 @@ Every run leaves two deployable models:
 - **float**: the adapters merged into an fp32 base. LoRA and AdaLoRA through peft's
   ``merge_and_unload``; QLoRA by dequantizing the bitsandbytes base first, then merging (peft would
   re-quantize the merged weights to NF4); QA-LoRA as its exact INT-N merge, dequantized.
-- **int**: the INT-N model a deployment would ship. QA-LoRA's exact merge keeps its codes (and is
-  exported as INT-N ONNX); every other method takes the naive route, its float merge quantized
-  afterwards to the same bits and group size (``export.requantize_*``), evaluated in PyTorch.
-  Comparing the two is the study's quantization table.
+- **int**: the INT-N model a deployment would ship, exported as INT-N ONNX. QA-LoRA's exact merge
+  keeps its codes; every other method takes the naive route, its float merge quantized afterwards
+  to the same bits and group size (``export.requantize_*``). Comparing the two is the study's
+  quantization table.
 
 First the rebuilt unmerged model must be the trained one: its test top-1 must equal the
 ``test_top1`` of the run's ``metrics.json``, exactly where the export runs as training did (same
@@ -187,10 +187,10 @@ def export_run(
 ) -> dict[str, Any]:
     """Merge, save and check one finished run; write ``report.json`` last, into ``out_dir``.
 
-    Writes ``model.safetensors`` + ``model.json`` (the float merge and how to rebuild it) and
-    ``model.onnx`` (float); for a method whose merge is INT-N (QA-LoRA) also ``model_int.onnx``
-    (the integer codes). The naive route's INT-N model is evaluated in PyTorch only. Every model is run on the whole
-    test split, which training never saw: logit gaps, prediction flips and top-1 come from it.
+    Writes ``model.safetensors`` + ``model.json`` (the float merge and how to rebuild it),
+    ``model.onnx`` (float) and ``model_int.onnx`` (the INT-N model's integer codes: QA-LoRA's
+    exact merge, or the naive route's). Every model is run on the whole test split, which training
+    never saw: logit gaps, prediction flips and top-1 come from it.
 
     ``onnx_exporter`` writes the float ONNX file, ``int_graphs`` traces the INT-N file's float
     stand-in; pass the same two for a series of runs of one architecture
@@ -230,17 +230,23 @@ def export_run(
         }
     save_merged(float_model, run, out_dir)
     (onnx_exporter or FloatOnnxExporter()).export(float_model, batches[0][:2], out_dir / "model.onnx")
-    files = {"safetensors": out_dir / "model.safetensors", "onnx": out_dir / "model.onnx"}
-    if exact_int:
-        files["int_onnx"] = out_dir / "model_int.onnx"
-        int_format["layers"] = export_int_onnx(int_model, batches[0][:2], files["int_onnx"], int_graphs)
-        int_format["onnx_weight_types"] = integer_weight_types(files["int_onnx"])
+    files = {
+        "safetensors": out_dir / "model.safetensors",
+        "onnx": out_dir / "model.onnx",
+        "int_onnx": out_dir / "model_int.onnx",
+    }
+    int_format["layers"] = export_int_onnx(int_model, batches[0][:2], files["int_onnx"], int_graphs)
+    int_format["onnx_weight_types"] = integer_weight_types(files["int_onnx"])
 
+    if family == "qlora":
+        classes = len(arrays.load_manifest(data_dir)["class_names"])
+        files.update(save_quantized(unmerged, run, classes, out_dir))
     logits = {
         "unmerged": _torch_logits(unmerged, batches),
         "merged": _torch_logits(float_model, batches),
         "onnx": _onnx_logits(files["onnx"], batches),
         "int": _torch_logits(int_model, batches),
+        "int_onnx": _onnx_logits(files["int_onnx"], batches),
     }
     merge_rtol = cfg.logit_rtol
     if family == "qlora" and fields["bits"] == 8:
@@ -250,11 +256,13 @@ def export_run(
     checked = {
         "merged_vs_unmerged": compare(logits["unmerged"], logits["merged"], merge_rtol),
         "onnx_vs_merged": compare(logits["merged"], logits["onnx"], cfg.logit_rtol),
+        "int_onnx_vs_int": compare(logits["int"], logits["int_onnx"], cfg.logit_rtol),
     }
-    if exact_int:  # the INT-N model is the trained one, in PyTorch and in ONNX Runtime
-        logits["int_onnx"] = _onnx_logits(files["int_onnx"], batches)
+    if exact_int:  # the INT-N model is the trained one
         checked["int_vs_unmerged"] = compare(logits["unmerged"], logits["int"], merge_rtol)
-        checked["int_onnx_vs_int"] = compare(logits["int"], logits["int_onnx"], cfg.logit_rtol)
+    if family == "qlora":  # its quantized base and adapter, reloaded from the files alone
+        logits["quantized_reload"] = _torch_logits(load_quantized(out_dir), batches)
+        checked["quantized_reload_vs_unmerged"] = compare(logits["unmerged"], logits["quantized_reload"], 0.0)
     labels = test.labels.cpu().numpy()
     report = {
         "method": run.method.name,
@@ -341,6 +349,49 @@ def save_merged(model: nn.Module, run, out_dir: Path) -> None:
             "pretrained_cfg": {k: model.pretrained_cfg[k] for k in ("mean", "std")},
         }
     write_json(out_dir / "model.json", {**architecture, "method": run.method.name, "seed": run.seed})
+
+
+def save_quantized(model: nn.Module, run, num_classes: int, out_dir: Path) -> dict[str, Path]:
+    """QLoRA's deployable form, its base still quantized: ``base_quantized.safetensors`` holds the
+    frozen model as bitsandbytes serializes it (4-bit: packed codes, absmax, quant map and quant
+    state; 8-bit: int8 rows and their ``SCB`` scales; the rest fp32), ``adapter.safetensors`` the
+    trained parameters beside it, and ``quantized.json`` the run config that rebuilds the model
+    (:func:`load_quantized`)."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    tensors = {name: t.detach().cpu().clone().contiguous() for name, t in model.state_dict().items()}
+    files = {
+        "base_quantized": out_dir / "base_quantized.safetensors",
+        "adapter": out_dir / "adapter.safetensors",
+    }
+    parts = {
+        "base_quantized": {k: v for k, v in tensors.items() if k not in trainable},
+        "adapter": {k: v for k, v in tensors.items() if k in trainable},
+    }
+    for name, path in files.items():
+        with atomic_path(path) as tmp:
+            save_file(parts[name], str(tmp))
+    write_json(out_dir / "quantized.json", {"run": run.to_dict(), "num_classes": num_classes})
+    return files
+
+
+def load_quantized(out_dir: str | Path) -> nn.Module:
+    """Rebuild a QLoRA run from :func:`save_quantized`'s files alone: the method applied to a
+    randomly initialised model of the run's architecture, then every weight loaded over it."""
+    from vitpeft.config import RunConfig
+    from vitpeft.methods import prepare_model
+    from vitpeft.methods.base import MethodContext
+
+    out_dir = Path(out_dir)
+    meta = read_json(out_dir / "quantized.json")
+    run = RunConfig.from_dict(meta["run"])
+    model = create_model(run.model, meta["num_classes"])
+    model = prepare_model(model, run.method, MethodContext(total_steps=1, device=torch.device("cpu"))).model
+    state = {
+        **load_file(str(out_dir / "base_quantized.safetensors")),
+        **load_file(str(out_dir / "adapter.safetensors")),
+    }
+    bnb.load_quantized_state(model, state)
+    return model.eval()
 
 
 def load_merged(out_dir: str | Path) -> nn.Module:

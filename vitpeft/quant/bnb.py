@@ -192,3 +192,34 @@ def to_float_linear(layer: nn.Module) -> nn.Linear:
     if layer.bias is not None:
         linear.bias.data.copy_(layer.bias.detach().float())
     return linear.to(weight.device)
+
+
+def load_quantized_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a state dict that bitsandbytes wrote (``model.state_dict()`` of a model with 4-bit or
+    8-bit layers) into a model of the same structure, whose layers are bitsandbytes layers already.
+
+    A 4-bit layer's weight is its packed codes plus the quant state's entries under
+    ``<layer>.weight.``; it is rebuilt as bitsandbytes rebuilds a prequantized weight. An 8-bit
+    layer loads its int8 rows and ``SCB`` through bitsandbytes' own hook. Every key must land.
+
+    Raises:
+        RuntimeError: naming keys the model lacks or the state leaves out.
+    """
+    import bitsandbytes as bnb
+
+    rest = dict(state)
+    loaded = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        prefix = f"{name}.weight."
+        stats = {key[len(prefix) :]: rest.pop(key) for key in [k for k in rest if k.startswith(prefix)]}
+        device = module.weight.device
+        module.weight = bnb.nn.Params4bit.from_prequantized(
+            rest.pop(f"{name}.weight"), stats, requires_grad=False, device=device, module=module
+        )
+        loaded.add(f"{name}.weight")
+    missing, unexpected = model.load_state_dict(rest, strict=False)
+    missing = sorted(set(missing) - loaded)
+    if missing or unexpected:
+        raise RuntimeError(f"quantized state: missing {missing[:5]}, unexpected {sorted(unexpected)[:5]}")
