@@ -316,8 +316,11 @@ def export_runs(
             reports.append(
                 export_run(run_dir, data_dir, backbone, out_dir, export, onnx_exporter, int_graphs)
             )
-    traced = onnx_exporter.traced + int_graphs.traced
-    print(f"{len(run_dirs)} runs exported, {traced} ONNX graphs traced", file=sys.stderr)
+    print(
+        f"{len(run_dirs)} runs exported; ONNX graphs traced: {onnx_exporter.traced} fp32, "
+        f"{int_graphs.traced} INT-N stand-in",
+        file=sys.stderr,
+    )
     return reports
 
 

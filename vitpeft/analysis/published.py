@@ -169,7 +169,9 @@ def published_rows(
     return rows, comparable
 
 
-def write_published(cell_stats_csv, comparisons_csv, out_tex, vtab_tasks: dict[str, str]) -> None:
+def write_published(
+    cell_stats_csv, comparisons_csv, out_tex, vtab_tasks: dict[str, str] | None = None
+) -> None:
     """The published rule: ``published.tex`` from the cell statistics and the comparisons; for a
     study of VTAB-1k tasks (``vtab_tasks``: dataset name -> task) also the VTAB-1k table."""
     cells = pd.read_csv(cell_stats_csv)
@@ -181,5 +183,5 @@ def write_published(cell_stats_csv, comparisons_csv, out_tex, vtab_tasks: dict[s
         comparable=comparable,
         datasets=sorted(cells.dataset.unique()),
         models=sorted(cells.model.unique()),
-        vtab=vtab_table(cells, vtab_tasks),
+        vtab=vtab_table(cells, vtab_tasks or {}),
     )
