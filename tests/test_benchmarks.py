@@ -177,3 +177,19 @@ def test_augment_ops_counts_the_full_augmentation_at_two_batch_sizes():
     assert match, last
     at_32, at_128 = map(int, match.groups())
     assert 0 < at_128 <= 1.1 * at_32
+
+
+def test_gpu_study_runs_every_method_through_snakemake_and_reports_its_exports(tmp_path):
+    """The GPU check's Snakemake part, at a size a CPU runs in about a minute: every method trains
+    and exports through the rules, QLoRA's with its quantized base."""
+    out = run_script(
+        "gpu_study.py",
+        *("--model", "deit_tiny", "--img-size", "16", "--patch-size", "4", "--depth", "2"),
+        *("--images", "320", "--cores", "2", "--workdir", str(tmp_path)),
+    )
+    rows = dict(
+        re.findall(r"^\s*(\w+): cpu fp32, \d+ img/s, test top-1 [\d.]+%, exports passed \((.*)\)$", out, re.M)
+    )
+    assert list(rows) == ["full", "linear", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
+    assert rows["lora_r8"] == "int_onnx, onnx, safetensors"
+    assert rows["qlora4_r8"] == "adapter, base_quantized, int_onnx, onnx, safetensors"
