@@ -74,6 +74,10 @@ def test_a_missing_cell_leaves_its_group_mean_and_the_mean_empty():
     assert lora["top1"] == [50.0, None, 50.0]
     assert lora["groups"] == {"natural": None, "specialized": 50.0, "structured": None}
     assert lora["mean"] is None
+    cells = cells[cells.dataset != "eurosat"]  # a task no cell has reached yet keeps its column
+    table = vtab.vtab_table(cells, task_of)
+    assert [t["name"] for t in table["tasks"]] == ["cifar", "dtd", "eurosat"]
+    assert table["ours"][0]["top1"] == [50.0, 50.0, None] and table["ours"][0]["mean"] is None
 
 
 def test_a_study_without_vtab_tasks_has_no_vtab_table(tmp_path):

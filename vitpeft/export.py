@@ -393,7 +393,10 @@ def load_quantized(out_dir: str | Path) -> nn.Module:
         **load_file(str(out_dir / "base_quantized.safetensors")),
         **load_file(str(out_dir / "adapter.safetensors")),
     }
-    bnb.load_quantized_state(model, state)
+    try:
+        bnb.load_quantized_state(model, state)
+    except RuntimeError as err:
+        raise RuntimeError(f"{out_dir}: {err}") from err
     return model.eval()
 
 

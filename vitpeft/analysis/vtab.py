@@ -102,7 +102,7 @@ def vtab_table(
     vtab_cells = cells[cells.dataset.isin(task_of)]
     if vtab_cells.empty:
         return None
-    tasks = [t for t in VTAB_TASKS if t in {task_of[d] for d in vtab_cells.dataset}]
+    tasks = [t for t in VTAB_TASKS if t in task_of.values()]  # a task with no cell yet stays, empty
     ours = []
     models = sorted(vtab_cells.model.unique())
     for (model, method), rows in vtab_cells.groupby(["model", "method"], sort=False):
