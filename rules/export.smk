@@ -7,13 +7,15 @@ rule onnx_graph:
     input:
         manifest="resources/data/{dataset}/manifest.json",
     output:
-        "resources/onnx/{model}_{dataset}.onnx",
+        graph="resources/onnx/{model}_{dataset}.onnx",
+        int_graph="resources/onnx/{model}_{dataset}_int.onnx",
     log:
         "results/logs/onnx_graph/{model}_{dataset}.log",
     conda:
         "../envs/vitpeft.yaml"
     params:
         model=lambda wildcards: canonical(config["models"][wildcards.model]),
+        export=canonical(config["export"]),
     script:
         "../workflow_scripts/onnx_graph.py"
 
@@ -21,8 +23,10 @@ rule onnx_graph:
 rule export:
     input:
         unpack(export_inputs),
-        # the float graph, traced once per architecture; each run's weights fill it
+        # the float graph and the INT-N stand-in's, traced once per architecture; each run's
+        # weights fill them
         graph="resources/onnx/{model}_{dataset}.onnx",
+        int_graph="resources/onnx/{model}_{dataset}_int.onnx",
     output:
         report=seed_files("export/report.json"),
         weights=seed_files("export/model.safetensors"),

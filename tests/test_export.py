@@ -29,6 +29,7 @@ from vitpeft.quant.onnx_int import (
     integer_weight_types,
     session,
     trace_graph,
+    trace_int_graph,
 )
 from vitpeft.reproduce import KERNEL_RTOL
 
@@ -152,6 +153,31 @@ def test_a_graph_traced_ahead_is_filled_with_each_models_weights_without_tracing
     assert np.abs(onnx_logits - expected).max() < 1e-4 * np.abs(expected).max()
     export_onnx(trained, x[:2], tmp_path / "traced.onnx")  # what torch writes for it
     assert (tmp_path / "traced.onnx").read_bytes() == (tmp_path / "model.onnx").read_bytes()
+
+
+def test_an_int_graph_traced_ahead_serves_every_int_onnx_export_of_its_format(tiny_model, tmp_path):
+    """The rule onnx_graph also traces the naive route's INT-N stand-in once; each run's INT-N file
+    fills it without tracing and is the file a fresh trace writes. Another group size does not fit
+    and is traced afresh."""
+    x = torch.rand(4, 3, 16, 16)
+    trace_int_graph(requantize(tiny_model.eval(), bits=4, group_size=16), x[:2], tmp_path / "int_graph.onnx")
+    graphs = FloatOnnxExporter(tmp_path / "int_graph.onnx")
+    trained = copy.deepcopy(tiny_model).eval()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    int_model = requantize(trained, bits=4, group_size=16)
+    export_int_onnx(int_model, x[:2], tmp_path / "filled.onnx", graphs)
+    assert graphs.traced == 0
+    export_int_onnx(int_model, x[:2], tmp_path / "traced.onnx")
+    assert (tmp_path / "filled.onnx").read_bytes() == (tmp_path / "traced.onnx").read_bytes()
+    export_int_onnx(requantize(trained, bits=4, group_size=32), x[:2], tmp_path / "g32.onnx", graphs)
+    assert graphs.traced == 1
+    with torch.no_grad():
+        expected = requantize(trained, bits=4, group_size=32)(x).numpy()
+    assert np.abs(session(tmp_path / "g32.onnx").run(None, {"images": x.numpy()})[0] - expected).max() < (
+        1e-4 * np.abs(expected).max()
+    )
 
 
 def test_a_model_whose_weights_do_not_fit_the_graph_is_traced_afresh(tiny_model, tmp_path):

@@ -49,6 +49,7 @@ from vitpeft.quant.onnx_int import (
     integer_weight_types,
     session,
     trace_graph,
+    trace_int_graph,
 )
 from vitpeft.reproduce import tolerance
 from vitpeft.runs import load_trained
@@ -304,13 +305,15 @@ def export_runs(
     logs: list[str | Path],
     export: dict[str, Any] | None = None,
     graph: str | Path | None = None,
+    int_graph: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`export_run` for each run of a job (one model x dataset x method, every seed) in this
-    process, each logging to its own file; their float ONNX files are ``graph`` (the architecture's,
-    from :func:`write_graph`) filled with each run's weights."""
+    process, each logging to its own file. Their float ONNX files are ``graph`` (the architecture's,
+    from :func:`write_graph`) filled with each run's weights, and their INT-N files start from
+    ``int_graph`` where their INT-N model has its layers and group size (else they trace once)."""
     if not len(run_dirs) == len(out_dirs) == len(logs):
         raise ValueError(f"{len(run_dirs)} runs, {len(out_dirs)} folders and {len(logs)} logs")
-    reports, onnx_exporter, int_graphs = [], FloatOnnxExporter(graph), FloatOnnxExporter()
+    reports, onnx_exporter, int_graphs = [], FloatOnnxExporter(graph), FloatOnnxExporter(int_graph)
     for run_dir, out_dir, log in zip(run_dirs, out_dirs, logs, strict=True):
         with logging_to(log):
             reports.append(
@@ -324,12 +327,28 @@ def export_runs(
     return reports
 
 
-def write_graph(model: str, model_entry: dict[str, Any], data_dir: str | Path, path: str | Path) -> None:
-    """Trace the float ONNX graph of ``model`` with the dataset's classes, once for all its runs."""
+def write_graph(
+    model: str,
+    model_entry: dict[str, Any],
+    data_dir: str | Path,
+    path: str | Path,
+    int_path: str | Path | None = None,
+    export: dict[str, Any] | None = None,
+) -> None:
+    """Trace the float ONNX graph of ``model`` with the dataset's classes, once for all its runs;
+    with ``int_path``, also the float stand-in of its INT-N model in the naive route's format
+    (``export.requantize_bits``/``group_size``), which every run's INT-N file fills."""
     spec = spec_of_entry(model, model_entry)
     classes = len(arrays.load_manifest(data_dir)["class_names"])
-    trace_graph(create_model(spec, classes), torch.zeros(2, 3, spec.img_size, spec.img_size), path)
+    example = torch.zeros(2, 3, spec.img_size, spec.img_size)
+    float_model = create_model(spec, classes)
+    trace_graph(float_model, example, path)
     print(f"{model}: the ONNX graph with {classes} classes -> {path}", file=sys.stderr)
+    if int_path is not None:
+        cfg = ExportConfig(**(export or {}))
+        int_model = requantize(float_model, cfg.requantize_bits, cfg.requantize_group_size)
+        trace_int_graph(int_model, example, int_path)
+        print(f"{model}: its INT-N stand-in's graph -> {int_path}", file=sys.stderr)
 
 
 def save_merged(model: nn.Module, run, out_dir: Path) -> None:

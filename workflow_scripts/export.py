@@ -15,4 +15,5 @@ export_runs(
     logs=snakemake.log,
     export=snakemake.params.export,
     graph=snakemake.input.graph,
+    int_graph=snakemake.input.int_graph,
 )

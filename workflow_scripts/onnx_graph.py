@@ -1,4 +1,5 @@
-"""Rule onnx_graph: trace a model's float ONNX graph once, for the exports of all its runs."""
+"""Rule onnx_graph: trace a model's float ONNX graph and its INT-N stand-in's once, for the
+exports of all its runs."""
 
 from pathlib import Path
 
@@ -12,5 +13,7 @@ write_graph(
     snakemake.wildcards.model,
     snakemake.params.model,
     data_dir=Path(snakemake.input.manifest).parent,
-    path=snakemake.output[0],
+    path=snakemake.output.graph,
+    int_path=snakemake.output.int_graph,
+    export=snakemake.params.export,
 )

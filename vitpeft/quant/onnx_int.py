@@ -217,6 +217,12 @@ def trace_graph(model: nn.Module, example: torch.Tensor, path: str | Path, seed:
     exporter.save(path)
 
 
+def trace_int_graph(model: nn.Module, example: torch.Tensor, path: str | Path) -> None:
+    """:func:`trace_graph` for the float stand-in of a model with GroupQuantLinear layers: the graph
+    that :func:`export_int_onnx` fills, for models with the same layers and group sizes."""
+    trace_graph(_stand_in(model)[0], example, path)
+
+
 def export_int_onnx(
     model: nn.Module, example: torch.Tensor, path: str | Path, graphs: FloatOnnxExporter | None = None
 ) -> int:
