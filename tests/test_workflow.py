@@ -290,32 +290,42 @@ def test_conda_env_pins_equal_requirements():
         k.lower().replace("_", "-"): v
         for k, v in pins((REPO / "constraints.txt").read_text().splitlines()).items()
     }
-    for name, version in requirements.items():
+    dev = pins((REPO / "requirements-dev.txt").read_text().splitlines())
+    assert dev and not dev.keys() & requirements.keys()
+    for name, version in {**requirements, **dev}.items():
         assert constraints[name.lower()] == version, name
 
 
 def test_the_package_declares_every_runtime_pin():
-    """``pip install .`` outside this repository's Makefile gets every package a job imports: the
-    pins above requirements.txt's test tools are the package's dependencies, and nothing else."""
+    """``pip install .`` outside this repository's Makefile gets every package a job imports:
+    requirements.txt's pins are the package's dependencies, and nothing else (the test tools are
+    requirements-dev.txt's)."""
     import tomllib
 
-    text = (REPO / "requirements.txt").read_text().split("# tests and linters")[0]
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert sorted(declared) == sorted(pins(text.splitlines()))
+    assert sorted(declared) == sorted(pins((REPO / "requirements.txt").read_text().splitlines()))
+    assert not {"pytest", "ruff", "pre-commit"} & set(declared)
 
 
-def test_setup_installs_the_commit_hook_in_a_git_checkout():
-    plan = subprocess.run(
-        ["make", "-n", "-B", "-C", str(REPO), ".venv/.installed"], capture_output=True, text=True
-    ).stdout
-    assert ".venv/bin/pre-commit install" in plan
+def test_make_paper_installs_no_test_tools_and_make_test_adds_them_and_the_commit_hook():
+    def plan(target):
+        return subprocess.run(
+            ["make", "-n", "-B", "-C", str(REPO), target], capture_output=True, text=True, check=True
+        ).stdout
+
+    paper = plan(".venv/.installed")
+    assert "-r requirements.txt" in paper and "requirements-dev.txt" not in paper
+    assert "pre-commit install" not in paper
+    dev = plan(".venv/.installed-dev")
+    assert "-r requirements-dev.txt" in dev and ".venv/bin/pre-commit install" in dev
 
 
 def test_installed_versions_equal_the_pins():
     from importlib.metadata import version
 
-    for name, pinned in pins((REPO / "requirements.txt").read_text().splitlines()).items():
-        assert version(name) == pinned, name
+    for requirements in ("requirements.txt", "requirements-dev.txt"):
+        for name, pinned in pins((REPO / requirements).read_text().splitlines()).items():
+            assert version(name) == pinned, name
 
 
 def test_the_full_study_is_one_flag_away(tmp_path):
