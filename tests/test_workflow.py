@@ -280,17 +280,18 @@ def pins(lines):
     )
 
 
+def pinned_in(filename):
+    return pins((REPO / filename).read_text().splitlines())
+
+
 def test_conda_env_pins_equal_requirements():
-    requirements = pins((REPO / "requirements.txt").read_text().splitlines())
+    requirements = pinned_in("requirements.txt")
     env = yaml.safe_load((REPO / "envs" / "vitpeft.yaml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert pins(pip_section) == requirements
     assert requirements["torch"] == "2.14.1" and requirements["torchvision"] == "0.29.1"
-    constraints = {
-        k.lower().replace("_", "-"): v
-        for k, v in pins((REPO / "constraints.txt").read_text().splitlines()).items()
-    }
-    dev = pins((REPO / "requirements-dev.txt").read_text().splitlines())
+    constraints = {k.lower().replace("_", "-"): v for k, v in pinned_in("constraints.txt").items()}
+    dev = pinned_in("requirements-dev.txt")
     assert dev and not dev.keys() & requirements.keys()
     for name, version in {**requirements, **dev}.items():
         assert constraints[name.lower()] == version, name
@@ -303,7 +304,7 @@ def test_the_package_declares_every_runtime_pin():
     import tomllib
 
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert sorted(declared) == sorted(pins((REPO / "requirements.txt").read_text().splitlines()))
+    assert sorted(declared) == sorted(pinned_in("requirements.txt"))
     assert not {"pytest", "ruff", "pre-commit"} & set(declared)
 
 
@@ -324,7 +325,7 @@ def test_installed_versions_equal_the_pins():
     from importlib.metadata import version
 
     for requirements in ("requirements.txt", "requirements-dev.txt"):
-        for name, pinned in pins((REPO / requirements).read_text().splitlines()).items():
+        for name, pinned in pinned_in(requirements).items():
             assert version(name) == pinned, name
 
 
