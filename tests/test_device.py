@@ -62,6 +62,9 @@ def test_auto_precision_is_fp16_with_a_scaler_on_a_cuda_gpu_without_bf16(monkeyp
     assert devices.training_precision(cuda) == "fp16" and devices.autocast_dtype(cuda) == torch.float16
     assert devices.grad_scaler(cuda).is_enabled()
     assert "autocast fp16 with a gradient scaler" in devices.describe(cuda)
+    # torch's default counts emulated bf16, which a T4 or V100 has: still fp16 there
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert devices.training_precision(cuda) == "fp16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert devices.training_precision(cuda) == "bf16" and not devices.grad_scaler(cuda).is_enabled()
     assert devices.training_precision(cuda, "fp32") == "fp32" and devices.autocast_dtype(cuda, "fp32") is None

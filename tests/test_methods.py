@@ -165,7 +165,7 @@ def test_adalora_formula_schedule_and_budget(tiny_model):
         loss = model(x).logsumexp(1).mean() + prepared.extra_loss()
         loss.backward()
         optimizer.step()
-        prepared.after_step(step)
+        prepared.after_step(step, False)
         optimizer.zero_grad()
     ranks = prepared.epoch_record()["adalora_ranks"]
     assert set(ranks) == set(layers)

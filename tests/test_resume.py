@@ -60,9 +60,9 @@ def train(method, resume=None, accumulation=1, kill_at=None, ema_decay=0.0):
     if kill_at is not None:
         hook = method.after_step
 
-        def after_step(step):
+        def after_step(step, skipped):
             if hook is not None:
-                hook(step)
+                hook(step, skipped)
             if step == kill_at:
                 raise Killed
 

@@ -12,10 +12,11 @@ from torch import nn
 
 from vitpeft.config import TrainConfig
 from vitpeft.data.pipeline import BatchPreprocessor
+from vitpeft.methods import method_config
 from vitpeft.models import create_model
 from vitpeft.resume import ResumeFile
 from vitpeft.stability import SPIKE_FACTOR, SPIKE_MIN_RISE, SPIKE_WINDOW, StabilityMeter
-from vitpeft.train import Split, fit
+from vitpeft.train import Split, fit, warmup_cosine
 
 BATCH, IMAGES, EPOCHS = 8, 64, 3  # 8 steps per epoch, 24 in all
 SPIKE_STEP = 20  # in epoch 3, after the spike window (16 steps) is full
@@ -99,7 +100,7 @@ def run(tiny_spec, grad_clip, resume=None, kill_at=None):
     method = dataclasses.replace(method, model=SpikeAt(method.model, SPIKE_STEP - skipped))
     stepped_norms = []
 
-    def after_step(step):
+    def after_step(step, skipped):
         grads = [p.grad for p in method.model.parameters() if p.grad is not None]
         stepped_norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
         if step == kill_at:
@@ -154,9 +155,9 @@ def test_a_fit_killed_mid_epoch_after_the_window_filled_records_what_an_uninterr
     assert resumed.loss_spikes == [0, 0, 1]
 
 
-def train_at(tiny_spec, precision, grad_clip=1.0):
+def train_at(tiny_spec, precision, grad_clip=1.0, method="full"):
     torch.manual_seed(0)
-    method = prepare(create_model(tiny_spec, num_classes=10), "full", total_steps=2 * IMAGES // BATCH)
+    method = prepare(create_model(tiny_spec, num_classes=10), method, total_steps=2 * IMAGES // BATCH)
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (IMAGES, 16, 16, 3)).astype(np.uint8))
     train = Split(images, torch.from_numpy(rng.integers(0, 10, IMAGES)))
@@ -176,6 +177,35 @@ def test_fp16_skips_overflowing_steps_and_records_and_clips_the_unscaled_gradien
     assert fp16.grad_norm_mean == pytest.approx(fp32.grad_norm_mean, rel=0.5)
     assert fp16.clipped_fraction == pytest.approx(fp32.clipped_fraction, abs=0.35)
     assert fp16.train_loss[-1] < fp16.train_loss[0]
+
+
+def test_the_lr_schedule_moves_on_the_fp16_steps_taken_not_the_skipped_ones(tiny_spec):
+    history = train_at(tiny_spec, "fp16")
+    per_epoch, skipped = IMAGES // BATCH, np.cumsum(history.skipped_steps)
+    assert skipped[0] >= 1
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    schedule = warmup_cosine(reference, round(TrainConfig().warmup_epochs * per_epoch), 2 * per_epoch)
+    taken = [0]
+    for epoch in (1, 2):
+        while taken[0] < epoch * per_epoch - skipped[epoch - 1]:
+            reference.step()
+            schedule.step()
+            taken[0] += 1
+        assert history.lr[epoch - 1] == pytest.approx(reference.param_groups[0]["lr"], rel=1e-12)
+
+
+def test_adalora_keeps_finite_importance_scores_through_skipped_fp16_steps_and_meets_its_budget(tiny_spec):
+    """A skipped step's gradients are inf or NaN; had they reached peft's importance scores, these
+    would stay NaN, no rank would be pruned, and the run would end above its rank budget."""
+    fp32, fp16 = (
+        train_at(tiny_spec, "fp32", method="adalora_r2"),
+        train_at(tiny_spec, "fp16", method="adalora_r2"),
+    )
+    assert sum(fp16.skipped_steps) >= 1
+    ranks = fp32.records[-1]["adalora_ranks"]
+    budget = sum(ranks.values())
+    assert budget < method_config("adalora_r2").init_r * len(ranks)  # fp32 pruned to its budget
+    assert sum(fp16.records[-1]["adalora_ranks"].values()) == budget
 
 
 def test_bf16_on_the_cpu_trains_under_autocast_without_a_scaler(tiny_spec):

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -121,11 +122,17 @@ def test_gradient_accumulation_matches_the_full_batch(tiny_spec):
     for accumulation in (1, 4):
         torch.manual_seed(0)
         method = prepare(create_model(tiny_spec, num_classes=10), "full")
+        model = method.model  # the step's gradients, read where methods read them (fit then frees them)
+        method = dataclasses.replace(
+            method,
+            after_step=lambda step, skipped, model=model: grads.append(
+                torch.cat([p.grad.flatten() for p in model.parameters()])
+            ),
+        )
         cfg = TrainConfig(
             epochs=1, batch_size=32, accumulation_steps=accumulation, warmup_epochs=0, grad_clip=0
         )
         fit(method, split, split, prep, cfg, 1e-3, 0.05, seed=0)
-        grads.append(torch.cat([p.grad.flatten() for p in method.model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
 
@@ -173,7 +180,6 @@ def test_compiled_training_follows_eager_training(tiny_spec):
 
 
 def test_the_weight_average_is_validated_and_becomes_the_final_weights(tiny_spec):
-    import dataclasses
 
     rng = np.random.default_rng(3)
     split = Split(
@@ -190,7 +196,7 @@ def test_the_weight_average_is_validated_and_becomes_the_final_weights(tiny_spec
     torch.manual_seed(0)
     plain = prepare(create_model(tiny_spec, num_classes=10), "lora_r4")
     average, steps = trainable(plain), []
-    plain = dataclasses.replace(plain, after_step=lambda step: steps.append(trainable(plain)))
+    plain = dataclasses.replace(plain, after_step=lambda step, skipped: steps.append(trainable(plain)))
     plain_history = fit(plain, split, split, prep, cfg, 1e-2, 0.05, seed=0)
     for weights in steps:  # ema <- decay * ema + (1 - decay) * weights, from the initial weights
         average = {n: decay * average[n] + (1 - decay) * weights[n] for n in average}

@@ -198,7 +198,7 @@ def fit(
     ema = ModelEmaV3(model, decay=ema_decay) if ema_decay > 0 else None  # a copy, from the start
     if saved is not None:
         at, history = _restore(saved, method, optimizer, scheduler, generator, ema)
-        if "scaler" in saved:
+        if saved.get("scaler"):  # empty when saved without a scaler (another device's precision)
             scaler.load_state_dict(saved["scaler"])
         if "stability" in saved:  # a state saved before the meter existed starts it afresh
             stability.load_state(saved["stability"])
@@ -272,17 +272,22 @@ def fit(
                     grad_norm = torch.nn.utils.get_total_norm(
                         [p.grad for p in trainable if p.grad is not None]
                     )
-                # fp16 overflow: the scaler skips the step (and halves its scale); not a divergence
-                stability.record(step_loss, grad_norm, skipped=scaler.is_enabled() and ~grad_norm.isfinite())
+                # fp16 overflow: the scaler skips the step (and halves its scale); not a divergence.
+                # What follows a step sees no skipped one: its gradients are inf or NaN, and the
+                # schedule moves on optimizer steps taken (one sync, in fp16 only).
+                skipped = scaler.is_enabled() and not bool(grad_norm.isfinite())
+                stability.record(step_loss, grad_norm, skipped=skipped)
                 scaler.step(optimizer)
                 scaler.update()
-                scheduler.step()
+                if not skipped:
+                    scheduler.step()
                 at.step, at.global_step = step + 1, at.global_step + 1
                 at.loss_sum, at.seen = at.loss_sum + loss_sum, at.seen + len(batch)
                 if method.after_step is not None:  # before zero_grad: AdaLoRA reads the gradients
-                    method.after_step(at.global_step)
-                if ema is not None:
+                    method.after_step(at.global_step, skipped)
+                if ema is not None and not skipped:
                     ema.update(model)
+                optimizer.zero_grad(set_to_none=True)  # validation and the resume state need no gradients
                 if resume is not None and resume.due(at.global_step, cfg.epochs * per_epoch):
                     resume.save(
                         _snapshot(at, history, method, optimizer, scheduler, generator, ema)

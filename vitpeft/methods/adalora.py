@@ -160,6 +160,19 @@ def prepare(model: nn.Module, config: AdaLoraConfig, context: MethodContext) -> 
         allocator.exp_avg_unc = {n: t.to(device) for n, t in saved["exp_avg_unc"].items()}
         adapter_config.rank_pattern = saved["rank_pattern"]
 
+    def after_step(step: int, skipped: bool) -> None:
+        if not skipped:
+            wrapped.base_model.update_and_allocate(step)
+            return
+        # A skipped fp16 step's gradients are inf or NaN: one such importance update would leave
+        # the smoothed scores NaN for good, and no rank would ever be pruned. The budget schedule
+        # and the masks still follow the step count, on the scores as they stand.
+        allocator.update_ipt = lambda model: None
+        try:
+            wrapped.base_model.update_and_allocate(step)
+        finally:
+            del allocator.update_ipt  # peft's own method again
+
     budget = config.r * len(layer_ranks(wrapped))
     return Prepared(
         wrapped,
@@ -172,7 +185,7 @@ def prepare(model: nn.Module, config: AdaLoraConfig, context: MethodContext) -> 
             "adalora_tfinal": tfinal,
         },
         extra_loss=lambda: config.orth_reg_weight * orthogonal_regularizer(wrapped),
-        after_step=lambda step: wrapped.base_model.update_and_allocate(step),
+        after_step=after_step,
         epoch_record=record,
         state=state,
         load_state=load_state,

@@ -83,8 +83,9 @@ class Prepared:
         expected_trainable: the analytic trainable-parameter count, checked against the model.
         report: method-specific numbers for ``metrics.json`` (e.g. quantized weight bytes).
         extra_loss: a term added to the task loss (e.g. AdaLoRA's orthogonal regularizer).
-        after_step: called with the global step after each optimizer step, before the gradients
-            are cleared (e.g. AdaLoRA's rank reallocation).
+        after_step: called after each optimizer step, before the gradients are cleared, with the
+            global step and whether the step was skipped (an fp16 overflow: the gradients are inf
+            or NaN), e.g. AdaLoRA's rank reallocation.
         epoch_record: called after each epoch; its dict is appended to the run's curves.
         state: what the method keeps outside the model's tensors and changes during training
             (e.g. AdaLoRA's importance scores), for the resume state; ``load_state`` puts it back.
@@ -94,7 +95,7 @@ class Prepared:
     expected_trainable: int | None = None
     report: dict[str, Any] = field(default_factory=dict)
     extra_loss: Callable[[], torch.Tensor] | None = None
-    after_step: Callable[[int], None] | None = None
+    after_step: Callable[[int, bool], None] | None = None
     epoch_record: Callable[[], dict[str, Any]] | None = None
     state: Callable[[], dict[str, Any]] | None = None
     load_state: Callable[[dict[str, Any]], None] | None = None
