@@ -5,6 +5,7 @@ per weight of every base, statistics included."""
 import math
 import re
 
+import bitsandbytes
 import pytest
 import torch
 from conftest import prepare
@@ -72,6 +73,29 @@ def test_base_is_quantized_when_swapped_in_before_any_move_or_forward(
     with torch.no_grad():  # the first forward pass changes how bitsandbytes holds the 8-bit scales
         tiny_model.eval()(torch.randn(2, 3, 16, 16))
     assert bnb.base_linear_bytes(tiny_model) == expected
+
+
+@pytest.mark.parametrize("method", ["qlora8_r4", "qlora4_r4"])
+def test_a_mixed_precision_step_leaves_the_frozen_base_biases_as_they_were(tiny_model, method):
+    """bitsandbytes' 8-bit layer recasts its bias in place to its input's dtype: under bf16 autocast
+    an fp32 base's biases would be rounded for good, and the trained model would not be its rebuild.
+    (The 4-bit layer casts its input to its compute dtype first, fp32 here.)"""
+    with torch.no_grad():
+        for layer in base_linears(tiny_model).values():
+            layer.bias.normal_(0, 0.1)
+    model = prepare(tiny_model, method).model.train()
+    quantized = (bitsandbytes.nn.Linear8bitLt, bitsandbytes.nn.Linear4bit)
+    biases = {
+        f"{n}.bias": m.bias.detach().clone() for n, m in model.named_modules() if isinstance(m, quantized)
+    }
+    assert len(biases) == 4 * len(tiny_model.blocks)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(4, 3, 16, 16)).float().logsumexp(1).mean().backward()
+    with torch.no_grad():
+        model.eval()(torch.randn(2, 3, 16, 16))
+    after = dict(model.named_parameters())
+    for name, before in biases.items():
+        assert after[name].dtype == before.dtype and torch.equal(after[name], before), name
 
 
 @pytest.mark.parametrize(("bits", "stored"), [(8, "torch.int8"), (4, "torch.uint8")])

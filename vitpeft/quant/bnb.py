@@ -56,7 +56,9 @@ def _quantized_linear(
 
     weight = linear.weight.detach().to(device)
     if bits == 8:
-        # threshold=0 turns off LLM.int8()'s outlier decomposition: all of W is int8.
+        # threshold=0 turns off LLM.int8()'s outlier decomposition: every input column is
+        # quantized to int8 with W, none kept in fp16. (bitsandbytes trains on the CPU by
+        # dequantizing W instead; it evaluates, and on CUDA also trains, in int8.)
         layer = bnb.nn.Linear8bitLt(
             linear.in_features,
             linear.out_features,
@@ -96,7 +98,18 @@ def _quantized_linear(
         layer.support_avx512bf16_for_cpu = False
     if linear.bias is not None:
         layer.bias = nn.Parameter(linear.bias.detach().to(device).clone(), requires_grad=False)
+        if bits == 8:
+            layer.register_forward_pre_hook(_input_in_bias_dtype)
     return layer
+
+
+def _input_in_bias_dtype(layer: nn.Module, args: tuple) -> tuple:
+    """Linear8bitLt recasts its bias, in place, to its input's dtype: under bf16 autocast the
+    frozen base's fp32 biases would be rounded to bf16 for good (the trained model then differs
+    from its rebuild). Given an input in its bias's dtype, the layer leaves the bias be; the matmul
+    inside runs at the precision it did (int8, or autocast's)."""
+    (x, *rest) = args
+    return (x.to(layer.bias.dtype), *rest)
 
 
 def quantize_linear_layers(
