@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import platform
 import time
+import traceback
 
 import torch
 import torch.nn.functional as F
@@ -167,16 +168,32 @@ def main() -> None:
         f"batch {args.batch_size}, {args.steps} timed steps",
         flush=True,
     )
-    rates = [check(method, args, device) for method in args.methods.split(",")]
-    if args.json:
-        report = {
-            "device": name,
-            "torch": torch.__version__,
-            "img_size": args.img_size,
-            "batch_size": args.batch_size,
-            "rates": rates,
-        }
-        write_json(args.json, report)
+    rates, failed = [], []
+    for method in args.methods.split(","):
+        # A first run on a new device must measure every method it can: one method's failure is
+        # printed and counted, and the rates so far are rewritten after each method, so that a
+        # timeout or a crash keeps what was measured.
+        try:
+            rates.append(check(method, args, device))
+        except Exception:
+            failed.append(method)
+            print(f"{method:11s} FAILED", flush=True)
+            traceback.print_exc()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if args.json:
+            report = {
+                "device": name,
+                "torch": torch.__version__,
+                "img_size": args.img_size,
+                "batch_size": args.batch_size,
+                "rates": rates,
+            }
+            write_json(args.json, report)
+    if failed:
+        raise SystemExit(
+            f"device_check: {len(failed)} of {len(failed) + len(rates)} failed: {', '.join(failed)}"
+        )
 
 
 if __name__ == "__main__":

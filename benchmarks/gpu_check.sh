@@ -4,25 +4,58 @@
 # compute.throughput_file), bitsandbytes' bases quantized on CUDA against the CPU
 # (bnb_cuda_check.py), then one short real job per method through Snakemake (gpu_study.py).
 #
-# That machine has torch but neither bitsandbytes nor snakemake, and no network: their wheels travel
-# in .whl/ (carry: [".whl"]), made once here for its Python 3.12:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_24_x86_64 -d .whl bitsandbytes==0.50.2
+# That machine has torch (2.11) but neither bitsandbytes nor snakemake, and no network: their wheels
+# travel in .whl/ (carry: [".whl"]), with timm's and peft's at our pins, made once here:
+#   p="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
+#      --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+#      --platform any"
+#   python3 -m pip download --no-deps $p -d .whl bitsandbytes==0.50.2 timm==1.0.31 peft==0.21.2
 #   .venv/bin/pip wheel --no-deps -w .whl connection_pool==0.0.3      # published as an sdist only
-#   python3 -m pip download --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#     --platform any --find-links .whl -d .whl snakemake==9.27.1
+#   python3 -m pip download $p --find-links .whl -d .whl snakemake==9.27.1
 #   rm .whl/pulp-*.whl   # 16 MB, only for snakemake's MILP scheduler; gpu_study.py uses greedy
-# then keep the tree and .whl under the carry limit (du -sh .whl).
+# and drop the wheels of what the machine has (.library/device/KINDS.md), so that the tree and
+# .whl stay under the 64 MiB carry limit (du -sh .whl: 55 MB).
+#
+# Each step has its own time limit (in all under 9 minutes, inside the device tool's 10), writes
+# its whole output to $OUT, and a failed step does not stop the next: one call measures all it can.
 #
 #   bash benchmarks/gpu_check.sh            # results in $OUT (the device tool's), else /tmp/gpu_check
-set -euo pipefail
+#   bash benchmarks/gpu_check.sh --smoke    # the same steps at a tiny size: a CPU rehearsal
+set -uo pipefail
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,memory.total --format=csv
-python3 -c "import torch,timm,peft,bitsandbytes as b,snakemake;print(torch.__version__,timm.__version__,peft.__version__,b.__version__)"
-timeout 300 python3 benchmarks/device_check.py --json "$out/rates.json" 2>&1 | tail -40
-timeout 120 python3 benchmarks/bnb_cuda_check.py 2>&1 | tail -12
-timeout 300 python3 benchmarks/gpu_study.py --workdir /tmp/gpu_study 2>&1 | tail -12
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+failed=()
+if [ "${1:-}" = --smoke ]; then  # in this environment, as it is
+    tiny=(--model deit_tiny --img-size 16)
+    checks=("${tiny[@]}" --patch-size 4 --batch-size 4 --steps 2)
+    study=("${tiny[@]}" --patch-size 4 --depth 2 --images 320 --cores 2 --threads 1)
+else
+    tiny=()
+    checks=()
+    study=(--cores 16 --threads 4)  # 4 jobs side by side on the GPU; ONNX export and checks on 4 cores each
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD
+fi
+
+step() {  # step NAME SECONDS COMMAND...: run it, keep its log in $OUT, print the end of the log
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (at most $limit s)"
+    local started=$SECONDS
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    grep -v -e 'it/s\]' -e 'kernels-community' "$out/$name.log" | tail -n 30
+    echo "== $name: exit $rc after $((SECONDS - started)) s"
+    [ "$rc" -eq 0 ] || failed+=("$name")
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch,timm,peft,transformers,bitsandbytes as b,snakemake as s;print('torch',torch.__version__,
+'timm',timm.__version__,'peft',peft.__version__,'transformers',transformers.__version__,'bnb',b.__version__,
+'snakemake',s.__version__)"
+step device_check 150 python3 benchmarks/device_check.py "${checks[@]}" --json "$out/rates.json"
+step bnb_cuda_check 60 python3 benchmarks/bnb_cuda_check.py "${tiny[@]}"
+step gpu_study 300 python3 benchmarks/gpu_study.py "${study[@]}" --workdir "$(mktemp -d)"
+echo "gpu_check: ${#failed[@]} of 3 steps failed${failed[*]:+: ${failed[*]}}"
+[ "${#failed[@]}" -eq 0 ]

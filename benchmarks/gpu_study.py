@@ -70,6 +70,7 @@ def study_config(args) -> dict:
         "tune": {"epochs": 1, "grids": {}},  # every family at its methods entry's rate
         "convergence": {"window": 1, "tolerance": 100.0},  # two epochs: this checks the path, not a result
         "device": args.device,
+        "threads": args.threads,
     }
 
 
@@ -82,7 +83,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=640)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--cores", default="1", help="snakemake --cores (one GPU: one job at a time)")
+    parser.add_argument("--cores", default="1", help="snakemake --cores: jobs side by side times --threads")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per job (ONNX export and checks)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/vitpeft_gpu_study"))
     args = parser.parse_args()
 
@@ -91,25 +93,44 @@ def main() -> None:
     config.write_text(yaml.safe_dump(study_config(args), sort_keys=False))
     targets = [f"results/{method}_shapes" for method in METHODS]
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(args.workdir)]
-    command += ["--configfile", str(config), "--cores", args.cores, "--scheduler", "greedy", *targets]
+    command += ["--configfile", str(config), "--cores", args.cores, "--scheduler", "greedy", "--keep-going"]
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command + targets, capture_output=True, text=True)
     wall = time.perf_counter() - started
-    if result.returncode != 0:
-        print(result.stderr[-6000:], file=sys.stderr)
-        raise SystemExit(f"snakemake failed (exit {result.returncode}) after {wall:.0f} s")
     print(f"{args.model} at {args.img_size} px, {len(METHODS)} methods through Snakemake in {wall:.0f} s")
+    failed = []
     for method in METHODS:
         run = args.workdir / "results" / "runs" / "shapes" / method / args.model / "seed0"
-        metrics = json.loads((run / "metrics.json").read_text())
-        provenance = json.loads((run / "provenance.json").read_text())
-        export = json.loads((run / "export" / "report.json").read_text())
-        print(
-            f"{method:>11}: {provenance.get('device')} {provenance.get('precision')}, "
-            f"{metrics.get('train_images_per_s', float('nan')):.0f} img/s, test top-1 "
-            f"{metrics['test_top1']:.1f}%, exports {'passed' if export['passed'] else 'FAILED'} "
-            f"({', '.join(sorted(export['bytes']))})"
+        try:
+            print(f"{method:>11}: {run_summary(run)}")
+        except FileNotFoundError as missing:
+            failed.append(method)
+            print(f"{method:>11}: FAILED ({Path(missing.filename).name} missing)")
+    if result.returncode != 0 or failed:
+        for log in failure_logs(args.workdir / "results"):
+            print(f"--- {log.relative_to(args.workdir)}:", *log.read_text().splitlines()[-20:], sep="\n")
+        print(result.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(
+            f"snakemake failed (exit {result.returncode}) after {wall:.0f} s: {', '.join(failed)}"
         )
+
+
+def run_summary(run: Path) -> str:
+    """The device and precision a run trained with, its speed, test top-1 and exports."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    provenance = json.loads((run / "provenance.json").read_text())
+    export = json.loads((run / "export" / "report.json").read_text())
+    return (
+        f"{provenance.get('device')} {provenance.get('precision')}, "
+        f"{metrics.get('train_images_per_s', float('nan')):.0f} img/s, test top-1 "
+        f"{metrics['test_top1']:.1f}%, exports {'passed' if export['passed'] else 'FAILED'} "
+        f"({', '.join(sorted(export['bytes']))})"
+    )
+
+
+def failure_logs(results: Path) -> list[Path]:
+    """The jobs' logs that hold a Python traceback: where a failed run says why."""
+    return sorted(log for log in results.rglob("*.log") if "Traceback" in log.read_text(errors="replace"))
 
 
 if __name__ == "__main__":

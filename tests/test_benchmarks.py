@@ -5,11 +5,16 @@ a user who runs one, on a GPU machine above all, does not meet a broken script.
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import torch
 from conftest import REPO, SNAKEMAKE
+
+METHODS = ["full", "linear", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
 
 
 def run_script(name: str, *args: str) -> str:
@@ -20,9 +25,10 @@ def run_script(name: str, *args: str) -> str:
     return result.stdout
 
 
-def test_device_check_trains_every_method_through_the_trainer():
-    out = run_script(
-        "device_check.py",
+def test_device_check_measures_every_method_it_can_when_one_fails(tmp_path):
+    """On a first run on a new device one broken method must not cost the others' measurements."""
+    rates = tmp_path / "rates.json"
+    tiny = (
         "--model",
         "deit_tiny",
         "--img-size",
@@ -32,12 +38,19 @@ def test_device_check_trains_every_method_through_the_trainer():
         "--batch-size",
         "4",
         "--steps",
-        "2",
+        "1",
     )
-    rows = dict(re.findall(r"^(\w+)\s+[\d.]+ img/s .* qkv (\S+)$", out, re.M))
-    assert list(rows) == ["full", "linear", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
-    assert rows["qlora4_r8"] == "peft.tuners.lora.bnb.Linear4bit"
-    assert rows["qalora4_r8"] == "vitpeft.methods.qalora_layer.QALoraLinear"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "device_check.py"), *tiny]
+        + ["--methods", "linear,no_such_method,lora_r8", "--json", str(rates)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "1 of 3 failed: no_such_method" in result.stderr
+    assert re.search(r"^no_such_method FAILED$", result.stdout, re.M)
+    assert [rate["method"] for rate in json.loads(rates.read_text())["rates"]] == ["linear", "lora_r8"]
 
 
 def test_trainer_and_loader_benchmarks_print_their_ratios():
@@ -179,17 +192,47 @@ def test_augment_ops_counts_the_full_augmentation_at_two_batch_sizes():
     assert 0 < at_128 <= 1.1 * at_32
 
 
-def test_gpu_study_runs_every_method_through_snakemake_and_reports_its_exports(tmp_path):
-    """The GPU check's Snakemake part, at a size a CPU runs in about a minute: every method trains
-    and exports through the rules, QLoRA's with its quantized base."""
-    out = run_script(
-        "gpu_study.py",
-        *("--model", "deit_tiny", "--img-size", "16", "--patch-size", "4", "--depth", "2"),
-        *("--images", "320", "--cores", "2", "--workdir", str(tmp_path)),
+def test_gpu_check_rehearsed_on_the_cpu_runs_every_step_and_keeps_each_log(tmp_path):
+    """The prepared GPU check as one command, at a size a CPU runs in about two minutes: the
+    device check trains every method through the trainer (peft's and our layer classes), the bnb
+    CUDA check fails alone (no GPU here), and every method trains and exports through Snakemake,
+    QLoRA's with its quantized base. Each step's log and the measured rates land in $OUT."""
+    out = tmp_path / "out"
+    env = os.environ | {
+        "OUT": str(out),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--smoke"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
+    if torch.cuda.is_available():
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert result.stdout.strip().endswith("gpu_check: 0 of 3 steps failed")
+    else:
+        assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+        assert result.stdout.strip().endswith("gpu_check: 1 of 3 steps failed: bnb_cuda_check")
+        assert "bnb_cuda_check: no CUDA device" in (out / "bnb_cuda_check.log").read_text()
+
+    checked = (out / "device_check.log").read_text()
+    rows = dict(re.findall(r"^(\w+)\s+[\d.]+ img/s .* qkv (\S+)$", checked, re.M))
+    assert list(rows) == METHODS
+    assert rows["qlora4_r8"] == "peft.tuners.lora.bnb.Linear4bit"
+    assert rows["qalora4_r8"] == "vitpeft.methods.qalora_layer.QALoraLinear"
+    assert [rate["method"] for rate in json.loads((out / "rates.json").read_text())["rates"]] == METHODS
+
+    studied = (out / "gpu_study.log").read_text()
     rows = dict(
-        re.findall(r"^\s*(\w+): cpu fp32, \d+ img/s, test top-1 [\d.]+%, exports passed \((.*)\)$", out, re.M)
+        re.findall(
+            r"^\s*(\w+): \S+ (?:fp32|bf16|fp16), \d+ img/s, test top-1 [\d.]+%, exports passed \((.*)\)$",
+            studied,
+            re.M,
+        )
     )
-    assert list(rows) == ["full", "linear", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
+    assert list(rows) == METHODS
     assert rows["lora_r8"] == "int_onnx, onnx, safetensors"
     assert rows["qlora4_r8"] == "adapter, base_quantized, int_onnx, onnx, safetensors"
