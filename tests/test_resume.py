@@ -56,7 +56,7 @@ def new_method(tiny_spec, name, model_wrapper=None, schedule_steps=EPOCHS * 64 /
     return method
 
 
-def train(method, resume=None, accumulation=1, kill_at=None, ema_decay=0.0):
+def train(method, resume=None, accumulation=1, kill_at=None, ema_decay=0.0, precision="auto"):
     if kill_at is not None:
         hook = method.after_step
 
@@ -67,7 +67,13 @@ def train(method, resume=None, accumulation=1, kill_at=None, ema_decay=0.0):
                 raise Killed
 
         method = dataclasses.replace(method, after_step=after_step)
-    cfg = TrainConfig(epochs=EPOCHS, batch_size=BATCH, warmup_epochs=0.5, accumulation_steps=accumulation)
+    cfg = TrainConfig(
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        warmup_epochs=0.5,
+        accumulation_steps=accumulation,
+        precision=precision,
+    )
     train_split, val_split = data()
     return fit(
         method,
@@ -91,6 +97,19 @@ def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_a_state_saved_without_a_gradient_scaler_resumes_under_one(tmp_path, tiny_spec):
+    """``precision: auto`` may resolve to fp32 or bf16 where a run started and to fp16 where it goes
+    on; the scaler then starts afresh instead of failing on the empty state saved without one."""
+    resume = ResumeFile(tmp_path / "resume.pt", every=4, key="run")
+    with pytest.raises(Killed):
+        train(new_method(tiny_spec, "lora_r4"), resume, kill_at=5, precision="fp32")
+    assert torch.load(resume.path, weights_only=True)["scaler"] == {}
+    history = train(
+        new_method(tiny_spec, "lora_r4"), ResumeFile(resume.path, every=4, key="run"), precision="fp16"
+    )
+    assert len(history.epoch) == EPOCHS
 
 
 @pytest.mark.parametrize(
