@@ -29,10 +29,11 @@ failed=()
 if [ "${1:-}" = --smoke ]; then  # in this environment, as it is
     tiny=(--model deit_tiny --img-size 16)
     checks=("${tiny[@]}" --patch-size 4 --batch-size 4 --steps 2)
+    bases=("${tiny[@]}" --device cpu)  # the CPU against itself
     study=("${tiny[@]}" --patch-size 4 --depth 2 --images 320 --cores 2 --threads 1)
 else
-    tiny=()
     checks=()
+    bases=()
     study=(--cores 16 --threads 4)  # 4 jobs side by side on the GPU; ONNX export and checks on 4 cores each
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD
@@ -55,7 +56,7 @@ python3 -c "import torch,timm,peft,transformers,bitsandbytes as b,snakemake as s
 'timm',timm.__version__,'peft',peft.__version__,'transformers',transformers.__version__,'bnb',b.__version__,
 'snakemake',s.__version__)"
 step device_check 150 python3 benchmarks/device_check.py "${checks[@]}" --json "$out/rates.json"
-step bnb_cuda_check 60 python3 benchmarks/bnb_cuda_check.py "${tiny[@]}"
+step bnb_cuda_check 60 python3 benchmarks/bnb_cuda_check.py "${bases[@]}"
 step gpu_study 300 python3 benchmarks/gpu_study.py "${study[@]}" --workdir "$(mktemp -d)"
 echo "gpu_check: ${#failed[@]} of 3 steps failed${failed[*]:+: ${failed[*]}}"
 [ "${#failed[@]}" -eq 0 ]

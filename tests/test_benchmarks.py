@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 from conftest import REPO, SNAKEMAKE
 
 METHODS = ["full", "linear", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
@@ -195,7 +194,8 @@ def test_augment_ops_counts_the_full_augmentation_at_two_batch_sizes():
 def test_gpu_check_rehearsed_on_the_cpu_runs_every_step_and_keeps_each_log(tmp_path):
     """The prepared GPU check as one command, at a size a CPU runs in about two minutes: the
     device check trains every method through the trainer (peft's and our layer classes), the bnb
-    CUDA check fails alone (no GPU here), and every method trains and exports through Snakemake,
+    check compares the CPU's bases with themselves (their bytes, a reload, the biases after a bf16
+    step), and every method trains and exports through Snakemake,
     QLoRA's with its quantized base. Each step's log and the measured rates land in $OUT."""
     out = tmp_path / "out"
     env = os.environ | {
@@ -210,13 +210,15 @@ def test_gpu_check_rehearsed_on_the_cpu_runs_every_step_and_keeps_each_log(tmp_p
         text=True,
         timeout=600,
     )
-    if torch.cuda.is_available():
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert result.stdout.strip().endswith("gpu_check: 0 of 3 steps failed")
-    else:
-        assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-        assert result.stdout.strip().endswith("gpu_check: 1 of 3 steps failed: bnb_cuda_check")
-        assert "bnb_cuda_check: no CUDA device" in (out / "bnb_cuda_check.log").read_text()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.strip().endswith("gpu_check: 0 of 3 steps failed")
+
+    bases = re.findall(
+        r"^(int8|nf4|nf4 dq|fp4) +bytes .* \(equal\) .* reload gap (\S+)  bias kept ",
+        (out / "bnb_cuda_check.log").read_text(),
+        re.M,
+    )
+    assert bases == [("int8", "0.00e+00"), ("nf4", "0.00e+00"), ("nf4 dq", "0.00e+00"), ("fp4", "0.00e+00")]
 
     checked = (out / "device_check.log").read_text()
     rows = dict(re.findall(r"^(\w+)\s+[\d.]+ img/s .* qkv (\S+)$", checked, re.M))
