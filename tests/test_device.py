@@ -209,3 +209,13 @@ def test_a_run_records_the_device_it_used(tmp_path, tiny_config, capsys):
         "device cpu: fp32, AdamW reference loop (config device: cpu, train.precision: auto)"
         in capsys.readouterr().err
     )
+
+
+def test_fp32_work_stays_fp32_on_cuda_where_cudnn_would_convolve_in_tf32():
+    cudnn = torch.backends.cudnn
+    before = (cudnn.allow_tf32, cudnn.enabled, cudnn.benchmark, cudnn.deterministic)
+    with devices.exact_fp32(torch.device("cuda")):
+        assert not cudnn.allow_tf32 and (cudnn.enabled, cudnn.benchmark, cudnn.deterministic) == before[1:]
+    assert (cudnn.allow_tf32, cudnn.enabled, cudnn.benchmark, cudnn.deterministic) == before
+    with devices.exact_fp32(torch.device("cpu")):
+        assert cudnn.allow_tf32 == before[0]

@@ -1,3 +1,4 @@
+import contextlib
 import dataclasses
 import math
 
@@ -48,6 +49,28 @@ def test_evaluate_counts_top1_and_top5():
     split = Split(torch.zeros(4, 8, 8, 1, dtype=torch.uint8), labels)
     result = evaluate(Fixed(), split, BatchPreprocessor(8, (0,) * 3, (1,) * 3), batch_size=3)
     assert result["top1"] == 50.0 and result["top5"] == 75.0
+
+
+def test_evaluate_runs_in_exact_fp32_on_its_split_device(monkeypatch):
+    """On CUDA that keeps cuDNN from convolving in TF32 (tests/test_device.py)."""
+    from vitpeft import device as devices
+
+    class Recorded(nn.Module):
+        def forward(self, x):
+            entered.append("forward")
+            return torch.zeros(len(x), 10)
+
+    entered = []
+
+    @contextlib.contextmanager
+    def exact_fp32(device):
+        entered.append(device)
+        yield
+
+    monkeypatch.setattr(devices, "exact_fp32", exact_fp32)
+    split = Split(torch.zeros(4, 8, 8, 1, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
+    evaluate(Recorded(), split, BatchPreprocessor(8, (0,) * 3, (1,) * 3), batch_size=2)
+    assert entered == [torch.device("cpu"), "forward", "forward"]
 
 
 def test_fit_learns_a_separable_problem(tiny_model):

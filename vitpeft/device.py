@@ -164,6 +164,22 @@ def fused_adamw(device) -> bool:
     return device.type != "cpu" and device.type in _get_fused_kernels_supported_devices()
 
 
+def exact_fp32(device):
+    """A context in which fp32 work stays fp32 on ``device``. On CUDA, cuDNN's convolutions (the
+    patch embedding) would use TF32, a 10-bit mantissa, from Ampere on; evaluation runs in fp32,
+    and its test top-1 is checked against the export's rebuild on the CPU."""
+    import contextlib
+
+    import torch
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(
+        enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False
+    )
+
+
 def empty_cache(device) -> None:
     """Hand the allocator's cached blocks back (after an out-of-memory step)."""
     import torch

@@ -98,18 +98,19 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 def evaluate(
     model: nn.Module, split: Split, preprocess: BatchPreprocessor, batch_size: int
 ) -> dict[str, float]:
-    """Top-1 and top-5 accuracy in percent, and mean cross-entropy, over a whole split."""
+    """Top-1 and top-5 accuracy in percent, and mean cross-entropy, over a whole split, in fp32."""
     model.eval()
     correct1 = correct5 = 0
     loss_sum = 0.0
-    for start in range(0, len(split), batch_size):
-        x = preprocess(split.images[start : start + batch_size], train=False)
-        y = split.labels[start : start + batch_size]
-        logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == y).sum().item()
-        correct5 += (top == y[:, None]).any(dim=1).sum().item()
+    with devices.exact_fp32(split.images.device):
+        for start in range(0, len(split), batch_size):
+            x = preprocess(split.images[start : start + batch_size], train=False)
+            y = split.labels[start : start + batch_size]
+            logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            correct1 += (top[:, 0] == y).sum().item()
+            correct5 += (top == y[:, None]).any(dim=1).sum().item()
     n = len(split)
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n}
 
