@@ -1,6 +1,8 @@
 import contextlib
 import dataclasses
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +73,52 @@ def test_evaluate_runs_in_exact_fp32_on_its_split_device(monkeypatch):
     split = Split(torch.zeros(4, 8, 8, 1, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
     evaluate(Recorded(), split, BatchPreprocessor(8, (0,) * 3, (1,) * 3), batch_size=2)
     assert entered == [torch.device("cpu"), "forward", "forward"]
+
+
+def test_the_training_steps_never_wait_for_the_device(tiny_spec, monkeypatch):
+    """Reading a tensor on the host (``.item()``, ``bool``, ``int``, ``float``) waits for a GPU to
+    finish all it was given, and it can then not be given the next step ahead. Our code reads the
+    running loss only at the progress bar's refreshes (none here), before a resume state and at an
+    epoch's end: as often in 4 steps as in 8."""
+    import traceback
+
+    from vitpeft import train as training
+
+    monkeypatch.setattr(training, "SHOW_EVERY_S", math.inf)
+    reads, package = [], str(Path(training.__file__).parent) + os.sep
+
+    def counting(read):
+        def counted(self, *args, **kwargs):
+            caller = traceback.extract_stack(limit=2)[0].filename
+            if caller.startswith(package):
+                reads.append(caller)
+            return read(self, *args, **kwargs)
+
+        return counted
+
+    for name in ("item", "__bool__", "__int__", "__float__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    counts = []
+    for images in (32, 64):
+        torch.manual_seed(0)
+        method = prepare(create_model(tiny_spec, num_classes=10), "lora_r4")
+        rng = np.random.default_rng(0)
+        x = torch.from_numpy(rng.integers(0, 256, (images, 16, 16, 3)).astype(np.uint8))
+        split = Split(x, torch.from_numpy(rng.integers(0, 10, images)))
+        reads.clear()
+        cfg = TrainConfig(epochs=1, batch_size=8, accumulation_steps=2)
+        fit(
+            method,
+            split,
+            Split(x[:8], split.labels[:8]),
+            BatchPreprocessor(16, (0.5,) * 3, (0.5,) * 3),
+            cfg,
+            1e-3,
+            0.0,
+            0,
+        )
+        counts.append(len(reads))
+    assert counts[0] == counts[1] > 0
 
 
 def test_fit_learns_a_separable_problem(tiny_model):

@@ -26,6 +26,10 @@ from vitpeft.methods.base import Prepared
 from vitpeft.resume import ResumeFile, capture_rng, load_trainable_state, restore_rng, trainable_state
 from vitpeft.stability import StabilityMeter
 
+# Seconds between the progress bar's refreshes: the training loop reads the running loss from the
+# device (and checks it is finite) only then, at an epoch's end and before a resume state.
+SHOW_EVERY_S = 5.0
+
 
 @dataclass
 class Split:
@@ -129,7 +133,8 @@ class Position:
         step: optimizer steps done in this epoch.
         global_step: optimizer steps done in all.
         order: this epoch's shuffled image indices (drawn at the epoch's start).
-        loss_sum, seen: summed training loss and images of this epoch so far.
+        loss_sum, seen: summed training loss (on the device while the epoch runs, so that no
+            step waits for it) and images of this epoch so far.
         micro_size: images per micro-batch now (halved on each out-of-memory backoff).
         oom_backoffs: backoffs in this epoch.
     """
@@ -139,7 +144,7 @@ class Position:
     step: int = 0
     global_step: int = 0
     order: torch.Tensor | None = None
-    loss_sum: float = 0.0
+    loss_sum: float | torch.Tensor = 0.0
     seen: int = 0
     oom_backoffs: int = 0
 
@@ -209,25 +214,37 @@ def fit(
             flush=True,
         )
 
-    def forward_backward(batch: torch.Tensor, micro_size: int) -> tuple[float, torch.Tensor]:
-        """Gradients of one optimizer step's batch; returns its summed task loss, and its mean task
-        loss as a tensor on the device (for the stability meter, which must not sync)."""
-        loss_sum, device_loss_sum = 0.0, torch.zeros((), device=device)
+    # The first non-finite objective (its global step, or -1, and its value), kept on the device:
+    # the host reads it, and the running loss, only where it waits anyway (see ``check_finite``).
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    first_bad_value = torch.zeros((), device=device)
+
+    def forward_backward(batch: torch.Tensor, micro_size: int) -> torch.Tensor:
+        """Gradients of one optimizer step's batch; returns its summed task loss on the device."""
+        nonlocal first_bad_step, first_bad_value
+        loss_sum = torch.zeros((), device=device)
         for micro in batch.split(micro_size):
             x = preprocess(train.images[micro], train=True, generator=generator)
             x, target = preprocess.mix(x, train.labels[micro])
             with autocast:
                 loss = F.cross_entropy(forward(x).float(), target, label_smoothing=cfg.label_smoothing)
                 objective = loss if method.extra_loss is None else loss + method.extra_loss()
-            if not torch.isfinite(objective):
-                raise FloatingPointError(
-                    f"{desc}: stopping, the loss is {objective.item()} at epoch {at.epoch}, "
-                    f"step {at.step + 1} of {per_epoch}; no result is written"
-                )
+            new_bad = (first_bad_step < 0) & ~torch.isfinite(objective.detach())
+            first_bad_step = torch.where(new_bad, at.global_step + 1, first_bad_step)
+            first_bad_value = torch.where(new_bad, objective.detach().float(), first_bad_value)
             scaler.scale(objective * (len(micro) / len(batch))).backward()
-            loss_sum += loss.item() * len(micro)
-            device_loss_sum += loss.detach() * len(micro)
-        return loss_sum, device_loss_sum / len(batch)
+            loss_sum += loss.detach() * len(micro)
+        return loss_sum
+
+    def check_finite() -> None:
+        """Stop at a non-finite loss seen so far, naming where it first was; before anything that
+        would keep the weights it made (a resume state, an epoch's record)."""
+        bad = int(first_bad_step)  # a sync
+        if bad >= 0:
+            raise FloatingPointError(
+                f"{desc}: stopping, the loss is {float(first_bad_value)} at epoch {(bad - 1) // per_epoch + 1}, "
+                f"step {(bad - 1) % per_epoch + 1} of {per_epoch}; no result is written"
+            )
 
     while at.epoch <= cfg.epochs:
         model.train()
@@ -235,13 +252,14 @@ def fit(
             at.order = torch.randperm(len(train), generator=generator)
         order = at.order.to(device)
         started, seen_before = time.perf_counter(), at.seen
+        shown = started
         bar = tqdm(
             range(at.step, per_epoch),
             desc=f"{desc} epoch {at.epoch}/{cfg.epochs}",
             initial=at.step,
             total=per_epoch,
             file=sys.stderr,
-            mininterval=5.0,
+            mininterval=SHOW_EVERY_S,
             ascii=True,
         )
         with phase("train"):
@@ -251,7 +269,7 @@ def fit(
                 while True:
                     optimizer.zero_grad(set_to_none=True)
                     try:
-                        loss_sum, step_loss = forward_backward(batch, at.micro_size)
+                        loss_sum = forward_backward(batch, at.micro_size)
                         break
                     except torch.OutOfMemoryError:
                         if at.micro_size == 1:
@@ -277,7 +295,7 @@ def fit(
                 # What follows a step sees no skipped one: its gradients are inf or NaN, and the
                 # schedule moves on optimizer steps taken (one sync, in fp16 only).
                 skipped = scaler.is_enabled() and not bool(grad_norm.isfinite())
-                stability.record(step_loss, grad_norm, skipped=skipped)
+                stability.record(loss_sum / len(batch), grad_norm, skipped=skipped)
                 scaler.step(optimizer)
                 scaler.update()
                 if not skipped:
@@ -290,14 +308,23 @@ def fit(
                     ema.update(model)
                 optimizer.zero_grad(set_to_none=True)  # validation and the resume state need no gradients
                 if resume is not None and resume.due(at.global_step, cfg.epochs * per_epoch):
+                    check_finite()
                     resume.save(
                         _snapshot(at, history, method, optimizer, scheduler, generator, ema)
                         | {"stability": stability.state(), "scaler": scaler.state_dict()},
                         train_time_s=resume.time_before_s + time.perf_counter() - fit_started,
                     )
-                rate = (at.seen - seen_before) / (time.perf_counter() - started)
-                # refresh=False: let mininterval throttle the bar, or logs get a line per step.
-                bar.set_postfix(loss=f"{at.loss_sum / at.seen:.3f}", img_s=f"{rate:.0f}", refresh=False)
+                if time.perf_counter() - shown >= SHOW_EVERY_S:  # the bar's refresh: a sync
+                    check_finite()
+                    shown, rate = (
+                        time.perf_counter(),
+                        (at.seen - seen_before) / (time.perf_counter() - started),
+                    )
+                    bar.set_postfix(loss=f"{float(at.loss_sum) / at.seen:.3f}", img_s=f"{rate:.0f}")
+        check_finite()
+        at.loss_sum = float(at.loss_sum)
+        rate = (at.seen - seen_before) / (time.perf_counter() - started)
+        bar.set_postfix(loss=f"{at.loss_sum / at.seen:.3f}", img_s=f"{rate:.0f}", refresh=False)
         bar.close()
         with phase("eval"):
             metrics = evaluate(model if ema is None else ema.module, val, preprocess, cfg.eval_batch_size)
@@ -328,7 +355,7 @@ def fit(
 def _snapshot(at, history, method, optimizer, scheduler, generator, ema) -> dict:
     """Everything :func:`fit` needs to go on from here (see :mod:`vitpeft.resume`)."""
     return {
-        "position": {**dataclasses.asdict(at), "order": at.order},
+        "position": {**dataclasses.asdict(at), "order": at.order, "loss_sum": float(at.loss_sum)},
         "history": dataclasses.asdict(history),
         "model": trainable_state(method.model),
         "method": method.state() if method.state is not None else {},
