@@ -10,7 +10,8 @@ Printed per method: images/s of the training steps (the trainer's "train" phase,
 its validation), peak memory of the training steps (``vitpeft.memory``: CUDA max allocated; on CPU the
 resident set), and model FLOP utilization: the FLOPs of one step, counted eagerly by torch's
 FlopCounterMode (it does not see bitsandbytes' own kernels, so the quantized methods' utilization
-is understated).
+is understated). For one method (``--bare``, lora_r8) also the trainer's images/s over those of a
+plain loop doing the same step's work in the same run: what the trainer's bookkeeping costs there.
 
     python benchmarks/device_check.py                      # deit_small at 224 px, 20 steps per method
     python benchmarks/device_check.py --compile            # the same through torch.compile
@@ -91,6 +92,34 @@ class TimedPhases(PhasePeaks):
                 self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
+def bare_loop_rate(model, train: Split, preprocess, lr: float, batch_size: int, device) -> float:
+    """Images/s of a plain loop doing a training step's work (the trainer's precision and AdamW,
+    clipping, no schedule and no records): what the trainer's own bookkeeping is measured against."""
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, fused=devices.fused_adamw(device)
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+
+    def step(start: int) -> None:
+        x = preprocess(train.images[start : start + batch_size], train=True, generator=generator)
+        with devices.autocast(device):
+            loss = F.cross_entropy(model(x).float(), train.labels[start : start + batch_size])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step(0)  # allocates the optimizer's state
+    synchronize(device)
+    started = time.perf_counter()
+    for start in range(0, len(train), batch_size):
+        step(start)
+    synchronize(device)
+    return len(train) / (time.perf_counter() - started)
+
+
 def check(method: str, args, device: torch.device) -> dict[str, float]:
     torch.manual_seed(0)
     model = create_model(ModelSpec(args.model, img_size=args.img_size, patch_size=args.patch_size), CLASSES)
@@ -144,6 +173,14 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
         f"qkv {layer.__module__}.{layer.__name__}",
         flush=True,
     )
+    if method == args.bare:
+        bare = bare_loop_rate(model, train, preprocess, config.lr, args.batch_size, device)
+        result["bare_loop_images_per_s"] = bare
+        print(
+            f"{method:11s} trainer / bare loop {result['images_per_s'] / bare:.3f} "
+            f"({result['images_per_s']:.1f} / {bare:.1f} img/s, measured in this run)",
+            flush=True,
+        )
     return result
 
 
@@ -160,6 +197,7 @@ def main() -> None:
     )
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--json", metavar="PATH", help="write the measured rates here")
+    parser.add_argument("--bare", default="lora_r8", help="the method also timed in a plain loop")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"

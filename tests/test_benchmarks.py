@@ -225,7 +225,9 @@ def test_gpu_check_rehearsed_on_the_cpu_runs_every_step_and_keeps_each_log(tmp_p
     assert list(rows) == METHODS
     assert rows["qlora4_r8"] == "peft.tuners.lora.bnb.Linear4bit"
     assert rows["qalora4_r8"] == "vitpeft.methods.qalora_layer.QALoraLinear"
-    assert [rate["method"] for rate in json.loads((out / "rates.json").read_text())["rates"]] == METHODS
+    assert re.search(r"^lora_r8 +trainer / bare loop \d+\.\d{3} \(", checked, re.M)
+    rates = json.loads((out / "rates.json").read_text())["rates"]
+    assert [rate["method"] for rate in rates] == METHODS and rates[2]["bare_loop_images_per_s"] > 0
 
     studied = (out / "gpu_study.log").read_text()
     rows = dict(
