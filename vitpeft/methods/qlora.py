@@ -25,7 +25,9 @@ class QLoraConfig(LoraConfig):
         bits: 8 (``Linear8bitLt``) or 4 (``Linear4bit``), from the name (``qlora4_r8`` -> 4).
         quant_type: 4-bit data type, ``nf4`` (NormalFloat, QLoRA's) or ``fp4``.
         double_quant: also quantize the 4-bit block scales (QLoRA's double quantization).
-        compute_dtype: dtype that 4-bit layers dequantize to for their matmul.
+        compute_dtype: dtype that 4-bit layers dequantize to for their matmul. Under autocast
+            (bf16 or fp16 training on a GPU) the matmul then runs in autocast's dtype all the
+            same; the fp32 default keeps evaluation, which runs outside autocast, in fp32.
     """
 
     bits: int = field(default=4, metadata={"help": "base precision: 8 or 4 bits"})
