@@ -2,6 +2,7 @@
 torchvision's ``v2.RandAugment`` and timm's ``RandomErasing``."""
 
 import random
+import traceback
 from collections import Counter
 
 import pytest
@@ -128,6 +129,35 @@ def ops_per_batch(batch_size: int) -> int:
 def test_the_full_augmentation_issues_as_many_ops_for_256_images_as_for_32():
     # Not exactly as many: torchvision skips some work on an (op, sign) no image drew.
     assert ops_per_batch(256) <= 1.1 * ops_per_batch(32)
+
+
+def test_the_full_augmentation_moves_its_cpu_draws_to_the_device_without_waiting(monkeypatch):
+    """The ops and boxes drawn on the CPU reach the images' device through ``host_to_device``
+    (pinned memory, a copy the host does not wait for, on CUDA); the normalization's constants
+    move once per device. A plain ``.to(device)`` from the data code would make each step wait."""
+    from vitpeft.data import augment, pipeline
+
+    plain, moved = [], []
+
+    def to(self, *args, _to=torch.Tensor.to, **kwargs):
+        caller = traceback.extract_stack(limit=2)[0].filename
+        if any(isinstance(a, torch.device) for a in args) and caller in (pipeline.__file__, augment.__file__):
+            plain.append(caller)
+        return _to(self, *args, **kwargs)
+
+    def host_to_device(tensor, device):
+        moved.append(device)
+        return tensor.to(device)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(pipeline, "host_to_device", host_to_device, raising=False)
+    monkeypatch.setattr(augment, "host_to_device", host_to_device, raising=False)
+    prep = BatchPreprocessor(16, (0.5,) * 3, (0.5,) * 3, FULL_AUGMENT, num_classes=10)
+    images = torch.randint(0, 256, (64, 8, 8, 3), dtype=torch.uint8)
+    prep(images, train=True, generator=torch.Generator().manual_seed(0))  # the constants move here
+    plain.clear()
+    prep(images, train=True, generator=torch.Generator().manual_seed(1))
+    assert plain == [] and len(moved) > 2
 
 
 def test_randaugment_and_erasing_follow_the_data_generator_only():

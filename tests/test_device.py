@@ -219,3 +219,17 @@ def test_fp32_work_stays_fp32_on_cuda_where_cudnn_would_convolve_in_tf32():
     assert (cudnn.allow_tf32, cudnn.enabled, cudnn.benchmark, cudnn.deterministic) == before
     with devices.exact_fp32(torch.device("cpu")):
         assert cudnn.allow_tf32 == before[0]
+
+
+def test_host_to_device_queues_a_copy_from_pinned_memory_on_cuda(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+    monkeypatch.setattr(
+        torch.Tensor, "to", lambda self, *args, **kwargs: calls.append((args, kwargs)) or self
+    )
+    cuda = torch.device("cuda")
+    devices.host_to_device(torch.zeros(3), cuda)
+    assert calls == ["pin", ((cuda,), {"non_blocking": True})]
+    calls.clear()
+    devices.host_to_device(torch.zeros(3), torch.device("cpu"))
+    assert calls == [((torch.device("cpu"),), {})]

@@ -213,6 +213,22 @@ def test_bf16_on_the_cpu_trains_under_autocast_without_a_scaler(tiny_spec):
     assert history.skipped_steps == [0, 0] and all(math.isfinite(x) for x in history.train_loss)
 
 
+def test_recording_a_step_makes_no_tensor_from_host_values(monkeypatch):
+    """On a GPU, a tensor made from a Python value (``skipped``) would be copied there each step,
+    and the host would wait for that copy."""
+    meter = StabilityMeter(torch.device("cpu"), grad_clip=1.0, num_classes=10)
+    loss, norm = torch.tensor(2.0), torch.tensor(0.5)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a tensor made from host values while recording a step")
+
+    monkeypatch.setattr(torch, "as_tensor", refused)
+    monkeypatch.setattr(torch, "tensor", refused)
+    for skipped in (False, True, False):
+        meter.record(loss, norm, skipped=skipped)
+    assert meter.epoch_summary()["skipped_steps"] == 1
+
+
 def test_a_skipped_step_is_counted_and_left_out_of_the_norm_statistics():
     meter = StabilityMeter(torch.device("cpu"), grad_clip=1.0, num_classes=10)
     meter.record(torch.tensor(2.0), torch.tensor(float("inf")), skipped=torch.tensor(True))

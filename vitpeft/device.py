@@ -180,6 +180,15 @@ def exact_fp32(device):
     )
 
 
+def host_to_device(tensor, device):
+    """``tensor``, made on the CPU (random draws from a CPU generator), on ``device`` without the
+    host waiting: a copy from pageable memory to a GPU waits for everything queued there first;
+    one from pinned memory is queued like a kernel (torch keeps the pinned block until it ran)."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def empty_cache(device) -> None:
     """Hand the allocator's cached blocks back (after an out-of-memory step)."""
     import torch

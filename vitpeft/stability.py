@@ -48,6 +48,8 @@ class StabilityMeter:
         self.sums = torch.zeros(5, dtype=torch.float64, device=device)  # this epoch's, see NORM_SUM
         self.steps = 0  # optimizer steps recorded in this epoch
         self.is_max = torch.arange(5, device=device) == NORM_MAX  # the one sum that is a maximum
+        # made on the device once: a Python bool made into a tensor there each step would wait
+        self.skipped_flags = {flag: torch.tensor(flag, device=device) for flag in (False, True)}
 
     def record(
         self, loss: torch.Tensor, grad_norm: torch.Tensor, skipped: torch.Tensor | bool = False
@@ -58,7 +60,7 @@ class StabilityMeter:
         ``skipped``: the fp16 gradient scaler skipped the step (its scaled gradients overflowed, so
         its norm is not finite). It is counted, and left out of the norm statistics and clipping."""
         loss = loss.detach().float()
-        skipped = torch.as_tensor(skipped, device=loss.device)
+        skipped = self.skipped_flags[skipped] if isinstance(skipped, bool) else skipped
         norm = torch.where(skipped, 0.0, grad_norm.detach().to(torch.float64))
         if self.losses_seen >= SPIKE_WINDOW:
             median = self.window.nanmedian()

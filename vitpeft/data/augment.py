@@ -13,6 +13,8 @@ import math
 import torch
 from torchvision.transforms import v2
 
+from vitpeft.device import host_to_device
+
 
 class BatchRandAugment:
     """torchvision's ``v2.RandAugment`` on a ``(B, C, H, W)`` batch, each image its own ops.
@@ -57,7 +59,7 @@ class BatchRandAugment:
             out = images.clone()  # Identity's images stay as they are
             for index, negate, name, magnitude in groups:
                 chosen = ((round_ops == index) & (round_negated == negate)).nonzero().squeeze(1)
-                chosen = chosen.to(images.device)
+                chosen = host_to_device(chosen, images.device)
                 transformed = self.reference._apply_image_or_video_transform(
                     images.index_select(0, chosen),
                     name,
@@ -130,10 +132,11 @@ def random_erasing(
     left = (uniform(0.0, 1.0, b) * (width - box_w + 1)).floor().long()
     # Only the erased images get noise: a quarter of the batch at DeiT's 0.25.
     chosen = erased.nonzero().squeeze(1)
-    top, left, box_h, box_w = torch.stack([top, left, box_h, box_w])[:, chosen].to(x.device).view(4, -1, 1, 1)
+    boxes = host_to_device(torch.stack([top, left, box_h, box_w])[:, chosen], x.device)
+    top, left, box_h, box_w = boxes.view(4, -1, 1, 1)
     rows = torch.arange(height, device=x.device).view(1, height, 1)
     cols = torch.arange(width, device=x.device).view(1, 1, width)
     inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)  # (n, H, W)
-    chosen = chosen.to(x.device)
+    chosen = host_to_device(chosen, x.device)
     images = x.index_select(0, chosen)
     return x.index_copy(0, chosen, torch.where(inside.unsqueeze(1), torch.randn_like(images), images))

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 
 from vitpeft.config import AugmentConfig
 from vitpeft.data.augment import BatchRandAugment, random_erasing
+from vitpeft.device import host_to_device
 
 
 class BatchPreprocessor:
@@ -22,6 +23,7 @@ class BatchPreprocessor:
         self.img_size = img_size
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._stats_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # copied once per device
         self.augment = augment or AugmentConfig()
         a = self.augment
         self.randaugment = None
@@ -41,7 +43,10 @@ class BatchPreprocessor:
             x = self._random_affine(x, generator)
         elif x.shape[-2:] != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        if x.device not in self._stats_on:
+            self._stats_on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
+        mean, std = self._stats_on[x.device]
+        x = (x - mean) / std
         if train and self.augment.erasing_prob > 0:
             # on normalized pixels, as timm's loader applies its RandomErasing
             x = random_erasing(x, self.augment.erasing_prob, generator)
@@ -126,5 +131,5 @@ def affine_views(
     theta[:, 1, 1] = view
     theta[:, 0, 2] = -2.0 * mirror * view * shift[:, 0]
     theta[:, 1, 2] = -2.0 * view * shift[:, 1]
-    grid = F.affine_grid(theta.to(x.device), [b, x.shape[1], size, size], align_corners=False)
+    grid = F.affine_grid(host_to_device(theta, x.device), [b, x.shape[1], size, size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
