@@ -173,6 +173,15 @@ def test_adalora_formula_schedule_and_budget(tiny_model):
     assert max(ranks.values()) <= 6
 
 
+def test_adalora_passes_over_skipped_fp16_steps_before_it_has_importance_scores(tiny_model):
+    """fp16's first steps may all be skipped (the scaler starts at 2**16): by the first masking
+    step (here the second) there are then no scores, and peft's masking would fail on them."""
+    prepared = prepare(tiny_model, "adalora_r4", total_steps=10)
+    for step in (1, 2, 3):
+        prepared.after_step(step, True)
+    assert not prepared.model.base_model.rankallocator.exp_avg_ipt
+
+
 def test_adalora_rank_counts_stay_frozen_when_peft_moves_the_adapter_to_its_base(tiny_model):
     """peft moves each new adapter to its base layer's device and dtype, re-wrapping what it moved
     as a trainable Parameter. On a GPU (base on cuda, adapter made on the CPU) that made AdaLoRA's

@@ -164,6 +164,8 @@ def prepare(model: nn.Module, config: AdaLoraConfig, context: MethodContext) -> 
         if not skipped:
             wrapped.base_model.update_and_allocate(step)
             return
+        if not allocator.exp_avg_ipt:  # no step was taken yet: no scores to mask by
+            return
         # A skipped fp16 step's gradients are inf or NaN: one such importance update would leave
         # the smoothed scores NaN for good, and no rank would ever be pruned. The budget schedule
         # and the masks still follow the step count, on the scores as they stand.
