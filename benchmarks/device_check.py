@@ -92,20 +92,24 @@ class TimedPhases(PhasePeaks):
                 self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
-def bare_loop_rate(model, train: Split, preprocess, lr: float, batch_size: int, device) -> float:
-    """Images/s of a plain loop doing a training step's work (the trainer's precision and AdamW,
-    clipping, no schedule and no records): what the trainer's own bookkeeping is measured against."""
+def bare_loop_rate(
+    model, train: Split, preprocess, lr: float, batch_size: int, device, compile: bool
+) -> float:
+    """Images/s of a plain loop doing a training step's work (the trainer's precision, AdamW and
+    compilation, clipping, no schedule and no records): what the trainer's bookkeeping is measured
+    against."""
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=lr, fused=devices.fused_adamw(device)
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(0)
     model.train()
+    forward = torch.compile(model) if compile else model
 
     def step(start: int) -> None:
         x = preprocess(train.images[start : start + batch_size], train=True, generator=generator)
         with devices.autocast(device):
-            loss = F.cross_entropy(model(x).float(), train.labels[start : start + batch_size])
+            loss = F.cross_entropy(forward(x).float(), train.labels[start : start + batch_size])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
@@ -174,7 +178,7 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
         flush=True,
     )
     if method == args.bare:
-        bare = bare_loop_rate(model, train, preprocess, config.lr, args.batch_size, device)
+        bare = bare_loop_rate(model, train, preprocess, config.lr, args.batch_size, device, args.compile)
         result["bare_loop_images_per_s"] = bare
         print(
             f"{method:11s} trainer / bare loop {result['images_per_s'] / bare:.3f} "

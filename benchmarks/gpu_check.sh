@@ -56,7 +56,7 @@ python3 -c "import torch,timm,peft,transformers,bitsandbytes as b,snakemake as s
 'timm',timm.__version__,'peft',peft.__version__,'transformers',transformers.__version__,'bnb',b.__version__,
 'snakemake',s.__version__)"
 step device_check 150 python3 benchmarks/device_check.py "${checks[@]}" --json "$out/rates.json"
-step bnb_cuda_check 60 python3 benchmarks/bnb_cuda_check.py "${bases[@]}"
-step gpu_study 300 python3 benchmarks/gpu_study.py "${study[@]}" --workdir "$(mktemp -d)"
+step bnb_cuda_check 90 python3 benchmarks/bnb_cuda_check.py "${bases[@]}"
+step gpu_study 270 python3 benchmarks/gpu_study.py "${study[@]}" --workdir "$(mktemp -d)"
 echo "gpu_check: ${#failed[@]} of 3 steps failed${failed[*]:+: ${failed[*]}}"
 [ "${#failed[@]}" -eq 0 ]
