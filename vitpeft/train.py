@@ -102,7 +102,8 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 def evaluate(
     model: nn.Module, split: Split, preprocess: BatchPreprocessor, batch_size: int
 ) -> dict[str, float]:
-    """Top-1 and top-5 accuracy in percent, and mean cross-entropy, over a whole split, in fp32."""
+    """Top-1 and top-5 accuracy in percent, and mean cross-entropy, over a whole split, outside
+    autocast: in fp32 (on CUDA without TF32)."""
     model.eval()
     correct1 = correct5 = 0
     loss_sum = 0.0
@@ -316,10 +317,8 @@ def fit(
                     )
                 if time.perf_counter() - shown >= SHOW_EVERY_S:  # the bar's refresh: a sync
                     check_finite()
-                    shown, rate = (
-                        time.perf_counter(),
-                        (at.seen - seen_before) / (time.perf_counter() - started),
-                    )
+                    shown = time.perf_counter()
+                    rate = (at.seen - seen_before) / (shown - started)
                     bar.set_postfix(loss=f"{float(at.loss_sum) / at.seen:.3f}", img_s=f"{rate:.0f}")
         check_finite()
         at.loss_sum = float(at.loss_sum)
