@@ -98,10 +98,8 @@ def bare_loop_rate(
     """Images/s of a plain loop doing a training step's work (the trainer's precision, AdamW and
     compilation, clipping, no schedule and no records): what the trainer's bookkeeping is measured
     against."""
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=lr, fused=devices.fused_adamw(device)
-    )
     trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, fused=devices.fused_adamw(device))
     generator = torch.Generator().manual_seed(0)
     model.train()
     forward = torch.compile(model) if compile else model
@@ -221,8 +219,7 @@ def main() -> None:
             failed.append(method)
             print(f"{method:11s} FAILED", flush=True)
             traceback.print_exc()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        devices.empty_cache(device)
         if args.json:
             report = {
                 "device": name,
