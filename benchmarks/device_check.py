@@ -3,8 +3,8 @@
 For each method it builds the model, lets the method prepare it on the device (bitsandbytes
 quantizes the base there; ``prepare_model`` checks the peft layer classes and the trainable count)
 and trains it with ``vitpeft.train.fit``, the trainer every run uses (bf16 autocast and fused
-AdamW on CUDA, ``--compile`` for torch.compile), for a fixed number of steps on random uint8
-images held on the device. A one-step warm-up run goes first (it compiles, and allocates).
+AdamW on CUDA, ``--compile`` for torch.compile, ``--precision`` to measure another than the
+device's ``auto``), for a fixed number of steps on random uint8 images held on the device. A one-step warm-up run goes first (it compiles, and allocates).
 
 Printed per method: images/s of the training steps (the trainer's "train" phase, timed apart from
 its validation), peak memory of the training steps (``vitpeft.memory``: CUDA max allocated; on CPU the
@@ -15,6 +15,7 @@ plain loop doing the same step's work in the same run: what the trainer's bookke
 
     python benchmarks/device_check.py                      # deit_small at 224 px, 20 steps per method
     python benchmarks/device_check.py --compile            # the same through torch.compile
+    python benchmarks/device_check.py --precision fp16     # the same in fp16 with a GradScaler
     python benchmarks/device_check.py --json rates.json    # also write the measured rates (compute.throughput_file)
     python benchmarks/device_check.py --model deit_tiny --img-size 16 --patch-size 4 --batch-size 8 --steps 2
                                                            # a quick CPU smoke run
@@ -61,12 +62,6 @@ def step_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def precision_name(device: torch.device) -> str:
-    """How the trainer computes on ``device``: its autocast dtype, or fp32."""
-    dtype = devices.autocast_dtype(device)
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -93,24 +88,27 @@ class TimedPhases(PhasePeaks):
 
 
 def bare_loop_rate(
-    model, train: Split, preprocess, lr: float, batch_size: int, device, compile: bool
+    model, train: Split, preprocess, lr: float, batch_size: int, device, compile: bool, precision: str
 ) -> float:
-    """Images/s of a plain loop doing a training step's work (the trainer's precision, AdamW and
-    compilation, clipping, no schedule and no records): what the trainer's bookkeeping is measured
-    against."""
+    """Images/s of a plain loop doing a training step's work (the trainer's precision and loss
+    scaling, AdamW and compilation, clipping, no schedule and no records): what the trainer's
+    bookkeeping is measured against."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, fused=devices.fused_adamw(device))
+    scaler = devices.grad_scaler(device, precision)
     generator = torch.Generator().manual_seed(0)
     model.train()
     forward = torch.compile(model) if compile else model
 
     def step(start: int) -> None:
         x = preprocess(train.images[start : start + batch_size], train=True, generator=generator)
-        with devices.autocast(device):
+        with devices.autocast(device, precision):
             loss = F.cross_entropy(forward(x).float(), train.labels[start : start + batch_size])
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
     step(0)  # allocates the optimizer's state
@@ -137,7 +135,11 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
     flops = step_flops(model, preprocess(one_batch.images, train=False), one_batch.labels)
 
     schedule = TrainConfig(
-        epochs=1, batch_size=args.batch_size, eval_batch_size=args.batch_size, compile=args.compile
+        epochs=1,
+        batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+        compile=args.compile,
+        precision=args.precision,
     )
 
     def train_on(split: Split, desc: str, memory: TimedPhases | None = None) -> None:
@@ -161,7 +163,7 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
     result = {
         "model": args.model,
         "method": method,
-        "precision": precision_name(device),
+        "precision": devices.training_precision(device, args.precision),
         "compile": args.compile,
         "images_per_s": len(train) / train_s,
         "mfu": flops * args.steps / train_s / (args.peak_tflops * 1e12),
@@ -176,7 +178,9 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
         flush=True,
     )
     if method == args.bare:
-        bare = bare_loop_rate(model, train, preprocess, config.lr, args.batch_size, device, args.compile)
+        bare = bare_loop_rate(
+            model, train, preprocess, config.lr, args.batch_size, device, args.compile, args.precision
+        )
         result["bare_loop_images_per_s"] = bare
         print(
             f"{method:11s} trainer / bare loop {result['images_per_s'] / bare:.3f} "
@@ -195,6 +199,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--compile", action="store_true", help="train through torch.compile")
     parser.add_argument(
+        "--precision", choices=devices.PRECISIONS, default="auto", help="train.precision to measure"
+    )
+    parser.add_argument(
         "--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)"
     )
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -205,7 +212,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"
     print(
         f"device {name}, torch {torch.__version__}, {args.model} at {args.img_size} px, "
-        f"batch {args.batch_size}, {args.steps} timed steps",
+        f"batch {args.batch_size}, {args.steps} timed steps, "
+        f"precision {devices.training_precision(device, args.precision)}",
         flush=True,
     )
     rates, failed = [], []
@@ -226,6 +234,8 @@ def main() -> None:
                 "torch": torch.__version__,
                 "img_size": args.img_size,
                 "batch_size": args.batch_size,
+                # what train.precision: auto trains in there, so a study can pick its rates
+                "auto_precision": devices.training_precision(device),
                 "rates": rates,
             }
             write_json(args.json, report)

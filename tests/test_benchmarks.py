@@ -4,6 +4,7 @@ Their numbers are not checked here: benchmarks measure, tests assert behaviour. 
 a user who runs one, on a GPU machine above all, does not meet a broken script.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -12,6 +13,9 @@ import sys
 from pathlib import Path
 
 from conftest import REPO, SNAKEMAKE
+
+from vitpeft import compute
+from vitpeft import config as study_config
 
 METHODS = ["full", "linear", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
 
@@ -50,6 +54,25 @@ def test_device_check_measures_every_method_it_can_when_one_fails(tmp_path):
     assert "1 of 3 failed: no_such_method" in result.stderr
     assert re.search(r"^no_such_method FAILED$", result.stdout, re.M)
     assert [rate["method"] for rate in json.loads(rates.read_text())["rates"]] == ["linear", "lora_r8"]
+
+
+def test_device_check_measures_a_chosen_precision_that_the_runtime_estimate_finds(tiny_config, tmp_path):
+    """``--precision fp16`` trains with the loss scaler, and its file gives the rate of a run whose
+    train.precision is fp16, not of one at auto (fp32 on the CPU, as the file records)."""
+    rates = tmp_path / "rates.json"
+    out = run_script(
+        "device_check.py",
+        *("--model", "deit_tiny", "--img-size", "16", "--patch-size", "4", "--batch-size", "4"),
+        *("--steps", "1", "--methods", "lora_r8", "--precision", "fp16", "--json", str(rates)),
+    )
+    assert "precision fp16" in out and "trainer / bare loop" in out
+    measured = compute.MeasuredRates.read(str(rates))
+    assert measured.auto_precision == "fp32"
+    run = study_config.resolve_run(tiny_config, "deit_tiny", "digits", "lora_r8", 0)
+    at_fp16 = dataclasses.replace(run, train=dataclasses.replace(run.train, precision="fp16"))
+    rate = json.loads(rates.read_text())["rates"][0]
+    assert compute.measured_images_per_s(measured, at_fp16) == rate["images_per_s"] > 0
+    assert run.train.precision == "auto" and compute.measured_images_per_s(measured, run) is None
 
 
 def test_trainer_and_loader_benchmarks_print_their_ratios():

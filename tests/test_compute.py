@@ -200,14 +200,33 @@ def test_the_summary_states_gpu_hours_and_requests_or_that_the_study_runs_on_cpu
 
 def test_measured_rates_replace_the_assumed_throughput_where_they_cover_a_run(full_study, tmp_path):
     """A hand-written compute.throughput_file: deit_small's lora_r8 and full (hence scratch) are
-    measured at 224 px, its compiled rate is ignored, and every other run keeps the assumption."""
+    measured at 224 px, its compiled rate is not that of the study's eager runs, and every other
+    run keeps the assumption."""
     measured = {
         "device": "Test GPU",
         "img_size": 224,
         "rates": [
-            {"model": "deit_small", "method": "lora_r8", "compile": False, "images_per_s": 1000.0},
-            {"model": "deit_small", "method": "lora_r8", "compile": True, "images_per_s": 9000.0},
-            {"model": "deit_small", "method": "full", "compile": False, "images_per_s": 500.0},
+            {
+                "model": "deit_small",
+                "method": "lora_r8",
+                "compile": False,
+                "precision": "bf16",
+                "images_per_s": 1000.0,
+            },
+            {
+                "model": "deit_small",
+                "method": "lora_r8",
+                "compile": True,
+                "precision": "bf16",
+                "images_per_s": 9000.0,
+            },
+            {
+                "model": "deit_small",
+                "method": "full",
+                "compile": False,
+                "precision": "bf16",
+                "images_per_s": 500.0,
+            },
         ],
     }
     path = tmp_path / "rates.json"
@@ -238,6 +257,44 @@ def test_measured_rates_replace_the_assumed_throughput_where_they_cover_a_run(fu
         f"the images/s measured on Test GPU (compute.throughput_file {path}) for 36 of the 459 runs" in line
     )
     assert "a sustained 250 TFLOP/s per GPU (compute.gpu_tflops) for the others" in line
+
+
+def test_a_run_takes_the_rate_measured_at_its_compilation_and_precision(full_study, tmp_path):
+    """``auto`` takes the rate at the precision auto picked on the measured device; an explicit
+    precision, or torch.compile, takes its own rate or none (then the assumed TFLOP/s)."""
+
+    def rate(compiled: bool, precision: str, images_per_s: float) -> dict:
+        return {"model": "deit_small", "method": "lora_r8", "compile": compiled, "precision": precision,
+                "images_per_s": images_per_s}  # fmt: skip
+
+    measured = {
+        "device": "Test GPU",
+        "img_size": 224,
+        "auto_precision": "bf16",
+        "rates": [rate(False, "bf16", 1000.0), rate(True, "bf16", 3000.0), rate(False, "fp16", 800.0),
+                  rate(False, "fp32", 200.0)],
+    }  # fmt: skip
+    path = tmp_path / "rates.json"
+    path.write_text(json.dumps(measured))
+    run = study_config.resolve_run(full_study, "deit_small", "cifar10", "lora_r8", 0)
+    assert (run.train.compile, run.train.precision) == (False, "auto")
+
+    def images_per_s(compiled: bool, precision: str) -> float | None:
+        trained = dataclasses.replace(run.train, compile=compiled, precision=precision)
+        return compute.measured_images_per_s(
+            compute.MeasuredRates.read(str(path)), dataclasses.replace(run, train=trained)
+        )
+
+    assert images_per_s(False, "auto") == images_per_s(False, "bf16") == 1000.0
+    assert images_per_s(True, "auto") == 3000.0
+    assert images_per_s(False, "fp16") == 800.0 and images_per_s(False, "fp32") == 200.0
+    assert images_per_s(True, "fp16") is None
+    # A file without auto_precision was measured at auto only: its one precision is auto's.
+    del measured["auto_precision"]
+    path.write_text(json.dumps({**measured, "rates": measured["rates"][:2]}))
+    assert images_per_s(False, "auto") == 1000.0 and images_per_s(True, "auto") == 3000.0
+    path.write_text(json.dumps(measured))  # several precisions: which one auto is, is unknown
+    assert images_per_s(False, "auto") is None and images_per_s(False, "fp16") == 800.0
 
 
 def test_a_throughput_file_that_is_not_one_is_refused_naming_the_key(full_study, tmp_path):

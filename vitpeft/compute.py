@@ -215,27 +215,31 @@ def gpu_hours(config: dict[str, Any], flops: float) -> float:
 
 @dataclass(frozen=True)
 class MeasuredRates:
-    """Training images/s per (model, method), measured on one device at one input size: a
-    ``compute.throughput_file`` as ``benchmarks/device_check.py --json`` writes it."""
+    """Training images/s per (model, method, compiled or not, precision), measured on one device
+    at one input size: a ``compute.throughput_file`` as ``benchmarks/device_check.py --json``
+    writes it. ``auto_precision`` is what ``train.precision: auto`` trains in on that device."""
 
     path: str
     device: str
     img_size: int
-    images_per_s: dict[tuple[str, str], float]
+    auto_precision: str | None
+    images_per_s: dict[tuple[str, str, bool, str], float]
 
     @classmethod
     def read(cls, path: str) -> MeasuredRates:
-        """The eager (not compiled) rates of the file: the pipeline trains eagerly."""
         import json
 
         try:
             data = json.loads(Path(path).read_text())
             rates = {
-                (r["model"], r["method"]): float(r["images_per_s"])
+                (r["model"], r["method"], bool(r["compile"]), r["precision"]): float(r["images_per_s"])
                 for r in data["rates"]
-                if not r.get("compile") and r["images_per_s"] > 0
+                if r["images_per_s"] > 0
             }
-            return cls(str(path), str(data["device"]), int(data["img_size"]), rates)
+            precisions = {r["precision"] for r in data["rates"]}
+            # A file without the field was measured at the device's auto precision only.
+            auto = data.get("auto_precision") or (precisions.pop() if len(precisions) == 1 else None)
+            return cls(str(path), str(data["device"]), int(data["img_size"]), auto, rates)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ConfigError(
                 f"compute.throughput_file: {path!r} is not a readable benchmarks/device_check.py --json file "
@@ -250,12 +254,14 @@ def measured_rates(config: dict[str, Any]) -> MeasuredRates | None:
 
 
 def measured_images_per_s(rates: MeasuredRates | None, run: RunConfig) -> float | None:
-    """The measured training rate of ``run``'s model and method at its input size, if the file has
-    it (scratch trains as full fine-tuning does, so it takes full's)."""
+    """The measured training rate of ``run``'s model and method at its input size, compiled or
+    not and at the precision it trains in (``auto``: the measured device's), if the file has it
+    (scratch trains as full fine-tuning does, so it takes full's)."""
     if rates is None or run.model.img_size != rates.img_size:
         return None
     method = TRANSFER_REFERENCE if run.method.name == TRANSFER_BASELINE else run.method.name
-    return rates.images_per_s.get((run.model.name, method))
+    precision = rates.auto_precision if run.train.precision == "auto" else run.train.precision
+    return rates.images_per_s.get((run.model.name, method, run.train.compile, precision))
 
 
 def run_hours(config: dict[str, Any], run: RunConfig, rates: MeasuredRates | None = None) -> float:
@@ -377,7 +383,10 @@ def throughput_source(estimate: StudyEstimate) -> str:
     if not estimate.throughput_file:
         return assumed
     if not estimate.measured_runs:
-        return f"{assumed}; compute.throughput_file {estimate.throughput_file} measures none of its runs' model, method and input size"
+        return (
+            f"{assumed}; compute.throughput_file {estimate.throughput_file} measures none of its runs' "
+            "model, method, input size, compilation and precision"
+        )
     if estimate.measured_runs == estimate.runs:
         return f"{measured} for every run"
     return f"{measured} for {estimate.measured_runs} of the {estimate.runs} runs, {assumed} for the others"
