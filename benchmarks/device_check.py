@@ -4,14 +4,17 @@ For each method it builds the model, lets the method prepare it on the device (b
 quantizes the base there; ``prepare_model`` checks the peft layer classes and the trainable count)
 and trains it with ``vitpeft.train.fit``, the trainer every run uses (bf16 autocast and fused
 AdamW on CUDA, ``--compile`` for torch.compile, ``--precision`` to measure another than the
-device's ``auto``), for a fixed number of steps on random uint8 images held on the device. A one-step warm-up run goes first (it compiles, and allocates).
+device's ``auto``), for a fixed number of steps on random uint8 images held on the device. A
+one-step warm-up run goes first (it compiles, and allocates).
 
 Printed per method: images/s of the training steps (the trainer's "train" phase, timed apart from
 its validation), peak memory of the training steps (``vitpeft.memory``: CUDA max allocated; on CPU the
 resident set), and model FLOP utilization: the FLOPs of one step, counted eagerly by torch's
 FlopCounterMode (it does not see bitsandbytes' own kernels, so the quantized methods' utilization
-is understated). For one method (``--bare``, lora_r8) also the trainer's images/s over those of a
-plain loop doing the same step's work in the same run: what the trainer's bookkeeping costs there.
+is understated). With ``--compile``, the graphs torch.compile made of the model and its graph
+breaks, each reason once with its count. For one method (``--bare``, lora_r8) also the trainer's
+images/s over those of a plain loop doing the same step's work in the same run: what the
+trainer's bookkeeping costs there.
 
     python benchmarks/device_check.py                      # deit_small at 224 px, 20 steps per method
     python benchmarks/device_check.py --compile            # the same through torch.compile
@@ -31,6 +34,7 @@ import traceback
 
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitpeft import device as devices
@@ -122,6 +126,7 @@ def bare_loop_rate(
 
 def check(method: str, args, device: torch.device) -> dict[str, float]:
     torch.manual_seed(0)
+    counters.clear()
     model = create_model(ModelSpec(args.model, img_size=args.img_size, patch_size=args.patch_size), CLASSES)
     model.to(device)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
@@ -177,6 +182,16 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
         f"qkv {layer.__module__}.{layer.__name__}",
         flush=True,
     )
+    if args.compile:  # what torch.compile made of this method's training: graphs and their breaks
+        breaks = counters["graph_break"]
+        result["graphs"] = counters["stats"]["unique_graphs"]
+        result["graph_breaks"] = sum(breaks.values())
+        print(
+            f"{method:11s} compiled into {result['graphs']} graphs, {result['graph_breaks']} graph breaks",
+            flush=True,
+        )
+        for reason, count in breaks.most_common():
+            print(f"{method:11s}   {count} x {reason.splitlines()[0]}", flush=True)
     if method == args.bare:
         bare = bare_loop_rate(
             model, train, preprocess, config.lr, args.batch_size, device, args.compile, args.precision

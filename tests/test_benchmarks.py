@@ -56,23 +56,35 @@ def test_device_check_measures_every_method_it_can_when_one_fails(tmp_path):
     assert [rate["method"] for rate in json.loads(rates.read_text())["rates"]] == ["linear", "lora_r8"]
 
 
-def test_device_check_measures_a_chosen_precision_that_the_runtime_estimate_finds(tiny_config, tmp_path):
-    """``--precision fp16`` trains with the loss scaler, and its file gives the rate of a run whose
-    train.precision is fp16, not of one at auto (fp32 on the CPU, as the file records)."""
+def test_device_check_measures_a_compiled_precision_that_the_runtime_estimate_finds(tiny_config, tmp_path):
+    """``--compile --precision fp16`` trains compiled with the loss scaler and says what torch.compile
+    made of it; its file gives the rate of a run that trains so, not of one at auto (fp32 on the
+    CPU, as the file records) or eager."""
     rates = tmp_path / "rates.json"
     out = run_script(
         "device_check.py",
         *("--model", "deit_tiny", "--img-size", "16", "--patch-size", "4", "--batch-size", "4"),
-        *("--steps", "1", "--methods", "lora_r8", "--precision", "fp16", "--json", str(rates)),
+        *("--steps", "1", "--methods", "linear", "--compile", "--precision", "fp16", "--json", str(rates)),
     )
-    assert "precision fp16" in out and "trainer / bare loop" in out
+    assert "precision fp16" in out
+    rate = json.loads(rates.read_text())["rates"][0]
+    assert (rate["graphs"], rate["graph_breaks"]) == (1, 0)
+    assert re.search(r"^linear +compiled into 1 graphs, 0 graph breaks$", out, re.M)
     measured = compute.MeasuredRates.read(str(rates))
     assert measured.auto_precision == "fp32"
-    run = study_config.resolve_run(tiny_config, "deit_tiny", "digits", "lora_r8", 0)
-    at_fp16 = dataclasses.replace(run, train=dataclasses.replace(run.train, precision="fp16"))
-    rate = json.loads(rates.read_text())["rates"][0]
-    assert compute.measured_images_per_s(measured, at_fp16) == rate["images_per_s"] > 0
-    assert run.train.precision == "auto" and compute.measured_images_per_s(measured, run) is None
+    run = study_config.resolve_run(tiny_config, "deit_tiny", "digits", "linear", 0)
+    assert (run.train.compile, run.train.precision) == (False, "auto")
+
+    def trained(**train) -> study_config.RunConfig:
+        return dataclasses.replace(run, train=dataclasses.replace(run.train, **train))
+
+    assert (
+        compute.measured_images_per_s(measured, trained(compile=True, precision="fp16"))
+        == rate["images_per_s"]
+    )
+    assert rate["images_per_s"] > 0
+    for other in (run, trained(precision="fp16"), trained(compile=True)):
+        assert compute.measured_images_per_s(measured, other) is None
 
 
 def test_trainer_and_loader_benchmarks_print_their_ratios():

@@ -231,7 +231,10 @@ def test_fit_with_randaugment_and_mixup(tiny_model):
 
 
 def test_compiled_training_follows_eager_training(tiny_spec):
-    """torch.compile (inductor, here on CPU) trains the same parameters to the same losses."""
+    """torch.compile (inductor, here on CPU) trains the same parameters to the same losses, the
+    model's forward in whole graphs (a graph break would run its pieces eagerly between them)."""
+    from torch._dynamo.utils import counters
+
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 64)
     images = (rng.integers(0, 100, (64, 16, 16, 1)) + 120 * labels[:, None, None, None]).astype(np.uint8)
@@ -240,10 +243,12 @@ def test_compiled_training_follows_eager_training(tiny_spec):
     results = {}
     for compiled in (False, True):
         torch.manual_seed(0)
+        counters.clear()
         method = prepare(create_model(tiny_spec, num_classes=2), "lora_r4")
         cfg = TrainConfig(epochs=1, batch_size=32, compile=compiled)
         history = fit(method, split, split, prep, cfg, 1e-3, 0.0, seed=0)
         results[compiled] = (history.train_loss, dict(method.model.named_parameters()))
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
     assert results[True][0] == pytest.approx(results[False][0], rel=1e-4)
     assert results[True][1].keys() == results[False][1].keys()  # no "_orig_mod." wrapper in the names
     for name, param in results[True][1].items():
