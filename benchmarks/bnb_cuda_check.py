@@ -12,6 +12,10 @@ device from the same fp32 weights. Printed per base:
 - ``bias``: whether one bf16-autocast training step of the QLoRA method on the device left every
   frozen base bias bit-identical.
 
+Then QA-LoRA's group-wise INT-N base, prepared on the device and on the CPU: its codes, scales and
+zeros must be identical, since the export rebuilds it on the CPU and merges the device-trained
+adapters into that rebuild.
+
     python benchmarks/bnb_cuda_check.py                 # deit_small at 224 px, on CUDA
     python benchmarks/bnb_cuda_check.py --model deit_tiny --img-size 16 --device cpu   # a rehearsal
 """
@@ -73,6 +77,23 @@ def biases_kept(
     )
 
 
+def groupwise_differences(model: torch.nn.Module, bits: int, device: torch.device) -> tuple[int, int]:
+    """QA-LoRA's base prepared on ``device`` and on the CPU from the same weights: how many of its
+    codes, scales and zeros differ, and how many there are."""
+    from vitpeft.quant.groupwise import GroupQuantLinear
+
+    def base(on: torch.device) -> dict[str, torch.Tensor]:
+        config = method_config(f"qalora{bits}_r8")
+        prepared = prepare_model(copy.deepcopy(model).to(on), config, MethodContext(2, on)).model
+        layers = {n: m for n, m in prepared.named_modules() if isinstance(m, GroupQuantLinear)}
+        return {f"{n}.{k}": t.detach().cpu() for n, m in layers.items() for k, t in m.state_dict().items()}
+
+    on_cpu, on_device = base(torch.device("cpu")), base(device)
+    kept = [k for k in on_cpu if not k.endswith(".bias")]
+    differ = sum(int((on_cpu[k] != on_device[k]).sum()) for k in kept)
+    return differ, sum(on_cpu[k].numel() for k in kept)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="deit_small")
@@ -112,9 +133,19 @@ def main() -> None:
         )
         if cpu_bytes != device_bytes or not kept:
             failed.append(base)
+    for bits in (4, 2):
+        differ, total = groupwise_differences(model, bits, device)
+        print(
+            f"qalora{bits} group-wise base: {differ:,} of {total:,} codes, scales and zeros differ "
+            f"between cpu and {device.type}",
+            flush=True,
+        )
+        if differ:
+            failed.append(f"qalora{bits}")
     if failed:
         raise SystemExit(
-            f"bnb_cuda_check: stored bytes differ or a base bias changed for {', '.join(failed)}"
+            "bnb_cuda_check: stored bytes differ, a base bias changed or a group-wise base differs for "
+            + ", ".join(failed)
         )
 
 

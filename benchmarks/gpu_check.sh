@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The prepared GPU check, as one command on a lent machine (../shared/GPU_CHECK.md): what the
 # device measures (device_check.py: images/s, MFU and peak memory per method, written for
-# compute.throughput_file), bitsandbytes' bases quantized on CUDA against the CPU
-# (bnb_cuda_check.py), then one short real job per method through Snakemake (gpu_study.py).
+# compute.throughput_file), the quantized bases (bitsandbytes' and QA-LoRA's) built on CUDA
+# against the CPU (bnb_cuda_check.py), then one short real job per method through Snakemake
+# (gpu_study.py).
 #
 # That machine has torch (2.11) but neither bitsandbytes nor snakemake, and no network: their wheels
 # travel in .whl/ (carry: [".whl"]), with timm's and peft's at our pins, made once here:
@@ -56,7 +57,7 @@ python3 -c "import torch,timm,peft,transformers,bitsandbytes as b,snakemake as s
 'timm',timm.__version__,'peft',peft.__version__,'transformers',transformers.__version__,'bnb',b.__version__,
 'snakemake',s.__version__)"
 step device_check 150 python3 benchmarks/device_check.py "${checks[@]}" --json "$out/rates.json"
-step bnb_cuda_check 90 python3 benchmarks/bnb_cuda_check.py "${bases[@]}"
+step bnb_cuda_check 100 python3 benchmarks/bnb_cuda_check.py "${bases[@]}"
 step gpu_study 270 python3 benchmarks/gpu_study.py "${study[@]}" --workdir "$(mktemp -d)"
 echo "gpu_check: ${#failed[@]} of 3 steps failed${failed[*]:+: ${failed[*]}}"
 [ "${#failed[@]}" -eq 0 ]

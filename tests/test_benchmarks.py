@@ -248,12 +248,15 @@ def test_gpu_check_rehearsed_on_the_cpu_runs_every_step_and_keeps_each_log(tmp_p
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.strip().endswith("gpu_check: 0 of 3 steps failed")
 
+    bases_log = (out / "bnb_cuda_check.log").read_text()
     bases = re.findall(
-        r"^(int8|nf4|nf4 dq|fp4) +bytes .* \(equal\) .* reload gap (\S+)  bias kept ",
-        (out / "bnb_cuda_check.log").read_text(),
-        re.M,
+        r"^(int8|nf4|nf4 dq|fp4) +bytes .* \(equal\) .* reload gap (\S+)  bias kept ", bases_log, re.M
     )
     assert bases == [("int8", "0.00e+00"), ("nf4", "0.00e+00"), ("nf4 dq", "0.00e+00"), ("fp4", "0.00e+00")]
+    groupwise = re.findall(
+        r"^qalora(\d) group-wise base: 0 of ([\d,]+) codes, scales and zeros differ", bases_log, re.M
+    )
+    assert [bits for bits, _ in groupwise] == ["4", "2"] and all(total != "0" for _, total in groupwise)
 
     checked = (out / "device_check.log").read_text()
     rows = dict(re.findall(r"^(\w+)\s+[\d.]+ img/s .* qkv (\S+)$", checked, re.M))

@@ -47,12 +47,17 @@ def quantize(weight: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Te
     The fp16 zero is the group's minimum rounded down and the fp16 scale is rounded up, so the
     stored grid still spans the group and every weight lies within half a step of its code's value.
 
+    Computed on the CPU whatever ``weight``'s device, so that every device quantizes alike: CUDA
+    divides by a Python number as a multiplication by its fp32 reciprocal, which may lose a bit
+    and move an fp16 scale by a step, and a GPU run's base would then differ from the CPU rebuild
+    that its export merges into.
+
     Returns:
-        codes (out, in) uint8, scales (out, in // g) and zeros (out, in // g), float16.
+        codes (out, in) uint8, scales (out, in // g) and zeros (out, in // g), float16, on the CPU.
     """
     out_features, in_features = weight.shape
     check_quantization(in_features, bits, group_size)
-    groups = weight.detach().float().reshape(out_features, in_features // group_size, group_size)
+    groups = weight.detach().float().cpu().reshape(out_features, in_features // group_size, group_size)
     largest = groups.abs().max().item()
     if largest > torch.finfo(STATS_DTYPE).max / 2:
         raise ValueError(f"weights up to {largest:g} do not fit the fp16 zeros and scales")
