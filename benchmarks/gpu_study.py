@@ -1,7 +1,9 @@
 """One short real training job per method through Snakemake, on fixture data, on this machine's device.
 
 Writes a config (every method of the full study, one seed, two epochs, on synthetic shapes at the
-model's input size, the backbone pretrained by the pipeline for one epoch) and builds every cell
+model's input size, the backbone pretrained by the pipeline for one epoch; the full study's
+training recipe: its augmentation, label smoothing, clipping and each family's weight average)
+and builds every cell
 (train and export) with the repository's Snakefile. On a GPU this is what the prepared check adds
 to ``device_check.py``: bitsandbytes' layers, mixed precision and the exports, through the rules a
 study runs. Printed per method: the device and precision each run trained with, its training
@@ -27,7 +29,21 @@ REPO = Path(__file__).resolve().parent.parent
 METHODS = ["full", "linear", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
 
 
+def full_study_recipe() -> tuple[dict, dict, dict]:
+    """The full study's augmentation (CIFAR-10's, as every dataset of it), its training's
+    regularization and each family's weight decay and EMA, from config.yaml: what its runs compute
+    on a GPU besides the model."""
+    full = yaml.safe_load((REPO / "config.yaml").read_text())["studies"]["full"]["overrides"]
+    train = {key: full["train"][key] for key in ("grad_clip", "label_smoothing", "drop_path_rate")}
+    methods = {
+        family: {key: hp[key] for key in ("weight_decay", "ema_decay") if key in hp}
+        for family, hp in full["methods"].items()
+    }
+    return full["datasets"]["cifar10"]["augment"], train, methods
+
+
 def study_config(args) -> dict:
+    augment, regularization, families = full_study_recipe()
     model = {
         "img_size": args.img_size,
         "patch_size": args.patch_size,
@@ -54,19 +70,18 @@ def study_config(args) -> dict:
             "shapes": {
                 **shapes,
                 "options": {"num_images": args.images, "image_size": args.img_size, "seed": 0},
+                "augment": augment,
             },
             "source": {
                 **shapes,
                 "options": {"num_images": args.images, "image_size": args.img_size, "seed": 1},
             },
         },
-        "train": {"epochs": 2, "batch_size": args.batch_size, "eval_batch_size": 256, "warmup_epochs": 0.2},
+        "train": {"epochs": 2, "batch_size": args.batch_size, "eval_batch_size": 256, "warmup_epochs": 0.2}
+        | regularization,
         "pretrain": {"epochs": 1, "batch_size": args.batch_size, "lr": 1.0e-3},
-        "methods": {
-            family: {"lr": 1.0e-3, "weight_decay": 0.0}
-            for family in ("full", "linear", "lora", "qlora", "adalora", "qalora")
-        }
-        | {"qalora": {"lr": 1.0e-3, "weight_decay": 0.0, "group_size": 16}},
+        "methods": {family: {"lr": 1.0e-3, **recipe} for family, recipe in families.items()}
+        | {"qalora": {"lr": 1.0e-3, **families["qalora"], "group_size": 16}},
         "tune": {"epochs": 1, "grids": {}},  # every family at its methods entry's rate
         "convergence": {"window": 1, "tolerance": 100.0},  # two epochs: this checks the path, not a result
         "device": args.device,
@@ -116,12 +131,25 @@ def main() -> None:
 
 
 def run_summary(run: Path) -> str:
-    """The device and precision a run trained with, its speed, test top-1 and exports."""
+    """The device and precision a run trained with, its augmentation and weight average, its
+    speed, test top-1 and exports."""
     metrics = json.loads((run / "metrics.json").read_text())
     provenance = json.loads((run / "provenance.json").read_text())
     export = json.loads((run / "export" / "report.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    augment = config["augment"]
+    recipe = [
+        name
+        for name, used in (
+            ("RandAugment", augment["randaugment"]),
+            ("mixup", augment["mixup_alpha"] > 0),
+            ("cutmix", augment["cutmix_alpha"] > 0),
+            ("erasing", augment["erasing_prob"] > 0),
+        )
+        if used
+    ] + [f"EMA {config['method']['ema_decay']:g}"]
     return (
-        f"{provenance.get('device')} {provenance.get('precision')}, "
+        f"{provenance.get('device')} {provenance.get('precision')}, {' '.join(recipe)}, "
         f"{metrics.get('train_images_per_s', float('nan')):.0f} img/s, test top-1 "
         f"{metrics['test_top1']:.1f}%, exports {'passed' if export['passed'] else 'FAILED'} "
         f"({', '.join(sorted(export['bytes']))})"

@@ -268,13 +268,14 @@ def test_gpu_check_rehearsed_on_the_cpu_runs_every_step_and_keeps_each_log(tmp_p
     assert [rate["method"] for rate in rates] == METHODS and rates[2]["bare_loop_images_per_s"] > 0
 
     studied = (out / "gpu_study.log").read_text()
-    rows = dict(
-        re.findall(
-            r"^\s*(\w+): \S+ (?:fp32|bf16|fp16), \d+ img/s, test top-1 [\d.]+%, exports passed \((.*)\)$",
-            studied,
-            re.M,
-        )
+    found = re.findall(
+        r"^\s*(\w+): \S+ (?:fp32|bf16|fp16), RandAugment mixup cutmix erasing EMA (0|0.99992), \d+ img/s, "
+        r"test top-1 [\d.]+%, exports passed \((.*)\)$",
+        studied,
+        re.M,
     )
-    assert list(rows) == METHODS
-    assert rows["lora_r8"] == "int_onnx, onnx, safetensors"
-    assert rows["qlora4_r8"] == "adapter, base_quantized, int_onnx, onnx, safetensors"
+    rows = {method: (ema, exports) for method, ema, exports in found}
+    assert list(rows) == METHODS  # each with the full study's augmentation and weight average
+    assert {method: ema for method, (ema, _) in rows.items() if ema == "0"} == {"adalora_r8": "0"}
+    assert rows["lora_r8"][1] == "int_onnx, onnx, safetensors"
+    assert rows["qlora4_r8"][1] == "adapter, base_quantized, int_onnx, onnx, safetensors"
