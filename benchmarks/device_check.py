@@ -5,7 +5,11 @@ quantizes the base there; ``prepare_model`` checks the peft layer classes and th
 and trains it with ``vitpeft.train.fit``, the trainer every run uses (bf16 autocast and fused
 AdamW on CUDA, ``--compile`` for torch.compile, ``--precision`` to measure another than the
 device's ``auto``), for a fixed number of steps on random uint8 images held on the device. A
-one-step warm-up run goes first (it compiles, and allocates).
+one-step warm-up run goes first (it compiles, and allocates). By default each method trains as the
+full study's runs do (``--recipe full``: config.yaml's hyperparameters and weight average for it,
+SSF's augmentation with RandAugment, mixup or cutmix and erasing, label smoothing, on 32 px images
+upsampled on the device as CIFAR's are), so the rates are those its job runtimes need;
+``--recipe plain`` measures the model's steps alone.
 
 Printed per method: images/s of the training steps (the trainer's "train" phase, timed apart from
 its validation), peak memory of the training steps (``vitpeft.memory``: CUDA max allocated; on CPU the
@@ -19,6 +23,7 @@ trainer's bookkeeping costs there.
     python benchmarks/device_check.py                      # deit_small at 224 px, 20 steps per method
     python benchmarks/device_check.py --compile            # the same through torch.compile
     python benchmarks/device_check.py --precision fp16     # the same in fp16 with a GradScaler
+    python benchmarks/device_check.py --recipe plain       # no augmentation, mixing or weight average
     python benchmarks/device_check.py --json rates.json    # also write the measured rates (compute.throughput_file)
     python benchmarks/device_check.py --model deit_tiny --img-size 16 --patch-size 4 --batch-size 8 --steps 2
                                                            # a quick CPU smoke run
@@ -31,24 +36,35 @@ import contextlib
 import platform
 import time
 import traceback
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
+from timm.utils import ModelEmaV3
 from torch._dynamo.utils import counters
 from torch.utils.flop_counter import FlopCounterMode
 
+from vitpeft import config as study_config
 from vitpeft import device as devices
-from vitpeft.config import ModelSpec, TrainConfig
+from vitpeft.config import AugmentConfig, ModelSpec, TrainConfig
 from vitpeft.data.pipeline import BatchPreprocessor
 from vitpeft.io import write_json
 from vitpeft.memory import PhasePeaks
 from vitpeft.methods import method_config, prepare_model
-from vitpeft.methods.base import MethodContext
+from vitpeft.methods.base import MethodConfig, MethodContext
 from vitpeft.models import count_parameters, create_model
 from vitpeft.train import Split, fit
 
+REPO = Path(__file__).resolve().parent.parent
 METHODS = ["full", "linear", "lora_r8", "qlora8_r8", "qlora4_r8", "adalora_r8", "qalora4_r8"]
 CLASSES = 100
+
+
+def source_size(args) -> int:
+    """The side of the stored images: CIFAR's for the full study's recipe (upsampled on the device
+    as its runs upsample them), else the model's input size."""
+    return 32 if args.recipe == "full" else args.img_size
 
 
 def random_split(num_images: int, side: int, device: torch.device) -> Split:
@@ -92,28 +108,35 @@ class TimedPhases(PhasePeaks):
 
 
 def bare_loop_rate(
-    model, train: Split, preprocess, lr: float, batch_size: int, device, compile: bool, precision: str
+    model, train: Split, preprocess, schedule: TrainConfig, lr: float, ema_decay: float, device
 ) -> float:
-    """Images/s of a plain loop doing a training step's work (the trainer's precision and loss
-    scaling, AdamW and compilation, clipping, no schedule and no records): what the trainer's
-    bookkeeping is measured against."""
+    """Images/s of a plain loop doing a training step's work (the trainer's augmentation and
+    mixing, label smoothing, precision and loss scaling, AdamW, clipping, compilation and weight
+    average; no schedule and no records): what the trainer's bookkeeping is measured against."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, fused=devices.fused_adamw(device))
-    scaler = devices.grad_scaler(device, precision)
+    scaler = devices.grad_scaler(device, schedule.precision)
+    ema = ModelEmaV3(model, decay=ema_decay) if ema_decay > 0 else None
     generator = torch.Generator().manual_seed(0)
     model.train()
-    forward = torch.compile(model) if compile else model
+    forward = torch.compile(model) if schedule.compile else model
+    batch_size = schedule.batch_size
 
     def step(start: int) -> None:
         x = preprocess(train.images[start : start + batch_size], train=True, generator=generator)
-        with devices.autocast(device, precision):
-            loss = F.cross_entropy(forward(x).float(), train.labels[start : start + batch_size])
+        x, target = preprocess.mix(x, train.labels[start : start + batch_size])
+        with devices.autocast(device, schedule.precision):
+            logits = forward(x).float()
+            loss = F.cross_entropy(logits, target, label_smoothing=schedule.label_smoothing)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        if schedule.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, schedule.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(model)
 
     step(0)  # allocates the optimizer's state
     synchronize(device)
@@ -124,16 +147,32 @@ def bare_loop_rate(
     return len(train) / (time.perf_counter() - started)
 
 
+def run_recipe(method: str, recipe: str) -> tuple[MethodConfig, AugmentConfig, dict[str, float]]:
+    """What a run of ``method`` trains with. ``full``: what the full study's CIFAR-10 runs train
+    with (config.yaml: the methods entries' hyperparameters and weight average, SSF's augmentation,
+    label smoothing, no clipping). ``plain``: the method's defaults, no augmentation, the trainer's
+    default clipping."""
+    if recipe == "plain":
+        return method_config(method), AugmentConfig(), {}
+    config = study_config.load(yaml.safe_load((REPO / "config.yaml").read_text()) | {"study": "full"})
+    run = study_config.resolve_run(config, study_config.study(config)["models"][0], "cifar10", method, 0)
+    return (
+        run.method,
+        run.augment,
+        {"grad_clip": run.train.grad_clip, "label_smoothing": run.train.label_smoothing},
+    )
+
+
 def check(method: str, args, device: torch.device) -> dict[str, float]:
     torch.manual_seed(0)
     counters.clear()
     model = create_model(ModelSpec(args.model, img_size=args.img_size, patch_size=args.patch_size), CLASSES)
     model.to(device)
+    config, augment, regularization = run_recipe(method, args.recipe)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
-    preprocess = BatchPreprocessor(args.img_size, mean, std)
-    train = random_split(args.batch_size * args.steps, args.img_size, device)
+    preprocess = BatchPreprocessor(args.img_size, mean, std, augment, num_classes=CLASSES)
+    train = random_split(args.batch_size * args.steps, source_size(args), device)
     one_batch = Split(train.images[: args.batch_size], train.labels[: args.batch_size])
-    config = method_config(method)
     probe = preprocess(one_batch.images[:8], train=False)
     prepared = prepare_model(model, config, MethodContext(args.steps + 1, device, probe_batch=probe))
     model = prepared.model.to(device)
@@ -145,6 +184,7 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
         eval_batch_size=args.batch_size,
         compile=args.compile,
         precision=args.precision,
+        **regularization,
     )
 
     def train_on(split: Split, desc: str, memory: TimedPhases | None = None) -> None:
@@ -159,6 +199,7 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
             0,
             desc,
             memory=memory,
+            ema_decay=config.ema_decay,
         )
 
     train_on(one_batch, f"{method} warm-up")
@@ -193,9 +234,7 @@ def check(method: str, args, device: torch.device) -> dict[str, float]:
         for reason, count in breaks.most_common():
             print(f"{method:11s}   {count} x {reason.splitlines()[0]}", flush=True)
     if method == args.bare:
-        bare = bare_loop_rate(
-            model, train, preprocess, config.lr, args.batch_size, device, args.compile, args.precision
-        )
+        bare = bare_loop_rate(model, train, preprocess, schedule, config.lr, config.ema_decay, device)
         result["bare_loop_images_per_s"] = bare
         print(
             f"{method:11s} trainer / bare loop {result['images_per_s'] / bare:.3f} "
@@ -214,6 +253,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--compile", action="store_true", help="train through torch.compile")
     parser.add_argument(
+        "--recipe",
+        choices=("full", "plain"),
+        default="full",
+        help="full: the full study's CIFAR runs' augmentation, regularization and weight average, on "
+        "32 px sources; plain: none of them, sources at the input size",
+    )
+    parser.add_argument(
         "--precision", choices=devices.PRECISIONS, default="auto", help="train.precision to measure"
     )
     parser.add_argument(
@@ -227,7 +273,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"
     print(
         f"device {name}, torch {torch.__version__}, {args.model} at {args.img_size} px, "
-        f"batch {args.batch_size}, {args.steps} timed steps, "
+        f"batch {args.batch_size}, {args.steps} timed steps, {args.recipe} recipe on "
+        f"{source_size(args)} px sources, "
         f"precision {devices.training_precision(device, args.precision)}",
         flush=True,
     )
@@ -249,6 +296,8 @@ def main() -> None:
                 "torch": torch.__version__,
                 "img_size": args.img_size,
                 "batch_size": args.batch_size,
+                "recipe": args.recipe,
+                "source_size": source_size(args),
                 # what train.precision: auto trains in there, so a study can pick its rates
                 "auto_precision": devices.training_precision(device),
                 "rates": rates,

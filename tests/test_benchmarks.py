@@ -45,7 +45,7 @@ def test_device_check_measures_every_method_it_can_when_one_fails(tmp_path):
     )
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "device_check.py"), *tiny]
-        + ["--methods", "linear,no_such_method,lora_r8", "--json", str(rates)],
+        + ["--methods", "linear,no_such_method,lora_r8", "--recipe", "plain", "--json", str(rates)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -53,7 +53,9 @@ def test_device_check_measures_every_method_it_can_when_one_fails(tmp_path):
     assert result.returncode != 0
     assert "1 of 3 failed: no_such_method" in result.stderr
     assert re.search(r"^no_such_method FAILED$", result.stdout, re.M)
-    assert [rate["method"] for rate in json.loads(rates.read_text())["rates"]] == ["linear", "lora_r8"]
+    measured = json.loads(rates.read_text())
+    assert [rate["method"] for rate in measured["rates"]] == ["linear", "lora_r8"]
+    assert (measured["recipe"], measured["source_size"]) == ("plain", 16)
 
 
 def test_device_check_measures_a_compiled_precision_that_the_runtime_estimate_finds(tiny_config, tmp_path):
@@ -66,12 +68,12 @@ def test_device_check_measures_a_compiled_precision_that_the_runtime_estimate_fi
         *("--model", "deit_tiny", "--img-size", "16", "--patch-size", "4", "--batch-size", "4"),
         *("--steps", "1", "--methods", "linear", "--compile", "--precision", "fp16", "--json", str(rates)),
     )
-    assert "precision fp16" in out
+    assert "full recipe on 32 px sources, precision fp16" in out
     rate = json.loads(rates.read_text())["rates"][0]
     assert (rate["graphs"], rate["graph_breaks"]) == (1, 0)
     assert re.search(r"^linear +compiled into 1 graphs, 0 graph breaks$", out, re.M)
     measured = compute.MeasuredRates.read(str(rates))
-    assert measured.auto_precision == "fp32"
+    assert (measured.auto_precision, measured.recipe) == ("fp32", "full")
     run = study_config.resolve_run(tiny_config, "deit_tiny", "digits", "linear", 0)
     assert (run.train.compile, run.train.precision) == (False, "auto")
 
@@ -85,6 +87,22 @@ def test_device_check_measures_a_compiled_precision_that_the_runtime_estimate_fi
     assert rate["images_per_s"] > 0
     for other in (run, trained(precision="fp16"), trained(compile=True)):
         assert compute.measured_images_per_s(measured, other) is None
+
+
+def test_device_check_trains_each_method_with_the_full_studys_recipe_or_a_plain_one(monkeypatch):
+    """The rates behind a GPU study's runtimes are measured as its runs train: config.yaml's full
+    study's hyperparameters, weight average, augmentation and regularization for each method."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from device_check import run_recipe
+
+    method, augment, regularization = run_recipe("qalora4_r8", "full")
+    assert (method.group_size, method.weight_decay, method.ema_decay) == (16, 0.05, 0.99992)
+    assert augment.randaugment and augment.randaugment_magnitude == 27 and augment.erasing_prob == 0.25
+    assert (augment.mixup_alpha, augment.cutmix_alpha, augment.scale) == (0.8, 1.0, (0.08, 1.0))
+    assert regularization == {"grad_clip": 0.0, "label_smoothing": 0.1}
+    assert run_recipe("adalora_r8", "full")[0].ema_decay == 0.0  # it prunes in place: no average
+    method, augment, regularization = run_recipe("qalora4_r8", "plain")
+    assert method.ema_decay == 0.0 and not augment.randaugment and regularization == {}
 
 
 def test_trainer_and_loader_benchmarks_print_their_ratios():

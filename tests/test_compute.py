@@ -254,7 +254,8 @@ def test_measured_rates_replace_the_assumed_throughput_where_they_cover_a_run(fu
     assert estimate.measured_runs == 2 * 3 * 3 + 2 * 3 * 3 and estimate.measured_on == "Test GPU"
     line = compute.summary(config, estimate)
     assert (
-        f"the images/s measured on Test GPU (compute.throughput_file {path}) for 36 of the 459 runs" in line
+        f"the images/s measured on Test GPU with the plain recipe (compute.throughput_file {path}) "
+        "for 36 of the 459 runs" in line
     )
     assert "a sustained 250 TFLOP/s per GPU (compute.gpu_tflops) for the others" in line
 

@@ -217,12 +217,15 @@ def gpu_hours(config: dict[str, Any], flops: float) -> float:
 class MeasuredRates:
     """Training images/s per (model, method, compiled or not, precision), measured on one device
     at one input size: a ``compute.throughput_file`` as ``benchmarks/device_check.py --json``
-    writes it. ``auto_precision`` is what ``train.precision: auto`` trains in on that device."""
+    writes it. ``auto_precision`` is what ``train.precision: auto`` trains in on that device;
+    ``recipe`` says what the steps did besides the model (``full``: the full study's augmentation
+    and weight average; ``plain``, or a file that does not say: neither)."""
 
     path: str
     device: str
     img_size: int
     auto_precision: str | None
+    recipe: str
     images_per_s: dict[tuple[str, str, bool, str], float]
 
     @classmethod
@@ -239,7 +242,8 @@ class MeasuredRates:
             precisions = {r["precision"] for r in data["rates"]}
             # A file without the field was measured at the device's auto precision only.
             auto = data.get("auto_precision") or (precisions.pop() if len(precisions) == 1 else None)
-            return cls(str(path), str(data["device"]), int(data["img_size"]), auto, rates)
+            recipe = str(data.get("recipe", "plain"))
+            return cls(str(path), str(data["device"]), int(data["img_size"]), auto, recipe, rates)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ConfigError(
                 f"compute.throughput_file: {path!r} is not a readable benchmarks/device_check.py --json file "
@@ -334,7 +338,7 @@ class StudyEstimate:
         gpu_hours: those FLOPs at that throughput.
         tuning_runs, tuning_flops: the learning-rate tuning's share of ``runs`` and ``flops``.
         measured_runs: the runs whose hours come from measured images/s (``compute.throughput_file``,
-            measured on ``measured_on``) instead of the assumed ``gpu_tflops``.
+            measured on ``measured_on`` with ``measured_recipe``) instead of the assumed ``gpu_tflops``.
     """
 
     runs: int
@@ -347,6 +351,7 @@ class StudyEstimate:
     measured_runs: int = 0
     throughput_file: str = ""
     measured_on: str = ""
+    measured_recipe: str = ""
 
 
 def estimate_study(config: dict[str, Any]) -> StudyEstimate:
@@ -367,6 +372,7 @@ def estimate_study(config: dict[str, Any]) -> StudyEstimate:
         measured_runs=sum(measured_images_per_s(rates, run) is not None for run in every_run),
         throughput_file=rates.path if rates else "",
         measured_on=rates.device if rates else "",
+        measured_recipe=rates.recipe if rates else "",
     )
 
 
@@ -379,7 +385,10 @@ def requested_gpu_hours(config: dict[str, Any]) -> float:
 def throughput_source(estimate: StudyEstimate) -> str:
     """Where the estimate's hours come from: measured rates, the assumed TFLOP/s, or both."""
     assumed = f"a sustained {estimate.gpu_tflops:g} TFLOP/s per GPU (compute.gpu_tflops)"
-    measured = f"the images/s measured on {estimate.measured_on} (compute.throughput_file {estimate.throughput_file})"
+    measured = (
+        f"the images/s measured on {estimate.measured_on} with the {estimate.measured_recipe} recipe "
+        f"(compute.throughput_file {estimate.throughput_file})"
+    )
     if not estimate.throughput_file:
         return assumed
     if not estimate.measured_runs:
