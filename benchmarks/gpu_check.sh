@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check, as one command on a lent machine (../shared/GPU_CHECK.md): what the
 # device measures (device_check.py: images/s, MFU and peak memory per method, written for
-# compute.throughput_file), the quantized bases (bitsandbytes' and QA-LoRA's) built on CUDA
+# compute.throughput_file, then three methods in fp16), the quantized bases (bitsandbytes' and QA-LoRA's) built on CUDA
 # against the CPU (bnb_cuda_check.py), then one short real job per method through Snakemake
 # (gpu_study.py).
 #
@@ -56,8 +56,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch,timm,peft,transformers,bitsandbytes as b,snakemake as s;print('torch',torch.__version__,
 'timm',timm.__version__,'peft',peft.__version__,'transformers',transformers.__version__,'bnb',b.__version__,
 'snakemake',s.__version__)"
-step device_check 150 python3 benchmarks/device_check.py "${checks[@]}" --json "$out/rates.json"
+step device_check 130 python3 benchmarks/device_check.py "${checks[@]}" --json "$out/rates.json"
+# fp16 with the loss scaler (a T4's or V100's auto) through fused AdamW, peft's, bitsandbytes' and our layers
+step fp16_check 60 python3 benchmarks/device_check.py "${checks[@]}" --precision fp16 \
+    --methods lora_r8,qlora4_r8,qalora4_r8 --json "$out/rates_fp16.json"
 step bnb_cuda_check 100 python3 benchmarks/bnb_cuda_check.py "${bases[@]}"
-step gpu_study 270 python3 benchmarks/gpu_study.py "${study[@]}" --workdir "$(mktemp -d)"
-echo "gpu_check: ${#failed[@]} of 3 steps failed${failed[*]:+: ${failed[*]}}"
+step gpu_study 260 python3 benchmarks/gpu_study.py "${study[@]}" --workdir "$(mktemp -d)"
+echo "gpu_check: ${#failed[@]} of 4 steps failed${failed[*]:+: ${failed[*]}}"
 [ "${#failed[@]}" -eq 0 ]

@@ -264,7 +264,7 @@ def test_gpu_check_rehearsed_on_the_cpu_runs_every_step_and_keeps_each_log(tmp_p
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.strip().endswith("gpu_check: 0 of 3 steps failed")
+    assert result.stdout.strip().endswith("gpu_check: 0 of 4 steps failed")
 
     bases_log = (out / "bnb_cuda_check.log").read_text()
     bases = re.findall(
@@ -284,6 +284,12 @@ def test_gpu_check_rehearsed_on_the_cpu_runs_every_step_and_keeps_each_log(tmp_p
     assert re.search(r"^lora_r8 +trainer / bare loop \d+\.\d{3} \(", checked, re.M)
     rates = json.loads((out / "rates.json").read_text())["rates"]
     assert [rate["method"] for rate in rates] == METHODS and rates[2]["bare_loop_images_per_s"] > 0
+    in_fp16 = json.loads((out / "rates_fp16.json").read_text())["rates"]
+    assert [(rate["method"], rate["precision"]) for rate in in_fp16] == [
+        ("lora_r8", "fp16"),
+        ("qlora4_r8", "fp16"),
+        ("qalora4_r8", "fp16"),
+    ]
 
     studied = (out / "gpu_study.log").read_text()
     found = re.findall(
