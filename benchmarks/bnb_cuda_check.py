@@ -14,7 +14,8 @@ device from the same fp32 weights. Printed per base:
 
 Then QA-LoRA's group-wise INT-N base, prepared on the device and on the CPU: its codes, scales and
 zeros must be identical, since the export rebuilds it on the CPU and merges the device-trained
-adapters into that rebuild.
+adapters into that rebuild. ``groupwise.quantize`` computes on the CPU for every device, so this
+guards that routing (on CUDA its own arithmetic would move a few fp16 scales by a step).
 
     python benchmarks/bnb_cuda_check.py                 # deit_small at 224 px, on CUDA
     python benchmarks/bnb_cuda_check.py --model deit_tiny --img-size 16 --device cpu   # a rehearsal

@@ -17,8 +17,9 @@
 # and drop the wheels of what the machine has (.library/device/KINDS.md), so that the tree and
 # .whl stay under the 64 MiB carry limit (du -sh .whl: 55 MB).
 #
-# Each step has its own time limit (in all under 9 minutes, inside the device tool's 10), writes
-# its whole output to $OUT, and a failed step does not stop the next: one call measures all it can.
+# Each step has its own time limit (520 s in all, the set-up at most 50 s more: call the device tool
+# with timeout_s=580, of its 600), writes its whole output to $OUT, and a failed step does not stop
+# the next: one call measures all it can.
 #
 #   bash benchmarks/gpu_check.sh            # results in $OUT (the device tool's), else /tmp/gpu_check
 #   bash benchmarks/gpu_check.sh --smoke    # the same steps at a tiny size: a CPU rehearsal
@@ -36,7 +37,8 @@ else
     checks=()
     bases=()
     study=(--cores 16 --threads 4)  # 4 jobs side by side on the GPU; ONNX export and checks on 4 cores each
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    timeout 30 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD
 fi
 
@@ -52,8 +54,8 @@ step() {  # step NAME SECONDS COMMAND...: run it, keep its log in $OUT, print th
     [ "$rc" -eq 0 ] || failed+=("$name")
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -c "import torch,timm,peft,transformers,bitsandbytes as b,snakemake as s;print('torch',torch.__version__,
+timeout 5 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+timeout 15 python3 -c "import torch,timm,peft,transformers,bitsandbytes as b,snakemake as s;print('torch',torch.__version__,
 'timm',timm.__version__,'peft',peft.__version__,'transformers',transformers.__version__,'bnb',b.__version__,
 'snakemake',s.__version__)"
 step device_check 130 python3 benchmarks/device_check.py "${checks[@]}" --json "$out/rates.json"
@@ -61,6 +63,6 @@ step device_check 130 python3 benchmarks/device_check.py "${checks[@]}" --json "
 step fp16_check 60 python3 benchmarks/device_check.py "${checks[@]}" --precision fp16 \
     --methods lora_r8,qlora4_r8,qalora4_r8 --json "$out/rates_fp16.json"
 step bnb_cuda_check 100 python3 benchmarks/bnb_cuda_check.py "${bases[@]}"
-step gpu_study 260 python3 benchmarks/gpu_study.py "${study[@]}" --workdir "$(mktemp -d)"
+step gpu_study 230 python3 benchmarks/gpu_study.py "${study[@]}" --workdir "$(mktemp -d)"
 echo "gpu_check: ${#failed[@]} of 4 steps failed${failed[*]:+: ${failed[*]}}"
 [ "${#failed[@]}" -eq 0 ]

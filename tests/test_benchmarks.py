@@ -4,6 +4,7 @@ Their numbers are not checked here: benchmarks measure, tests assert behaviour. 
 a user who runs one, on a GPU machine above all, does not meet a broken script.
 """
 
+import argparse
 import dataclasses
 import json
 import os
@@ -68,9 +69,12 @@ def test_device_check_measures_a_compiled_precision_that_the_runtime_estimate_fi
         *("--model", "deit_tiny", "--img-size", "16", "--patch-size", "4", "--batch-size", "4"),
         *("--steps", "1", "--methods", "linear", "--compile", "--precision", "fp16", "--json", str(rates)),
     )
-    assert "full recipe on 32 px sources, precision fp16" in out
+    assert "batch 4, 1 timed steps, the full recipe of cifar10 on 32 px sources, precision fp16" in out
     rate = json.loads(rates.read_text())["rates"][0]
     assert (rate["graphs"], rate["graph_breaks"]) == (1, 0)
+    # it trained as the full study's runs do, besides the batch size asked for
+    assert rate["randaugment"] and rate["mixing"] and rate["erasing_prob"] == 0.25
+    assert (rate["label_smoothing"], rate["ema_decay"]) == (0.1, 0.99992)
     assert re.search(r"^linear +compiled into 1 graphs, 0 graph breaks$", out, re.M)
     measured = compute.MeasuredRates.read(str(rates))
     assert (measured.auto_precision, measured.recipe) == ("fp32", "full")
@@ -78,6 +82,7 @@ def test_device_check_measures_a_compiled_precision_that_the_runtime_estimate_fi
     assert (run.train.compile, run.train.precision) == (False, "auto")
 
     def trained(**train) -> study_config.RunConfig:
+        train = {"batch_size": 4} | train
         return dataclasses.replace(run, train=dataclasses.replace(run.train, **train))
 
     assert (
@@ -85,23 +90,36 @@ def test_device_check_measures_a_compiled_precision_that_the_runtime_estimate_fi
         == rate["images_per_s"]
     )
     assert rate["images_per_s"] > 0
-    for other in (run, trained(precision="fp16"), trained(compile=True)):
+    for other in (trained(), trained(precision="fp16"), trained(compile=True), trained(batch_size=8)):
         assert compute.measured_images_per_s(measured, other) is None
 
 
-def test_device_check_trains_each_method_with_the_full_studys_recipe_or_a_plain_one(monkeypatch):
-    """The rates behind a GPU study's runtimes are measured as its runs train: config.yaml's full
-    study's hyperparameters, weight average, augmentation and regularization for each method."""
+def test_device_check_trains_each_method_with_a_studys_recipe_or_a_plain_one(monkeypatch):
+    """The rates behind a GPU study's runtimes are measured as its runs train: config.yaml's
+    hyperparameters and weight average for each method, the dataset's augmentation and stored image
+    side, the study's regularization and batch size."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    from device_check import run_recipe
+    from device_check import Recipe
 
-    method, augment, regularization = run_recipe("qalora4_r8", "full")
+    def recipe(name: str, dataset: str | None = None, batch_size: int | None = None) -> Recipe:
+        return Recipe.of(
+            argparse.Namespace(recipe=name, dataset=dataset, batch_size=batch_size, img_size=224)
+        )
+
+    full = recipe("full")
+    assert (full.dataset, full.batch_size, full.source_size) == ("cifar10", 128, 32)
+    method, augment, regularization = full.run("qalora4_r8")
     assert (method.group_size, method.weight_decay, method.ema_decay) == (16, 0.05, 0.99992)
     assert augment.randaugment and augment.randaugment_magnitude == 27 and augment.erasing_prob == 0.25
     assert (augment.mixup_alpha, augment.cutmix_alpha, augment.scale) == (0.8, 1.0, (0.08, 1.0))
     assert regularization == {"grad_clip": 0.0, "label_smoothing": 0.1}
-    assert run_recipe("adalora_r8", "full")[0].ema_decay == 0.0  # it prunes in place: no average
-    method, augment, regularization = run_recipe("qalora4_r8", "plain")
+    assert full.run("adalora_r8")[0].ema_decay == 0.0  # it prunes in place: no average
+    assert recipe("full", "tinyimagenet").source_size == 64 and recipe("full", batch_size=32).batch_size == 32
+    vtab = recipe("vtab")  # VTAB-1k's images are stored at the input size, and not augmented
+    assert (vtab.dataset, vtab.source_size) == ("cifar", 224) and not vtab.run("lora_r8")[1].randaugment
+    plain = recipe("plain")
+    method, augment, regularization = plain.run("qalora4_r8")
+    assert (plain.batch_size, plain.source_size) == (64, 224)
     assert method.ema_decay == 0.0 and not augment.randaugment and regularization == {}
 
 

@@ -200,11 +200,13 @@ def test_the_summary_states_gpu_hours_and_requests_or_that_the_study_runs_on_cpu
 
 def test_measured_rates_replace_the_assumed_throughput_where_they_cover_a_run(full_study, tmp_path):
     """A hand-written compute.throughput_file: deit_small's lora_r8 and full (hence scratch) are
-    measured at 224 px, its compiled rate is not that of the study's eager runs, and every other
-    run keeps the assumption."""
+    measured at 224 px with the study's recipe and batch size, its compiled rate is not that of
+    the study's eager runs, and every other run keeps the assumption."""
     measured = {
         "device": "Test GPU",
         "img_size": 224,
+        "batch_size": 128,
+        "recipe": "full",
         "rates": [
             {
                 "model": "deit_small",
@@ -254,10 +256,22 @@ def test_measured_rates_replace_the_assumed_throughput_where_they_cover_a_run(fu
     assert estimate.measured_runs == 2 * 3 * 3 + 2 * 3 * 3 and estimate.measured_on == "Test GPU"
     line = compute.summary(config, estimate)
     assert (
-        f"the images/s measured on Test GPU with the plain recipe (compute.throughput_file {path}) "
+        f"the images/s measured on Test GPU with the full study's recipe (compute.throughput_file {path}) "
         "for 36 of the 459 runs" in line
     )
     assert "a sustained 250 TFLOP/s per GPU (compute.gpu_tflops) for the others" in line
+    # Measured at another batch size, or with another study's recipe (or none), it covers no run.
+    for other in ({"batch_size": 64}, {"recipe": "vtab"}, {"recipe": None}):
+        path.write_text(json.dumps({k: v for k, v in (measured | other).items() if v is not None}))
+        estimate = compute.estimate_study(config)
+        assert estimate.measured_runs == 0
+        assert compute.run_hours(config, lora, compute.measured_rates(config)) == pytest.approx(
+            compute.gpu_hours(config, compute.estimated_flops(config, lora))
+        )
+    assert "measures none of its runs' model, method, input size, batch size" in compute.summary(
+        config, estimate
+    )
+    assert "(it was measured with 'plain')" in compute.summary(config, estimate)
 
 
 def test_a_run_takes_the_rate_measured_at_its_compilation_and_precision(full_study, tmp_path):
@@ -271,6 +285,7 @@ def test_a_run_takes_the_rate_measured_at_its_compilation_and_precision(full_stu
     measured = {
         "device": "Test GPU",
         "img_size": 224,
+        "batch_size": 128,
         "auto_precision": "bf16",
         "rates": [rate(False, "bf16", 1000.0), rate(True, "bf16", 3000.0), rate(False, "fp16", 800.0),
                   rate(False, "fp32", 200.0)],

@@ -20,6 +20,7 @@ This module imports neither torch nor timm: Snakemake imports it when it parses 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -217,13 +218,14 @@ def gpu_hours(config: dict[str, Any], flops: float) -> float:
 class MeasuredRates:
     """Training images/s per (model, method, compiled or not, precision), measured on one device
     at one input size: a ``compute.throughput_file`` as ``benchmarks/device_check.py --json``
-    writes it. ``auto_precision`` is what ``train.precision: auto`` trains in on that device;
-    ``recipe`` says what the steps did besides the model (``full``: the full study's augmentation
-    and weight average; ``plain``, or a file that does not say: neither)."""
+    writes it, at one batch size. ``auto_precision`` is what ``train.precision: auto`` trains in on
+    that device; ``recipe`` is the study whose runs' augmentation, regularization and weight
+    average the steps did (``plain``, or a file that does not say: none of them)."""
 
     path: str
     device: str
     img_size: int
+    batch_size: int
     auto_precision: str | None
     recipe: str
     images_per_s: dict[tuple[str, str, bool, str], float]
@@ -243,7 +245,8 @@ class MeasuredRates:
             # A file without the field was measured at the device's auto precision only.
             auto = data.get("auto_precision") or (precisions.pop() if len(precisions) == 1 else None)
             recipe = str(data.get("recipe", "plain"))
-            return cls(str(path), str(data["device"]), int(data["img_size"]), auto, recipe, rates)
+            sizes = int(data["img_size"]), int(data["batch_size"])
+            return cls(str(path), str(data["device"]), *sizes, auto, recipe, rates)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ConfigError(
                 f"compute.throughput_file: {path!r} is not a readable benchmarks/device_check.py --json file "
@@ -252,16 +255,20 @@ class MeasuredRates:
 
 
 def measured_rates(config: dict[str, Any]) -> MeasuredRates | None:
-    """``compute.throughput_file``, read (a file that is not one fails naming the key), or None."""
+    """``compute.throughput_file``, read (a file that is not one fails naming the key), or None.
+    Measured with another study's recipe, or none, its rates are not this study's: it covers no run."""
     path = config["compute"].get("throughput_file")
-    return MeasuredRates.read(path) if path else None
+    if not path:
+        return None
+    rates = MeasuredRates.read(path)
+    return rates if rates.recipe == config["study"] else dataclasses.replace(rates, images_per_s={})
 
 
 def measured_images_per_s(rates: MeasuredRates | None, run: RunConfig) -> float | None:
-    """The measured training rate of ``run``'s model and method at its input size, compiled or
-    not and at the precision it trains in (``auto``: the measured device's), if the file has it
-    (scratch trains as full fine-tuning does, so it takes full's)."""
-    if rates is None or run.model.img_size != rates.img_size:
+    """The measured training rate of ``run``'s model and method at its input size and batch size,
+    compiled or not and at the precision it trains in (``auto``: the measured device's), if the file
+    has it (scratch trains as full fine-tuning does, so it takes full's)."""
+    if rates is None or (run.model.img_size, run.train.batch_size) != (rates.img_size, rates.batch_size):
         return None
     method = TRANSFER_REFERENCE if run.method.name == TRANSFER_BASELINE else run.method.name
     precision = rates.auto_precision if run.train.precision == "auto" else run.train.precision
@@ -386,7 +393,7 @@ def throughput_source(estimate: StudyEstimate) -> str:
     """Where the estimate's hours come from: measured rates, the assumed TFLOP/s, or both."""
     assumed = f"a sustained {estimate.gpu_tflops:g} TFLOP/s per GPU (compute.gpu_tflops)"
     measured = (
-        f"the images/s measured on {estimate.measured_on} with the {estimate.measured_recipe} recipe "
+        f"the images/s measured on {estimate.measured_on} with the {estimate.measured_recipe} study's recipe "
         f"(compute.throughput_file {estimate.throughput_file})"
     )
     if not estimate.throughput_file:
@@ -394,7 +401,8 @@ def throughput_source(estimate: StudyEstimate) -> str:
     if not estimate.measured_runs:
         return (
             f"{assumed}; compute.throughput_file {estimate.throughput_file} measures none of its runs' "
-            "model, method, input size, compilation and precision"
+            f"model, method, input size, batch size, compilation and precision with this study's "
+            f"recipe (it was measured with {estimate.measured_recipe!r})"
         )
     if estimate.measured_runs == estimate.runs:
         return f"{measured} for every run"
