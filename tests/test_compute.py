@@ -315,10 +315,25 @@ def test_a_run_takes_the_rate_measured_at_its_compilation_and_precision(full_stu
 
 def test_a_throughput_file_that_is_not_one_is_refused_naming_the_key(full_study, tmp_path):
     (tmp_path / "rates.json").write_text('{"device": "GPU", "rates": []}')
-    for path in (tmp_path / "absent.json", tmp_path / "rates.json"):
+    rate = {
+        "model": "deit_small",
+        "method": "full",
+        "compile": False,
+        "precision": "bf16",
+        "images_per_s": 1.0,
+    }
+    twice = {
+        "device": "GPU",
+        "img_size": 224,
+        "batch_size": 128,
+        "rates": [rate, rate | {"images_per_s": 2.0}],
+    }
+    (tmp_path / "twice.json").write_text(json.dumps(twice))
+    for path in (tmp_path / "absent.json", tmp_path / "rates.json", tmp_path / "twice.json"):
         config = copy.deepcopy(full_study)
         config["compute"]["throughput_file"] = str(path)
         with pytest.raises(
             study_config.ConfigError, match=f"compute.throughput_file: '{path}' is not a readable"
-        ):
+        ) as refused:
             compute.estimate_study(config)
+    assert "measured twice: ('deit_small', 'full', False, 'bf16')" in str(refused.value)

@@ -236,9 +236,13 @@ class MeasuredRates:
 
         try:
             data = json.loads(Path(path).read_text())
+            keys = [(r["model"], r["method"], bool(r["compile"]), r["precision"]) for r in data["rates"]]
+            twice = sorted({key for key in keys if keys.count(key) > 1})
+            if twice:  # which one a run should take is not for us to guess
+                raise ValueError(f"measured twice: {twice[0]} (model, method, compile, precision)")
             rates = {
-                (r["model"], r["method"], bool(r["compile"]), r["precision"]): float(r["images_per_s"])
-                for r in data["rates"]
+                key: float(r["images_per_s"])
+                for key, r in zip(keys, data["rates"], strict=True)
                 if r["images_per_s"] > 0
             }
             precisions = {r["precision"] for r in data["rates"]}
