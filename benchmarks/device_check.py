@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import platform
 import time
 import traceback
@@ -290,6 +291,25 @@ def check(method: str, args, recipe: Recipe, device: torch.device) -> dict[str, 
     return result
 
 
+def rate_key(rate: dict) -> tuple:
+    return rate["model"], rate["method"], rate["compile"], rate["precision"]
+
+
+def earlier_rates(path: str, header: dict) -> list[dict]:
+    """The rates an existing ``--json`` file holds, which this run adds to (replacing those it
+    measures again, e.g. another precision beside the device's auto), if it measured the same way."""
+    if not Path(path).exists():
+        return []
+    earlier = json.loads(Path(path).read_text())
+    for key, value in header.items():
+        if earlier.get(key) != value:
+            raise SystemExit(
+                f"device_check: {path} holds rates measured with {key} {earlier.get(key)!r}, this run's is "
+                f"{value!r}; write them to another file"
+            )
+    return earlier["rates"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="deit_small")
@@ -314,7 +334,9 @@ def main() -> None:
         "--peak-tflops", type=float, default=989.0, help="device bf16 dense peak (H100 SXM: 989)"
     )
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--json", metavar="PATH", help="write the measured rates here")
+    parser.add_argument(
+        "--json", metavar="PATH", help="write the measured rates here (added to a file measured the same way)"
+    )
     parser.add_argument("--bare", default="lora_r8", help="the method also timed in a plain loop")
     args = parser.parse_args()
     recipe = Recipe.of(args)
@@ -327,6 +349,18 @@ def main() -> None:
         f"precision {devices.training_precision(device, args.precision)}",
         flush=True,
     )
+    header = {
+        "device": name,
+        "torch": torch.__version__,
+        "img_size": args.img_size,
+        "batch_size": recipe.batch_size,
+        "recipe": recipe.name,
+        "dataset": recipe.dataset,
+        "source_size": recipe.source_size,
+        # what train.precision: auto trains in there, so a study can pick its rates
+        "auto_precision": devices.training_precision(device),
+    }
+    kept = earlier_rates(args.json, header) if args.json else []
     rates, failed = [], []
     for method in args.methods.split(","):
         # A first run on a new device must measure every method it can: one method's failure is
@@ -340,19 +374,9 @@ def main() -> None:
             traceback.print_exc()
         devices.empty_cache(device)
         if args.json:
-            report = {
-                "device": name,
-                "torch": torch.__version__,
-                "img_size": args.img_size,
-                "batch_size": recipe.batch_size,
-                "recipe": recipe.name,
-                "dataset": recipe.dataset,
-                "source_size": recipe.source_size,
-                # what train.precision: auto trains in there, so a study can pick its rates
-                "auto_precision": devices.training_precision(device),
-                "rates": rates,
-            }
-            write_json(args.json, report)
+            measured = {rate_key(rate) for rate in rates}
+            earlier = [rate for rate in kept if rate_key(rate) not in measured]
+            write_json(args.json, header | {"rates": earlier + rates})
     if failed:
         raise SystemExit(
             f"device_check: {len(failed)} of {len(failed) + len(rates)} failed: {', '.join(failed)}"

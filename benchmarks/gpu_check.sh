@@ -61,7 +61,7 @@ timeout 15 python3 -c "import torch,timm,peft,transformers,bitsandbytes as b,sna
 step device_check 130 python3 benchmarks/device_check.py "${checks[@]}" --json "$out/rates.json"
 # fp16 with the loss scaler (a T4's or V100's auto) through fused AdamW, peft's, bitsandbytes' and our layers
 step fp16_check 60 python3 benchmarks/device_check.py "${checks[@]}" --precision fp16 \
-    --methods lora_r8,qlora4_r8,qalora4_r8 --json "$out/rates_fp16.json"
+    --methods lora_r8,qlora4_r8,qalora4_r8 --json "$out/rates.json"  # added beside the auto rates
 step bnb_cuda_check 100 python3 benchmarks/bnb_cuda_check.py "${bases[@]}"
 step gpu_study 230 python3 benchmarks/gpu_study.py "${study[@]}" --workdir "$(mktemp -d)"
 echo "gpu_check: ${#failed[@]} of 4 steps failed${failed[*]:+: ${failed[*]}}"

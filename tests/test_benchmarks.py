@@ -92,6 +92,28 @@ def test_device_check_measures_a_compiled_precision_that_the_runtime_estimate_fi
     assert rate["images_per_s"] > 0
     for other in (trained(), trained(precision="fp16"), trained(compile=True), trained(batch_size=8)):
         assert compute.measured_images_per_s(measured, other) is None
+    # Rates measured another way do not join the file: they would not be this recipe's.
+    tiny = (
+        "--model",
+        "deit_tiny",
+        "--img-size",
+        "16",
+        "--patch-size",
+        "4",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+    )
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "device_check.py"), *tiny]
+        + ["--methods", "linear", "--recipe", "plain", "--json", str(rates)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert f"{rates} holds rates measured with recipe 'full', this run's is 'plain'" in result.stderr
 
 
 def test_device_check_trains_each_method_with_a_studys_recipe_or_a_plain_one(monkeypatch):
@@ -300,14 +322,17 @@ def test_gpu_check_rehearsed_on_the_cpu_runs_every_step_and_keeps_each_log(tmp_p
     assert rows["qlora4_r8"] == "peft.tuners.lora.bnb.Linear4bit"
     assert rows["qalora4_r8"] == "vitpeft.methods.qalora_layer.QALoraLinear"
     assert re.search(r"^lora_r8 +trainer / bare loop \d+\.\d{3} \(", checked, re.M)
-    rates = json.loads((out / "rates.json").read_text())["rates"]
-    assert [rate["method"] for rate in rates] == METHODS and rates[2]["bare_loop_images_per_s"] > 0
-    in_fp16 = json.loads((out / "rates_fp16.json").read_text())["rates"]
-    assert [(rate["method"], rate["precision"]) for rate in in_fp16] == [
+    rates = json.loads((out / "rates.json").read_text())["rates"]  # the auto rates, then fp16's added
+    assert [(rate["method"], rate["precision"]) for rate in rates] == [
+        (method, "fp32") for method in METHODS
+    ] + [
         ("lora_r8", "fp16"),
         ("qlora4_r8", "fp16"),
         ("qalora4_r8", "fp16"),
     ]
+    assert rates[2]["bare_loop_images_per_s"] > 0
+    measured = compute.MeasuredRates.read(str(out / "rates.json"))  # one file, both precisions
+    assert len(measured.images_per_s) == len(METHODS) + 3 and measured.auto_precision == "fp32"
 
     studied = (out / "gpu_study.log").read_text()
     found = re.findall(
