@@ -29,27 +29,31 @@ def run_script(name: str, *args: str) -> str:
     return result.stdout
 
 
+TINY_DEVICE_CHECK = (
+    "--model",
+    "deit_tiny",
+    "--img-size",
+    "16",
+    "--patch-size",
+    "4",
+    "--batch-size",
+    "4",
+    "--steps",
+    "1",
+)
+
+
+def tiny_device_check(*args: str) -> subprocess.CompletedProcess:
+    """device_check.py at a size a CPU runs in seconds, whatever its exit status."""
+    command = [sys.executable, str(REPO / "benchmarks" / "device_check.py"), *TINY_DEVICE_CHECK, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 def test_device_check_measures_every_method_it_can_when_one_fails(tmp_path):
     """On a first run on a new device one broken method must not cost the others' measurements."""
     rates = tmp_path / "rates.json"
-    tiny = (
-        "--model",
-        "deit_tiny",
-        "--img-size",
-        "16",
-        "--patch-size",
-        "4",
-        "--batch-size",
-        "4",
-        "--steps",
-        "1",
-    )
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "device_check.py"), *tiny]
-        + ["--methods", "linear,no_such_method,lora_r8", "--recipe", "plain", "--json", str(rates)],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = tiny_device_check(
+        "--methods", "linear,no_such_method,lora_r8", "--recipe", "plain", "--json", str(rates)
     )
     assert result.returncode != 0
     assert "1 of 3 failed: no_such_method" in result.stderr
@@ -66,8 +70,8 @@ def test_device_check_measures_a_compiled_precision_that_the_runtime_estimate_fi
     rates = tmp_path / "rates.json"
     out = run_script(
         "device_check.py",
-        *("--model", "deit_tiny", "--img-size", "16", "--patch-size", "4", "--batch-size", "4"),
-        *("--steps", "1", "--methods", "linear", "--compile", "--precision", "fp16", "--json", str(rates)),
+        *TINY_DEVICE_CHECK,
+        *("--methods", "linear", "--compile", "--precision", "fp16", "--json", str(rates)),
     )
     assert "batch 4, 1 timed steps, the full recipe of cifar10 on 32 px sources, precision fp16" in out
     rate = json.loads(rates.read_text())["rates"][0]
@@ -93,25 +97,7 @@ def test_device_check_measures_a_compiled_precision_that_the_runtime_estimate_fi
     for other in (trained(), trained(precision="fp16"), trained(compile=True), trained(batch_size=8)):
         assert compute.measured_images_per_s(measured, other) is None
     # Rates measured another way do not join the file: they would not be this recipe's.
-    tiny = (
-        "--model",
-        "deit_tiny",
-        "--img-size",
-        "16",
-        "--patch-size",
-        "4",
-        "--batch-size",
-        "4",
-        "--steps",
-        "1",
-    )
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "device_check.py"), *tiny]
-        + ["--methods", "linear", "--recipe", "plain", "--json", str(rates)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = tiny_device_check("--methods", "linear", "--recipe", "plain", "--json", str(rates))
     assert result.returncode != 0
     assert f"{rates} holds rates measured with recipe 'full', this run's is 'plain'" in result.stderr
 
