@@ -2,9 +2,8 @@
 
 Writes a config (every method of the full study, one seed, two epochs, on synthetic shapes at the
 model's input size, the backbone pretrained by the pipeline for one epoch; the full study's
-training recipe: its augmentation, label smoothing, clipping and each family's weight average)
-and builds every cell
-(train and export) with the repository's Snakefile. On a GPU this is what the prepared check adds
+training recipe: its augmentation, label smoothing, clipping and each family's hyperparameters and
+weight average) and builds every cell (train and export) with the repository's Snakefile. On a GPU this is what the prepared check adds
 to ``device_check.py``: bitsandbytes' layers, mixed precision and the exports, through the rules a
 study runs. Printed per method: the device and precision each run trained with, its training
 images/s, test top-1 and whether its exports passed their checks.
@@ -34,15 +33,13 @@ SHORT_RUN_EMA_DECAY = 0.9  # the study's 0.99992 would keep a 40-step run's aver
 
 def full_study_recipe() -> tuple[dict, dict, dict]:
     """The full study's augmentation (CIFAR-10's, as every dataset of it), its training's
-    regularization and each family's weight decay and weight average (at a decay that a short run
-    moves), from config.yaml: what its runs compute on a GPU besides the model."""
+    regularization and each family's hyperparameters but its rate, the weight average at a decay
+    that a short run moves, from config.yaml: what its runs compute on a GPU besides the model."""
     full = yaml.safe_load((REPO / "config.yaml").read_text())["studies"]["full"]["overrides"]
     train = {key: full["train"][key] for key in ("grad_clip", "label_smoothing", "drop_path_rate")}
     methods = {
-        family: {
-            "weight_decay": hp["weight_decay"],
-            "ema_decay": SHORT_RUN_EMA_DECAY if hp.get("ema_decay", 0.0) > 0 else 0.0,
-        }
+        family: {key: value for key, value in hp.items() if key != "lr"}
+        | {"ema_decay": SHORT_RUN_EMA_DECAY if hp.get("ema_decay", 0.0) > 0 else 0.0}
         for family, hp in full["methods"].items()
     }
     return full["datasets"]["cifar10"]["augment"], train, methods
@@ -86,8 +83,7 @@ def study_config(args) -> dict:
         "train": {"epochs": 2, "batch_size": args.batch_size, "eval_batch_size": 256, "warmup_epochs": 0.2}
         | regularization,
         "pretrain": {"epochs": 1, "batch_size": args.batch_size, "lr": 1.0e-3},
-        "methods": {family: {"lr": 1.0e-3, **recipe} for family, recipe in families.items()}
-        | {"qalora": {"lr": 1.0e-3, **families["qalora"], "group_size": 16}},
+        "methods": {family: {"lr": 1.0e-3, **recipe} for family, recipe in families.items()},
         "tune": {"epochs": 1, "grids": {}},  # every family at its methods entry's rate
         "convergence": {"window": 1, "tolerance": 100.0},  # two epochs: this checks the path, not a result
         "device": args.device,
