@@ -1,5 +1,6 @@
 import copy
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from vitpeft.export import (
     load_merged,
     logit_gap,
     merge,
+    rebuilt_vs_trained,
     requantize,
 )
 from vitpeft.io import read_json, write_json
@@ -32,6 +34,7 @@ from vitpeft.quant.onnx_int import (
     trace_int_graph,
 )
 from vitpeft.reproduce import KERNEL_RTOL
+from vitpeft.train import Split
 
 QALORA = {"qalora": {"group_size": 16}}
 
@@ -232,7 +235,7 @@ def test_export_run_writes_checked_exports_and_the_exact_merge_keeps_accuracy(fi
     assert top1["unmerged"] == pytest.approx(metrics["test_top1"])  # 100 * mean, not 100 * count / n
     tie = report["rebuilt_vs_trained"]
     assert tie["rebuilt_top1"] == tie["trained_top1"] == metrics["test_top1"]
-    assert tie["rtol"] == 0 and tie["trained_on"] == tie["rebuilt_on"] == "cpu"
+    assert tie["rtol"] == tie["abs_tol"] == 0 and tie["trained_on"] == tie["rebuilt_on"] == "cpu"
     assert tie["tolerance"].startswith("exactly: same CPU model and instruction set, ")
     # Each export computes what its model computes; the merged model may differ from the unmerged
     # one only by the near ties that the fp16 zeros flip (checked as not decisive below).
@@ -317,13 +320,47 @@ def test_a_run_trained_on_cuda_passes_within_the_gpu_tolerance_on_cpu(finished_q
     assert tie["tolerance"].startswith(f"within {KERNEL_RTOL:g} relative: on cuda, then cpu")
 
 
+def one_test_image(root: Path) -> float:
+    """The points of test top-1 that one image of the fixture run's test split is worth."""
+    return 100.0 / len(arrays.load_split(root / "data", "test")[1])
+
+
+class AlwaysClassZero(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([1.0, 0.0]).expand(len(x), 2)
+
+
+@pytest.mark.parametrize("images_off, passes", [(1, True), (-1, True), (2, False)])
+def test_a_cuda_run_on_a_small_test_split_may_differ_on_cpu_by_one_image(images_off, passes, tmp_path):
+    """A kernel difference that decides one near-tie the other way moves top-1 by one image: on 64
+    test images 1.6 points, beyond the 2% relative tolerance at 20 of 64 right."""
+    labels = torch.tensor([0] * 20 + [1] * 44)
+    test = Split(torch.zeros(64, 1, 1, 3, dtype=torch.uint8), labels)
+    trained = 100.0 * (20 + images_off) / 64
+    write_json(tmp_path / "metrics.json", {"test_top1": trained})
+    write_json(tmp_path / "provenance.json", {"device": "cuda"})
+    assert abs(trained - 31.25) > KERNEL_RTOL * trained
+
+    def check():
+        return rebuilt_vs_trained(tmp_path, AlwaysClassZero(), test, lambda x, train: x, batch_size=16)
+
+    if passes:
+        tie = check()
+        assert (tie["rebuilt_top1"], tie["trained_top1"], tie["abs_tol"]) == (31.25, trained, 100.0 / 64)
+    else:
+        with pytest.raises(ExportMismatch, match=re.escape("or by one test image (1.56 points)")):
+            check()
+
+
 def test_a_run_trained_on_cuda_fails_beyond_the_gpu_tolerance_on_cpu(finished_qalora_run, tmp_path):
     root, metrics = finished_qalora_run
-    on_gpu = metrics["test_top1"] * (1 + 2 * KERNEL_RTOL)
+    one_image = one_test_image(root)
+    on_gpu = max(metrics["test_top1"] * (1 + 2 * KERNEL_RTOL), metrics["test_top1"] + 2 * one_image)
     run = copy_of_run(root, tmp_path, metrics={"test_top1": on_gpu}, provenance={"device": "cuda"})
     message = (
         f"test top-1 is {metrics['test_top1']!r}% on cpu, but training recorded {on_gpu!r}% on cuda "
-        f"(metrics.json); they must agree within {KERNEL_RTOL:g} relative: on cuda, then cpu"
+        f"(metrics.json); they must agree within {KERNEL_RTOL:g} relative: on cuda, then cpu; GPU kernels "
+        f"differ from CPU ones and may be nondeterministic, or by one test image ({one_image:.3g} points)"
     )
     with pytest.raises(ExportMismatch, match=re.escape(message)):
         export_run(run, root / "data", root / "backbone.safetensors", tmp_path / "export")

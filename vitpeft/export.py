@@ -152,6 +152,10 @@ def rebuilt_vs_trained(
     Measured by training's own :func:`vitpeft.train.evaluate`, so that on the same machine the
     same weights give the same number.
 
+    Where the tolerance is not exact, the two may also differ by one test image: another
+    device's kernels can flip a near-tie, and on a small test split one image is more than
+    ``rtol`` (one of 64 images is 1.6 points).
+
     Raises:
         ExportMismatch: if the two differ beyond :func:`vitpeft.reproduce.tolerance` of the run's
             provenance and this machine; the message names both numbers and the run.
@@ -160,17 +164,20 @@ def rebuilt_vs_trained(
     trained_on = read_json(run_dir / "provenance.json")
     here = {"device": str(test.images.device), "hardware": hardware()}
     allowed = tolerance(trained_on, here)
+    one_image = 100.0 / len(test) if allowed.rtol > 0 else 0.0
     rebuilt = evaluate(unmerged, test, preprocess, batch_size)["top1"]
-    if not math.isclose(rebuilt, trained, rel_tol=allowed.rtol, abs_tol=0.0):
+    if not math.isclose(rebuilt, trained, rel_tol=allowed.rtol, abs_tol=one_image * (1 + 1e-9)):
+        also = f", or by one test image ({one_image:.3g} points)" if one_image else ""
         raise ExportMismatch(
             f"{run_dir}: the rebuilt unmerged model's test top-1 is {rebuilt!r}% on {here['device']}, "
             f"but training recorded {trained!r}% on {trained_on.get('device')} (metrics.json); "
-            f"they must agree {allowed}"
+            f"they must agree {allowed}{also}"
         )
     return {
         "rebuilt_top1": rebuilt,
         "trained_top1": trained,
         "rtol": allowed.rtol,
+        "abs_tol": one_image,
         "tolerance": str(allowed),
         "trained_on": trained_on.get("device"),
         "rebuilt_on": here["device"],
