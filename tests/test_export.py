@@ -194,6 +194,27 @@ def test_a_model_whose_weights_do_not_fit_the_graph_is_traced_afresh(tiny_model,
     assert session(tmp_path / "b.onnx").run(None, {"images": x.numpy()})[0].shape == (2, 7)
 
 
+def test_an_onnx_session_runs_on_torchs_threads_not_every_core(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["logits"])],
+        "g",
+        [value],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1])],
+    )
+    onnx.save(helper.make_model(graph), tmp_path / "identity.onnx")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # as a job of one thread has it (runs.seed_everything)
+        options = session(tmp_path / "identity.onnx").get_session_options()
+    finally:
+        torch.set_num_threads(threads)
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+
+
 def test_int_onnx_stores_8_bit_codes_as_uint8(tiny_model, tmp_path):
     int_model = requantize(tiny_model.eval(), bits=8, group_size=32)
     x = torch.randn(3, 3, 16, 16)

@@ -284,10 +284,14 @@ def _to_proto(model: nn.Module, example: torch.Tensor):
 
 
 def session(path: str | Path):
-    """An ONNX Runtime CPU session that accumulates dequantized matmuls in fp32."""
+    """An ONNX Runtime CPU session that accumulates dequantized matmuls in fp32, on torch's
+    thread count: ONNX Runtime ignores ``OMP_NUM_THREADS`` and would take every core, beside
+    the other jobs that Snakemake (or SLURM) gave the rest."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
