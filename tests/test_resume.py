@@ -14,7 +14,7 @@ from vitpeft.models import create_model
 from vitpeft.reproduce import MACHINE_FIELDS  # of the machine, not the run
 from vitpeft.resume import ResumeFile
 from vitpeft.runs import seed_everything
-from vitpeft.train import Split, fit
+from vitpeft.train import Split, fit, load_optimizer_state
 
 EPOCHS, BATCH = 2, 8
 
@@ -325,3 +325,26 @@ def test_a_job_of_several_seeds_trains_each_as_alone_and_a_rerun_keeps_the_finis
     assert results(again[0]) == results(first)
     assert results(again[1]) == results(alone)
     assert not any((d / RESUME_NAME).exists() for d in dirs)  # removed once the whole job is written
+
+
+@pytest.mark.parametrize("saved_fused, here_fused", [(False, True), (True, False)])
+def test_a_resumed_optimizer_keeps_this_devices_kernel_and_steps_under_a_gradient_scaler(
+    saved_fused, here_fused
+):
+    """A state saved on the CPU (reference loop) and resumed on CUDA (fused), or the other way:
+    the CPU's fused kernel and scaler stand in for CUDA's."""
+    weight = nn.Parameter(torch.ones(4))
+    saved = torch.optim.AdamW([weight], lr=0.1, fused=saved_fused)
+    weight.grad = torch.ones(4)
+    saved.step()
+    resumed = torch.optim.AdamW([weight], lr=0.1, fused=here_fused)
+    load_optimizer_state(resumed, saved.state_dict())
+    assert resumed.param_groups[0]["fused"] is here_fused and resumed.param_groups[0]["lr"] == 0.1
+    assert resumed.state[weight]["step"] == 1
+    scaler = torch.amp.GradScaler("cpu")
+    resumed.zero_grad()
+    scaler.scale(weight.sum()).backward()
+    scaler.unscale_(resumed)
+    scaler.step(resumed)  # a fused step takes the scaler's inf check; the reference loop must not
+    scaler.update()
+    assert resumed.state[weight]["step"] == 2

@@ -365,13 +365,24 @@ def _snapshot(at, history, method, optimizer, scheduler, generator, ema) -> dict
     }
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``state``'s moments, step counts and hyperparameters into ``optimizer``, which keeps how it
+    computes on this device: torch would restore the saved ``fused`` and ``foreach`` too, and a
+    state saved on the CPU (reference loop) would then run unfused on CUDA, where a gradient
+    scaler hands its inf check to a fused step that is not there, and fails."""
+    kernels = {key: optimizer.defaults[key] for key in ("fused", "foreach") if key in optimizer.defaults}
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group.update(kernels)
+
+
 def _restore(saved, method, optimizer, scheduler, generator, ema) -> tuple[Position, History]:
     load_trainable_state(method.model, saved["model"])
     if ema is not None:
         load_trainable_state(ema.module, saved["ema"])
     if method.load_state is not None:
         method.load_state(saved["method"])
-    optimizer.load_state_dict(saved["optimizer"])
+    load_optimizer_state(optimizer, saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     restore_rng(saved["rng"], generator)
     return Position(**saved["position"]), History(**saved["history"])
